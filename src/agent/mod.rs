@@ -1,0 +1,1 @@
+//! The injected sidecar (see issue 4).

@@ -1,0 +1,1 @@
+//! `mirrord-operator certs`: development certificates written with rcgen.

@@ -1,0 +1,12 @@
+//! mirrord-operator: a mirrord control plane built around pre-injected agent sidecars.
+//!
+//! One folder per component; pure logic (patch builder, protocol codec, filter matching) lives in
+//! modules without I/O so it can be tested with fixtures.
+
+pub mod agent;
+pub mod certs;
+pub mod cli;
+pub mod protocol;
+pub mod telemetry;
+pub mod tls;
+pub mod webhook;

@@ -1,0 +1,1 @@
+//! mirrord-protocol 1.29 codec (see issue 4).

@@ -1,0 +1,1 @@
+//! Logging setup shared by every subcommand.

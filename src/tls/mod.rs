@@ -1,0 +1,1 @@
+//! TLS material: loading, hot swapping and expiry reporting.

@@ -1,0 +1,3 @@
+//! Mutating admission webhook: selection, patch, server.
+
+pub mod patch;
