@@ -4,16 +4,62 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::{certs, telemetry, webhook};
+
 #[derive(Debug, Parser)]
-#[command(name = "mirrord-operator", version, about)]
+#[command(
+    name = "mirrord-operator",
+    version,
+    about = "mirrord for whole teams: pre-injected agents, one shared cluster"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Write a development CA and serving certificate (ca.crt, tls.crt, tls.key) for --tls-mode files.
+    Certs(certs::CertsArgs),
+    /// Run the mutating admission webhook that injects the mirrord-agent sidecar.
+    Webhook(Box<webhook::config::WebhookArgs>),
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime")
+}
+
+fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "exiting");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {}
+    // One process-wide crypto provider: kube's client and our servers both use ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Certs(args) => {
+            telemetry::init(telemetry::LogFormat::Text, "info");
+            report(
+                certs::write_dev_certs(&args, time::OffsetDateTime::now_utc()).map(|paths| {
+                    for path in paths {
+                        println!("wrote {}", path.display());
+                    }
+                }),
+            )
+        }
+        Command::Webhook(args) => {
+            telemetry::init(args.log_format, "info");
+            report(runtime().block_on(webhook::run(*args)))
+        }
+    }
 }

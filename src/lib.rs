@@ -7,6 +7,7 @@ pub mod agent;
 pub mod certs;
 pub mod cli;
 pub mod protocol;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook;

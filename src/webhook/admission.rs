@@ -1,0 +1,267 @@
+//! AdmissionReview in, AdmissionReview (or an HTTP error) out. Pure: no I/O, no clock, no kube client,
+//! so dry-run and reinvocation are safe and every path is testable with fixtures.
+
+use std::collections::BTreeMap;
+
+use http::StatusCode;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::{
+    DynamicObject, Resource,
+    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
+};
+
+use super::patch::{self, Decision, InjectorConfig, PodContext, SkipReason};
+
+const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+const REVIEW_KIND: &str = "AdmissionReview";
+
+/// What to send back, plus what metrics and the request span record.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+    /// injected | skipped | allowed | error | rejected
+    pub result: &'static str,
+    pub skip: Option<SkipReason>,
+    /// Set when something went wrong even though the pod was admitted.
+    pub error: Option<&'static str>,
+    pub invalid_knobs: Vec<&'static str>,
+    pub namespace: String,
+    pub pod: String,
+}
+
+impl Outcome {
+    fn rejected(status: StatusCode, reason: &'static str, message: String) -> Self {
+        let body = serde_json::to_vec(&serde_json::json!({ "error": reason, "message": message }))
+            .expect("a JSON object always serializes");
+        Outcome {
+            status,
+            body,
+            result: "rejected",
+            skip: None,
+            error: Some(reason),
+            invalid_knobs: vec![],
+            namespace: String::new(),
+            pod: String::new(),
+        }
+    }
+
+    /// The answer for a body the HTTP layer could not read (e.g. a broken chunked encoding).
+    pub fn unreadable(status: StatusCode, message: String) -> Self {
+        Self::rejected(status, "unreadable-body", message)
+    }
+
+    /// The answer for a body over the size limit (the HTTP layer enforces the limit).
+    pub fn too_large(limit: usize) -> Self {
+        Self::rejected(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    }
+}
+
+/// The request fields that identify a pod in logs, whatever shape the object had.
+fn identify<T: Resource>(
+    req: &AdmissionRequest<T>,
+    object_meta: Option<&kube::core::ObjectMeta>,
+) -> (String, String) {
+    let namespace = req
+        .namespace
+        .clone()
+        .or_else(|| object_meta.and_then(|m| m.namespace.clone()))
+        .unwrap_or_default();
+    let pod = object_meta
+        .and_then(|m| m.name.clone().or_else(|| m.generate_name.clone()))
+        .or_else(|| (!req.name.is_empty()).then(|| req.name.clone()))
+        .unwrap_or_default();
+    (namespace, pod)
+}
+
+fn respond(response: AdmissionResponse) -> Vec<u8> {
+    serde_json::to_vec(&response.into_review()).expect("an AdmissionReview always serializes")
+}
+
+fn allowed_with_warning<T: Resource>(req: &AdmissionRequest<T>, warning: String) -> Vec<u8> {
+    let mut response = AdmissionResponse::from(req);
+    response.warnings = Some(vec![warning]);
+    respond(response)
+}
+
+fn is_pod_create<T: Resource>(req: &AdmissionRequest<T>) -> Result<(), String> {
+    let is_pod = req.kind.group.is_empty() && req.kind.version == "v1" && req.kind.kind == "Pod";
+    if !is_pod || req.sub_resource.as_deref().is_some_and(|s| !s.is_empty()) {
+        let sub = req
+            .sub_resource
+            .as_deref()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        return Err(format!(
+            "mirrord-operator only injects Pods on CREATE; {}/{}{sub} was admitted unchanged",
+            req.kind.kind, req.kind.version
+        ));
+    }
+    if req.operation != Operation::Create {
+        return Err(format!(
+            "mirrord-operator only injects Pods on CREATE; {:?} was admitted unchanged",
+            req.operation
+        ));
+    }
+    Ok(())
+}
+
+/// Handles one AdmissionReview body. `namespace_annotations` gives a namespace's knob defaults from an
+/// in-memory cache (never an API call).
+pub fn review<F>(body: &[u8], cfg: &InjectorConfig, namespace_annotations: F) -> Outcome
+where
+    F: Fn(&str) -> Option<std::sync::Arc<BTreeMap<String, String>>>,
+{
+    // Fast path: a well-formed Pod review in one parse. Anything else is parsed again loosely to tell
+    // "not a review" (400) from "a review of something that is not a valid Pod" (admitted).
+    let typed: Result<AdmissionReview<Pod>, _> = serde_json::from_slice(body);
+    let review = match typed {
+        Ok(review) => review,
+        Err(pod_error) => return review_untyped(body, pod_error),
+    };
+    if let Some(outcome) = envelope_error(&review.types) {
+        return outcome;
+    }
+    let Ok(req): Result<AdmissionRequest<Pod>, _> = review.try_into() else {
+        return Outcome::rejected(
+            StatusCode::BAD_REQUEST,
+            "no-request",
+            "AdmissionReview has no request".into(),
+        );
+    };
+    let (namespace, pod_name) = identify(&req, req.object.as_ref().map(|p| &p.metadata));
+    let mut outcome = Outcome {
+        status: StatusCode::OK,
+        body: vec![],
+        result: "allowed",
+        skip: None,
+        error: None,
+        invalid_knobs: vec![],
+        namespace,
+        pod: pod_name,
+    };
+    if let Err(warning) = is_pod_create(&req) {
+        outcome.body = allowed_with_warning(&req, warning);
+        return outcome;
+    }
+    let Some(pod) = req.object.as_ref() else {
+        outcome.body = allowed_with_warning(
+            &req,
+            "mirrord-operator: the review carries no Pod object; admitted without injection".into(),
+        );
+        outcome.result = "error";
+        outcome.error = Some("missing-object");
+        return outcome;
+    };
+    let annotations = namespace_annotations(&outcome.namespace);
+    let ctx = PodContext {
+        namespace: &outcome.namespace,
+        namespace_annotations: annotations.as_deref(),
+    };
+    match patch::decide(pod, &ctx, cfg) {
+        Decision::Skip(reason) => {
+            outcome.body = allowed_with_warning(&req, reason.warning());
+            outcome.result = "skipped";
+            outcome.skip = Some(reason);
+        }
+        Decision::Inject {
+            patch,
+            warnings,
+            invalid_knobs,
+        } => {
+            let mut response = AdmissionResponse::from(&req);
+            response.warnings = (!warnings.is_empty()).then_some(warnings);
+            match response.with_patch(patch) {
+                Ok(response) => {
+                    outcome.body = respond(response);
+                    outcome.result = "injected";
+                    outcome.invalid_knobs = invalid_knobs;
+                }
+                Err(error) => {
+                    outcome.body = allowed_with_warning(
+                        &req,
+                        format!(
+                            "mirrord-operator could not encode its patch ({error}); admitted without injection"
+                        ),
+                    );
+                    outcome.result = "error";
+                    outcome.error = Some("patch-encoding");
+                }
+            }
+        }
+    }
+    outcome
+}
+
+/// The rejection for a review of another kind or version, if it is one.
+fn envelope_error(types: &kube::core::TypeMeta) -> Option<Outcome> {
+    if types.api_version != REVIEW_API_VERSION || types.kind != REVIEW_KIND {
+        return Some(Outcome::rejected(
+            StatusCode::BAD_REQUEST,
+            "not-admission-review",
+            format!(
+                "expected {REVIEW_KIND} {REVIEW_API_VERSION}, got {:?} {:?}",
+                types.kind, types.api_version
+            ),
+        ));
+    }
+    None
+}
+
+fn review_untyped(body: &[u8], pod_error: serde_json::Error) -> Outcome {
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(error) => {
+            let reason = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+                "not-admission-review"
+            } else {
+                "not-json"
+            };
+            return Outcome::rejected(
+                StatusCode::BAD_REQUEST,
+                reason,
+                format!("body is not an AdmissionReview v1: {error}"),
+            );
+        }
+    };
+    if let Some(outcome) = envelope_error(&review.types) {
+        return outcome;
+    }
+    let Ok(req): Result<AdmissionRequest<DynamicObject>, _> = review.try_into() else {
+        return Outcome::rejected(
+            StatusCode::BAD_REQUEST,
+            "no-request",
+            "AdmissionReview has no request".into(),
+        );
+    };
+    let (namespace, pod) = identify(&req, req.object.as_ref().map(|o| &o.metadata));
+    let mut outcome = Outcome {
+        status: StatusCode::OK,
+        body: vec![],
+        result: "allowed",
+        skip: None,
+        error: None,
+        invalid_knobs: vec![],
+        namespace,
+        pod,
+    };
+    match is_pod_create(&req) {
+        Err(warning) => outcome.body = allowed_with_warning(&req, warning),
+        Ok(()) => {
+            // A Pod the API server accepted but we cannot read: never block a deploy over our own parser.
+            outcome.body = allowed_with_warning(
+                &req,
+                format!(
+                    "mirrord-operator could not read this Pod ({pod_error}); admitted without injection"
+                ),
+            );
+            outcome.result = "error";
+            outcome.error = Some("bad-pod");
+        }
+    }
+    outcome
+}

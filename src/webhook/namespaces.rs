@@ -1,0 +1,92 @@
+//! An in-memory view of Namespaces, fed by a watch, so admission never calls the API server: knob
+//! defaults come from namespace annotations, and the audit reads the injection label.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+
+use super::patch::KNOB_PREFIX;
+use crate::shutdown::Shutdown;
+
+/// Empty when no cluster is reachable (files mode in development): then no namespace has defaults.
+#[derive(Clone, Default)]
+pub struct NamespaceCache {
+    store: Option<reflector::Store<Namespace>>,
+}
+
+impl std::fmt::Debug for NamespaceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamespaceCache")
+            .field("watching", &self.store.is_some())
+            .finish()
+    }
+}
+
+impl NamespaceCache {
+    /// Starts a watch of all Namespaces; the cache fills in the background.
+    pub fn watch(client: Client, shutdown: Shutdown) -> Self {
+        let (store, writer) = reflector::store();
+        let stream = watcher(Api::<Namespace>::all(client), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let stop = shutdown.wait();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => tracing::warn!(%error, "namespace watch error; retrying with backoff"),
+                        None => break,
+                    },
+                    _ = &mut stop => break,
+                }
+            }
+        });
+        NamespaceCache { store: Some(store) }
+    }
+
+    /// Waits (bounded) for the first full list, so early admissions see namespace defaults.
+    pub async fn wait_ready(&self, timeout: std::time::Duration) -> bool {
+        match &self.store {
+            Some(store) => tokio::time::timeout(timeout, store.wait_until_ready())
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            None => true,
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.store.as_ref()?.get(&reflector::ObjectRef::new(name))
+    }
+
+    /// The namespace's `agent.mirrord.metalbear.co/*` annotations (its knob defaults).
+    pub fn knob_annotations(&self, name: &str) -> Option<Arc<BTreeMap<String, String>>> {
+        let ns = self.get(name)?;
+        let knobs: BTreeMap<String, String> = ns
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(key, _)| key.starts_with(KNOB_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (!knobs.is_empty()).then(|| Arc::new(knobs))
+    }
+
+    /// All cached namespaces (for the audit).
+    pub fn all(&self) -> Vec<Arc<Namespace>> {
+        self.store.as_ref().map(|s| s.state()).unwrap_or_default()
+    }
+
+    pub fn is_watching(&self) -> bool {
+        self.store.is_some()
+    }
+}
