@@ -94,7 +94,20 @@ pub enum Decision {
     Skip(SkipReason),
 }
 pub fn decide(pod: &Pod, ctx: &PodContext, cfg: &InjectorConfig) -> Decision {
-    let _ = (pod, ctx, cfg);
-    Decision::Skip(SkipReason::NoContainers)
+    let _ = (ctx, cfg);
+    if pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(STATUS_ANNOTATION))
+    {
+        return Decision::Skip(SkipReason::AlreadyInjected);
+    }
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([{"op":"add","path":"/spec/containers/-","value":{"name":"mirrord-agent","image":cfg.agent_image}}, {"op":"add","path":"/metadata/annotations","value":{STATUS_ANNOTATION:"{}"}}])).unwrap();
+    Decision::Inject {
+        patch,
+        warnings: vec![],
+        invalid_knobs: vec![],
+    }
 }
 pub const KNOB_PREFIX: &str = "agent.mirrord.metalbear.co/";
