@@ -9,9 +9,9 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use mirrord_operator::webhook::patch::{
-    AGENT_CONTAINER_NAME, AgentDefaults, Decision, InjectorConfig, KNOB_PREFIX, PodContext,
-    STATUS_ANNOTATION, SkipReason, TARGET_ENV_PREFIX, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_PATH,
-    decide,
+    AGENT_CONTAINER_NAME, AgentDefaults, Decision, InjectorConfig, KNOB_PREFIX,
+    POD_SECURITY_ENFORCE_LABEL, PodContext, STATUS_ANNOTATION, SkipReason, TARGET_ENV_PREFIX,
+    TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_PATH, decide,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -66,10 +66,10 @@ impl Fixture {
         cfg
     }
 
-    fn namespace_annotations(&self) -> Option<BTreeMap<String, String>> {
-        self.case.get("namespaceAnnotations").map(|a| {
-            serde_json::from_value(a.clone()).expect("namespaceAnnotations is a string map")
-        })
+    fn namespace_map(&self, key: &str) -> Option<BTreeMap<String, String>> {
+        self.case
+            .get(key)
+            .map(|a| serde_json::from_value(a.clone()).unwrap_or_else(|e| panic!("{key}: {e}")))
     }
 }
 
@@ -150,10 +150,12 @@ fn fixtures_match_expectations() {
         let pod: Pod = serde_json::from_value(request["object"].clone())
             .unwrap_or_else(|e| panic!("{name}: pod does not deserialize: {e}"));
         let namespace = request["namespace"].as_str().unwrap_or_default();
-        let ns_annotations = fixture.namespace_annotations();
+        let ns_annotations = fixture.namespace_map("namespaceAnnotations");
+        let ns_labels = fixture.namespace_map("namespaceLabels");
         let ctx = PodContext {
             namespace,
             namespace_annotations: ns_annotations.as_ref(),
+            namespace_labels: ns_labels.as_ref(),
         };
         let cfg = fixture.config();
         let decision = decide(&pod, &ctx, &cfg);
@@ -571,6 +573,7 @@ fn skip_order_follows_the_brief() {
     let ctx = |namespace| PodContext {
         namespace,
         namespace_annotations: None,
+        namespace_labels: None,
     };
     let skip = |p: &Pod, ns| match decide(p, &ctx(ns), &cfg) {
         Decision::Skip(reason) => reason,
@@ -763,6 +766,7 @@ struct RandomPod {
     pod: Value,
     namespace: String,
     namespace_annotations: Option<BTreeMap<String, String>>,
+    namespace_labels: Option<BTreeMap<String, String>>,
     native_sidecar: bool,
 }
 
@@ -797,10 +801,11 @@ fn random_pod() -> impl Strategy<Value = RandomPod> {
         meta,
         prop::sample::select(vec!["shop", "kube-system", "", "team-a"]),
         annotations_json(),
+        prop::option::of(prop::sample::select(vec!["privileged", "baseline", "restricted", "bogus"])),
         any::<bool>(),
     )
         .prop_map(
-            |((containers, init, volumes, host_network, share_pid), (annotations, labels, job, no_meta), ns, ns_ann, native)| {
+            |((containers, init, volumes, host_network, share_pid), (annotations, labels, job, no_meta), ns, ns_ann, pss, native)| {
                 let mut spec = json!({ "containers": containers });
                 if let Some(init) = init {
                     spec["initContainers"] = Value::Array(init);
@@ -833,6 +838,7 @@ fn random_pod() -> impl Strategy<Value = RandomPod> {
                     pod,
                     namespace: ns.to_owned(),
                     namespace_annotations: ns_ann,
+                    namespace_labels: pss.map(|level| BTreeMap::from([(POD_SECURITY_ENFORCE_LABEL.to_owned(), level.to_owned())])),
                     native_sidecar: native,
                 }
             },
@@ -847,7 +853,11 @@ proptest! {
         let pod: Pod = serde_json::from_value(input.pod.clone()).unwrap();
         let mut cfg = base_config();
         cfg.native_sidecar = input.native_sidecar;
-        let ctx = PodContext { namespace: &input.namespace, namespace_annotations: input.namespace_annotations.as_ref() };
+        let ctx = PodContext {
+            namespace: &input.namespace,
+            namespace_annotations: input.namespace_annotations.as_ref(),
+            namespace_labels: input.namespace_labels.as_ref(),
+        };
         let decision = decide(&pod, &ctx, &cfg);
         if let Decision::Inject { patch, warnings, invalid_knobs } = &decision {
             // The whole contract, as for the fixtures, including the second pass.

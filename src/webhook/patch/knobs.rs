@@ -573,6 +573,35 @@ pub(crate) fn resolve(
     }
 }
 
+/// Pod Security Admission rejects, in `baseline` and `restricted` namespaces, a container adding
+/// NET_ADMIN or SYS_PTRACE; a rejected pod is a broken deploy, so those knobs fall back to modes
+/// that need no capability. Without a capability the agent runs as non-root with seccomp
+/// RuntimeDefault and no privilege escalation, which `restricted` also demands. An unknown level is
+/// treated like `restricted`, as Pod Security Admission does.
+pub(crate) fn fit_pod_security(knobs: &mut Knobs, level: &str, warnings: &mut Vec<String>) {
+    if level == "privileged" {
+        return;
+    }
+    let mut fall_back = |knob: Knob, capability: &str, from: &str, to: &str| {
+        warnings.push(format!(
+            "the namespace enforces Pod Security {level:?}, which forbids {capability}: {} falls back from {from} to {to}",
+            knob.name()
+        ));
+    };
+    if knobs.redirect == Redirect::Iptables {
+        fall_back(Knob::Redirect, "NET_ADMIN", "iptables", "off");
+        knobs.redirect = Redirect::Off;
+    }
+    if knobs.env == EnvMode::Proc {
+        fall_back(Knob::Env, "SYS_PTRACE", "proc", "spec");
+        knobs.env = EnvMode::Spec;
+    }
+    if knobs.fs == FsMode::Proc {
+        fall_back(Knob::Fs, "SYS_PTRACE", "proc", "volumes");
+        knobs.fs = FsMode::Volumes;
+    }
+}
+
 /// The apiserver refuses a request above its limit, which would break the deploy. The value from the
 /// more specific source wins and the other one is moved to it; on a tie (both from the same level)
 /// the limit wins. An annotation value overridden this way counts as an invalid knob.
@@ -757,6 +786,34 @@ mod tests {
         let (k, r) = run(&[("cpu-request", "2")], &[("cpu-limit", "1")]);
         assert_eq!(k.cpu_limit.unwrap().as_str(), "2");
         assert_eq!(r.invalid_knobs, vec!["cpu-limit"]);
+    }
+
+    #[test]
+    fn pod_security_drops_capabilities() {
+        let proc_everything = [("env", "proc"), ("fs", "proc")];
+        for level in ["baseline", "restricted", "Restricted", "v1.30"] {
+            let (mut k, _) = run(&proc_everything, &[]);
+            let mut warnings = Vec::new();
+            fit_pod_security(&mut k, level, &mut warnings);
+            assert_eq!(
+                (k.redirect, k.env, k.fs),
+                (Redirect::Off, EnvMode::Spec, FsMode::Volumes)
+            );
+            assert_eq!(warnings.len(), 3, "{level}: {warnings:?}");
+        }
+        let (mut k, _) = run(&proc_everything, &[]);
+        let mut warnings = Vec::new();
+        fit_pod_security(&mut k, "privileged", &mut warnings);
+        assert_eq!(
+            (k.redirect, k.env, k.fs),
+            (Redirect::Iptables, EnvMode::Proc, FsMode::Proc)
+        );
+        assert!(warnings.is_empty());
+        // port-swap needs no capability and is kept.
+        let (mut k, _) = run(&[("redirect", "port-swap")], &[]);
+        fit_pod_security(&mut k, "restricted", &mut warnings);
+        assert_eq!(k.redirect, Redirect::PortSwap);
+        assert!(warnings.is_empty());
     }
 
     #[test]

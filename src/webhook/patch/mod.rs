@@ -28,6 +28,8 @@ pub const STATUS_ANNOTATION: &str = "agent.mirrord.metalbear.co/status";
 pub const INJECT_LABEL: &str = "mirrord.metalbear.co/inject";
 pub const KNOB_PREFIX: &str = "agent.mirrord.metalbear.co/";
 pub const NAMESPACE_LABEL: &str = "mirrord-injection";
+/// Namespace label of Pod Security Admission naming the enforced level.
+pub const POD_SECURITY_ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
 /// Prefix of the target's env copies on the agent (the agent strips it to answer GetEnvVars).
 pub const TARGET_ENV_PREFIX: &str = "MIRRORD_TARGET_ENV_";
 /// Audience of the agent's projected ServiceAccount token, checked by the coordinator's TokenReview.
@@ -60,6 +62,8 @@ pub struct PodContext<'a> {
     pub namespace: &'a str,
     /// The namespace's annotations: knob values there are the namespace's defaults.
     pub namespace_annotations: Option<&'a BTreeMap<String, String>>,
+    /// The namespace's labels: an enforced Pod Security level limits what the agent may ask for.
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,7 +177,7 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
 
     let container_names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     let mut report = knobs::Report::default();
-    let knobs = knobs::resolve(
+    let mut knobs = knobs::resolve(
         &knobs::Annotations {
             pod: annotations,
             namespace: ctx.namespace_annotations,
@@ -188,6 +192,12 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
         &mut report,
     );
     let mut warnings = report.warnings;
+    if let Some(level) = ctx
+        .namespace_labels
+        .and_then(|l| l.get(POD_SECURITY_ENFORCE_LABEL))
+    {
+        knobs::fit_pod_security(&mut knobs, level, &mut warnings);
+    }
     let target = spec
         .containers
         .iter()
@@ -259,6 +269,12 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
     if (knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc)
         && spec.share_process_namespace != Some(true)
     {
+        if spec.share_process_namespace == Some(false) {
+            warnings.push(
+                "shareProcessNamespace: false is overridden to true: the agent reads the target through /proc (env or fs knob is proc)"
+                    .to_owned(),
+            );
+        }
         ops.push(add(&["spec", "shareProcessNamespace"], Value::Bool(true)));
     }
     let volume = to_value(&token_volume_source(&token_volume));
