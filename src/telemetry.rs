@@ -1,6 +1,8 @@
 //! Logging setup shared by every subcommand.
 
 use clap::ValueEnum;
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -55,9 +55,8 @@ struct Served {
 
 async fn serve(resolver: Arc<CertResolver>) -> Served {
     let (trigger, shutdown) = shutdown::channel();
-    let cfg = Defaults::parse_from(["webhook"])
-        .args
-        .injector_config(false, None);
+    let args = Defaults::parse_from(["webhook"]).args;
+    let cfg = args.injector_config(args.agent_defaults().unwrap(), false, None);
     let state = WebhookState::new(
         cfg,
         NamespaceCache::default(),

@@ -1,10 +1,10 @@
 //! AdmissionReview in, AdmissionReview (or an HTTP error) out. Pure: no I/O, no clock, no kube client,
 //! so dry-run and reinvocation are safe and every path is testable with fixtures.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use http::StatusCode;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::{
     DynamicObject, Resource,
     admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
@@ -110,11 +110,11 @@ fn is_pod_create<T: Resource>(req: &AdmissionRequest<T>) -> Result<(), String> {
     Ok(())
 }
 
-/// Handles one AdmissionReview body. `namespace_annotations` gives a namespace's knob defaults from an
-/// in-memory cache (never an API call).
-pub fn review<F>(body: &[u8], cfg: &InjectorConfig, namespace_annotations: F) -> Outcome
+/// Handles one AdmissionReview body. `namespace` looks a Namespace up in an in-memory cache (never an
+/// API call): its annotations are knob defaults, its labels may enforce a Pod Security level.
+pub fn review<F>(body: &[u8], cfg: &InjectorConfig, lookup_namespace: F) -> Outcome
 where
-    F: Fn(&str) -> Option<std::sync::Arc<BTreeMap<String, String>>>,
+    F: Fn(&str) -> Option<Arc<Namespace>>,
 {
     // Fast path: a well-formed Pod review in one parse. Anything else is parsed again loosely to tell
     // "not a review" (400) from "a review of something that is not a valid Pod" (admitted).
@@ -157,10 +157,12 @@ where
         outcome.error = Some("missing-object");
         return outcome;
     };
-    let annotations = namespace_annotations(&outcome.namespace);
+    let ns = lookup_namespace(&outcome.namespace);
+    let ns_meta = ns.as_ref().map(|ns| &ns.metadata);
     let ctx = PodContext {
         namespace: &outcome.namespace,
-        namespace_annotations: annotations.as_deref(),
+        namespace_annotations: ns_meta.and_then(|m| m.annotations.as_ref()),
+        namespace_labels: ns_meta.and_then(|m| m.labels.as_ref()),
     };
     match patch::decide(pod, &ctx, cfg) {
         Decision::Skip(reason) => {
