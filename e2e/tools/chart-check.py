@@ -357,8 +357,12 @@ def check_scc(c, docs, args):
                  f"SCC: no RoleBinding for system:serviceaccounts:{want_ns}")
 
 
+# Values documented as one Kubernetes object rather than key by key.
+OPAQUE_VALUES = {"resources", "affinity", "podSecurityContext", "securityContext"}
+
+
 def leaf_paths(value, prefix=""):
-    if isinstance(value, dict) and value and not prefix.endswith(("resources", "affinity", "podSecurityContext", "securityContext")):
+    if isinstance(value, dict) and value and prefix not in OPAQUE_VALUES:
         for k, v in value.items():
             yield from leaf_paths(v, f"{prefix}.{k}" if prefix else k)
     else:
