@@ -4,6 +4,8 @@
 Usage: chart-check.py --mode self-managed|cert-manager [--openshift] [--url URL] [--namespace NS]
                       [--failure-policy P] [--manifests DIR] RENDER.yaml
        chart-check.py --docs docs/install.md --values charts/mirrord-operator/values.yaml
+       chart-check.py --print-env RENDER.yaml   prints the webhook's env as NAME=VALUE lines (for running
+                                                the webhook outside the cluster with the chart's settings)
 
 Prints one line per problem and exits 1 when there is any; exits 0 silently otherwise.
 """
@@ -410,9 +412,18 @@ def main():
     p.add_argument("--timeout", type=int, default=5)
     p.add_argument("--failure-policy", default="Ignore")
     p.add_argument("--manifests", help="manifests/ directory that must equal the render (+ the Namespace)")
+    p.add_argument("--print-env", action="store_true")
     p.add_argument("--docs")
     p.add_argument("--values")
     args = p.parse_args()
+    if args.print_env:
+        deps = by_kind(load_docs(args.render), "Deployment") if args.render else []
+        if len(deps) != 1:
+            sys.exit("chart-check: --print-env needs a render with exactly one Deployment")
+        for ctr in deps[0]["spec"]["template"]["spec"]["containers"]:
+            for e in ctr.get("env") or []:
+                print(f"{e['name']}={e.get('value', '')}")
+        return 0
     c = Checker()
     if args.docs:
         check_docs(c, args.docs, args.values)

@@ -98,6 +98,11 @@ step "render webhook.url (e2e: webhook on the host)" check url --url "$url" --ex
 step "render single replica, Fail policy, 10s timeout" check single --replicas 1 --failure-policy Fail --timeout 10 -- \
   --set replicaCount=1 --set webhook.failurePolicy=Fail --set webhook.timeoutSeconds=10
 step "invalid values are rejected by the schema" bash -c '! "$0" template x "$1" --set webhook.failurePolicy=Sometimes --set agent.redirect=nope >/dev/null 2>&1' "$helm" "$chart"
+notes() {
+  "$helm" install "$release" "$chart" --namespace "$namespace" --dry-run=client "$@" >"$work/notes.txt" &&
+    grep -q "kubectl label namespace <namespace> mirrord-injection=enabled" "$work/notes.txt"
+}
+step "NOTES.txt tells how to label a namespace" notes
 step "docs/install.md documents every value" python3 "$checker" --docs "$root/docs/install.md" --values "$chart/values.yaml"
 
 echo "chart-lint: $passed passed, $failed failed"
