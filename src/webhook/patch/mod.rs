@@ -1,7 +1,23 @@
 //! Pure patch builder: pod + namespace defaults + injector config -> RFC 6902 patch or a skip reason.
 //!
 //! No I/O, no clock, no Kubernetes client: the same inputs always give the same bytes, so dry-run,
-//! reinvocation and golden fixtures are safe. The contract is `injection.md`.
+//! reinvocation and golden fixtures are safe. The contract is `injection.md`; choices made here:
+//!
+//! - Skips are checked in this order: excluded namespace (the request's, else the pod's), no
+//!   containers, already injected, opted out, host network.
+//! - Knobs: pod annotation, else namespace annotation, else operator default; an invalid value is
+//!   skipped with a warning (at most 256 characters, value quoted and shortened). A request above its
+//!   limit would be refused by the apiserver: the value from the more specific source wins and the
+//!   other is moved to it (on a tie the limit wins).
+//! - Under an enforced Pod Security level other than `privileged`, modes needing a capability fall
+//!   back (redirect iptables -> off, env/fs proc -> spec/volumes) so the pod is not rejected.
+//! - The agent runs as uid 0 exactly when it adds a capability (non-root users do not get added
+//!   capabilities), otherwise as 65532 with `runAsNonRoot`.
+//! - env=spec copies follow the kubelet's expansion rules: a `$(NAME)` is rewritten to the prefixed
+//!   copy when NAME is declared earlier in `env`, or may come from `envFrom` (whose copies carry the
+//!   prefix too); `$$` escapes and service-link names are kept. Gap: a reference to a service
+//!   link's `<SVC>_PORT*` variable in a container that has `envFrom` is rewritten and then unresolved.
+//! - Pods are read through k8s-openapi types, so fields newer than its API version are not copied.
 
 mod container;
 mod knobs;
