@@ -88,6 +88,9 @@ fn references_any(value: &str, declared: impl Fn(&str) -> bool) -> bool {
 /// gap: a reference to a service link's `<SVC>_PORT*` variable in a container with `envFrom`.
 fn may_come_from_env_from(target: &Container, name: &str) -> bool {
     target.env_from.as_ref().is_some_and(|f| !f.is_empty())
+        // What an env var name can be at all (relaxed validation: printable ASCII without `=`).
+        && !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'=')
         && !name.ends_with("_SERVICE_HOST")
         && !name.contains("_SERVICE_PORT")
 }
