@@ -3,18 +3,20 @@
 //! Pure encoding logic, no I/O. Type and variant names follow the upstream crate so the spec's
 //! tables map one to one onto this API; every type is re-exported at `protocol::`.
 //!
-//! * [`messages`]: `ClientMessage`, `DaemonMessage` and small top-level payloads.
-//! * [`tcp`], [`http`]: mirror/steal and HTTP forms; [`outgoing`], [`file`], [`dns`], [`error`].
-//! * [`codec`]: stream decoder/encoder with a size cap; [`version`]: negotiation and gates.
+//! * `messages`: [`ClientMessage`], [`DaemonMessage`] and small top-level payloads.
+//! * `tcp`, `http`: mirror/steal and HTTP forms; `outgoing`, `file`, `dns`, `error`: the other
+//!   feature groups. These modules are private; everything is re-exported here.
+//! * [`codec`]: stream decoder/encoder with a size cap; [`version`]: negotiation and gates;
+//!   [`wire`]: shared building blocks ([`Payload`], [`Uid`]).
 
 pub mod codec;
-pub mod dns;
-pub mod error;
-pub mod file;
-pub mod http;
-pub mod messages;
-pub mod outgoing;
-pub mod tcp;
+mod dns;
+mod error;
+mod file;
+mod http;
+mod messages;
+mod outgoing;
+mod tcp;
 pub mod version;
 pub mod wire;
 
