@@ -1159,8 +1159,10 @@ mod fuzz {
         Ok(())
     }
 
-    fn golden() -> Vec<Vec<u8>> {
-        vectors().into_iter().map(|v| v.bytes).collect()
+    /// Parsed once: proptest calls this for every case.
+    fn golden() -> &'static [Vec<u8>] {
+        static GOLDEN: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        GOLDEN.get_or_init(|| vectors().into_iter().map(|v| v.bytes).collect())
     }
 
     proptest! {
@@ -1185,8 +1187,7 @@ mod fuzz {
             truncate in any::<Option<prop::sample::Index>>(),
             cuts in proptest::collection::vec(any::<usize>(), 0..3),
         ) {
-            let vectors = golden();
-            let mut bytes = index.get(&vectors).clone();
+            let mut bytes = index.get(golden()).clone();
             for (at, value) in &edits {
                 let position = at.index(bytes.len());
                 bytes[position] = *value;
