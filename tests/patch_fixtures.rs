@@ -611,7 +611,9 @@ async fn fixtures_through_the_admission_handler() {
             serde_json::from_value(answer["warnings"].clone()).unwrap_or_default();
         if let Some(expected) = fixture.expected.get("inject") {
             assert_eq!(answer["patchType"], "JSONPatch", "{name}");
-            let bytes: Vec<u8> = serde_json::from_value(answer["patch"].clone()).unwrap();
+            let b64 = answer["patch"].as_str().expect("the patch is base64");
+            let bytes =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
             let patch: Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(
                 patch, expected["patch"],
