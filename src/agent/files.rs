@@ -161,33 +161,12 @@ impl FileService {
         self.handles.len()
     }
 
-    /// Resolves `path` inside the root. Relative paths are refused: the session has no cwd.
     fn resolve(&self, path: &Path, flags: OFlags) -> FsResult<OwnedFd> {
         let root = self
             .root
             .as_ref()
             .map_err(|errno| io::Error::from_raw_os_error(*errno))?;
-        if !path.is_absolute() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("path {path:?} is not absolute"),
-            )
-            .into());
-        }
-        // openat2 rejects O_NOCTTY together with O_PATH.
-        let extra = if flags.contains(OFlags::PATH) {
-            OFlags::CLOEXEC
-        } else {
-            OFlags::CLOEXEC | OFlags::NOCTTY
-        };
-        let fd = rustix::fs::openat2(
-            root,
-            path.as_os_str().as_bytes(),
-            flags | extra,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )?;
-        Ok(fd)
+        Ok(openat_in_root(root, path, flags)?)
     }
 
     fn insert(&mut self, handle: Handle) -> u64 {
@@ -384,6 +363,44 @@ impl FileService {
         }
         Ok((out, used))
     }
+}
+
+/// Opens `path` (absolute) inside the directory `root` treated as `/`; `O_PATH` when `path_only`.
+pub fn resolve_in_root(root: &Path, path: &Path, path_only: bool) -> io::Result<OwnedFd> {
+    let root = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let flags = if path_only {
+        OFlags::PATH
+    } else {
+        OFlags::RDONLY
+    };
+    openat_in_root(&root, path, flags)
+}
+
+/// Relative paths are refused: a session has no working directory.
+fn openat_in_root(root: impl AsFd, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    if !path.is_absolute() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("path {path:?} is not absolute"),
+        ));
+    }
+    // openat2 rejects O_NOCTTY together with O_PATH.
+    let extra = if flags.contains(OFlags::PATH) {
+        OFlags::CLOEXEC
+    } else {
+        OFlags::CLOEXEC | OFlags::NOCTTY
+    };
+    Ok(rustix::fs::openat2(
+        root,
+        path.as_os_str().as_bytes(),
+        flags | extra,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?)
 }
 
 /// Errno values this module names (Linux).
