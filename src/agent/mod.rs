@@ -1,1 +1,2 @@
 //! The injected sidecar (see issue 4).
+pub mod incoming;
