@@ -8,6 +8,7 @@ pub mod dns;
 pub mod env;
 pub mod error;
 pub mod files;
+pub mod incoming;
 pub mod outgoing;
 
 pub use config::AgentArgs;
