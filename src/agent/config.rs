@@ -128,6 +128,9 @@ pub struct AgentArgs {
     /// Allow `--listen` on a non-loopback address (no authentication!).
     #[arg(long, env = "MIRRORD_AGENT_INSECURE_LISTEN")]
     pub insecure_listen: bool,
+    /// Serve `/healthz` and `/metrics` (Prometheus) over plain HTTP on ADDR.
+    #[arg(long, env = "MIRRORD_AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Prefix of the iptables chain names; defaults to one derived from the pod name.
     #[arg(long, env = "MIRRORD_AGENT_CHAIN_PREFIX")]
     pub chain_prefix: Option<String>,

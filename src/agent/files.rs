@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
+use crate::protocol::*;
+
 /// Upper bound of one read, whatever the client asks (the real client asks for 128 000 bytes).
 const MAX_READ: u64 = 16 * 1024 * 1024;
 /// EROFS: the answer to every request that would modify the target.
@@ -36,13 +38,6 @@ impl OpenFlags {
     pub fn writes(&self) -> bool {
         self.write || self.append || self.truncate || self.create || self.create_new
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeekFromInternal {
-    Start(u64),
-    End(i64),
-    Current(i64),
 }
 
 /// `stat` in the protocol's `MetadataInternal` field order; times are full nanoseconds since
@@ -230,13 +225,8 @@ impl FileService {
         Ok(buf)
     }
 
-    pub fn seek(&mut self, fd: u64, from: SeekFromInternal) -> FsResult<u64> {
+    pub fn seek(&mut self, fd: u64, from: SeekFrom) -> FsResult<u64> {
         let file = self.file(fd)?;
-        let from = match from {
-            SeekFromInternal::Start(n) => SeekFrom::Start(n),
-            SeekFromInternal::End(n) => SeekFrom::End(n),
-            SeekFromInternal::Current(n) => SeekFrom::Current(n),
-        };
         Ok(file.seek(from)?)
     }
 
@@ -362,6 +352,223 @@ impl FileService {
             *next += 1;
         }
         Ok((out, used))
+    }
+}
+
+impl From<FsError> for ResponseError {
+    fn from(error: FsError) -> Self {
+        match error {
+            FsError::NotFound(fd) => ResponseError::NotFound(fd),
+            FsError::NotDirectory(fd) => ResponseError::NotDirectory(fd),
+            FsError::NotFile(fd) => ResponseError::NotFile(fd),
+            FsError::Io(e) => ResponseError::from(e),
+        }
+    }
+}
+
+fn erofs<T>() -> RemoteResult<T> {
+    Err(ResponseError::from(read_only_error()))
+}
+
+impl From<Metadata> for MetadataInternal {
+    fn from(m: Metadata) -> Self {
+        MetadataInternal {
+            device_id: m.device_id,
+            inode: m.inode,
+            mode: m.mode,
+            hard_links: m.hard_links,
+            user_id: m.user_id,
+            group_id: m.group_id,
+            rdevice_id: m.rdevice_id,
+            size: m.size,
+            access_time: m.access_time,
+            modification_time: m.modification_time,
+            creation_time: m.creation_time,
+            block_size: m.block_size,
+            blocks: m.blocks,
+        }
+    }
+}
+
+impl From<FsMetadata> for FsMetadataInternal {
+    fn from(m: FsMetadata) -> Self {
+        FsMetadataInternal {
+            filesystem_type: m.filesystem_type,
+            block_size: m.block_size,
+            blocks: m.blocks,
+            blocks_free: m.blocks_free,
+            blocks_available: m.blocks_available,
+            files: m.files,
+            files_free: m.files_free,
+        }
+    }
+}
+
+impl From<FsMetadata> for FsMetadataInternalV2 {
+    fn from(m: FsMetadata) -> Self {
+        FsMetadataInternalV2 {
+            filesystem_type: m.filesystem_type,
+            block_size: m.block_size,
+            blocks: m.blocks,
+            blocks_free: m.blocks_free,
+            blocks_available: m.blocks_available,
+            files: m.files,
+            files_free: m.files_free,
+            filesystem_id: m.filesystem_id,
+            name_len: m.name_len,
+            fragment_size: m.fragment_size,
+            flags: m.flags,
+        }
+    }
+}
+
+impl From<DirEntry> for DirEntryInternal {
+    fn from(e: DirEntry) -> Self {
+        DirEntryInternal {
+            inode: e.inode,
+            position: e.position,
+            name: e.name,
+            file_type: e.file_type,
+        }
+    }
+}
+
+impl From<OpenOptionsInternal> for OpenFlags {
+    fn from(o: OpenOptionsInternal) -> Self {
+        OpenFlags {
+            read: o.read,
+            write: o.write,
+            append: o.append,
+            truncate: o.truncate,
+            create: o.create,
+            create_new: o.create_new,
+        }
+    }
+}
+
+fn read_response(bytes: Vec<u8>) -> ReadFileResponse {
+    ReadFileResponse {
+        read_amount: bytes.len() as u64,
+        bytes: bytes.into(),
+    }
+}
+
+impl FileService {
+    /// Answers one request with its mapped response variant (spec §3.10); `Close`/`CloseDir`
+    /// get none. Anything that would modify the target is answered with EROFS.
+    pub fn handle(&mut self, request: FileRequest) -> Option<FileResponse> {
+        use FileRequest as Rq;
+        use FileResponse as Rs;
+        let open = |fd: u64| OpenFileResponse { fd };
+        Some(match request {
+            Rq::Open(r) => Rs::Open(
+                self.open(&r.path, r.open_options.into())
+                    .map(open)
+                    .map_err(Into::into),
+            ),
+            Rq::OpenRelative(r) => Rs::Open(
+                self.open_relative(r.relative_fd, &r.path, r.open_options.into())
+                    .map(open)
+                    .map_err(Into::into),
+            ),
+            Rq::Read(r) => Rs::Read(
+                self.read(r.remote_fd, r.buffer_size)
+                    .map(read_response)
+                    .map_err(Into::into),
+            ),
+            Rq::ReadLimited(r) => Rs::ReadLimited(
+                self.read_limited(r.remote_fd, r.buffer_size, r.start_from)
+                    .map(read_response)
+                    .map_err(Into::into),
+            ),
+            Rq::Seek(r) => Rs::Seek(
+                self.seek(r.fd, r.seek_from.into())
+                    .map(|result_offset| SeekFileResponse { result_offset })
+                    .map_err(Into::into),
+            ),
+            Rq::Close(r) => {
+                self.close(r.fd);
+                return None;
+            }
+            Rq::CloseDir(r) => {
+                self.close(r.remote_fd);
+                return None;
+            }
+            Rq::Access(r) => Rs::Access(
+                self.access(&r.pathname, r.mode)
+                    .map(|()| AccessFileResponse)
+                    .map_err(Into::into),
+            ),
+            Rq::Xstat(r) => Rs::Xstat(
+                self.xstat(r.path.as_deref(), r.fd, r.follow_symlink)
+                    .map(|m| XstatResponse { metadata: m.into() })
+                    .map_err(Into::into),
+            ),
+            Rq::XstatFs(r) => Rs::XstatFs(
+                self.fstatfs(r.fd)
+                    .map(|m| XstatFsResponse { metadata: m.into() })
+                    .map_err(Into::into),
+            ),
+            Rq::StatFs(r) => Rs::XstatFs(
+                self.statfs(&r.path)
+                    .map(|m| XstatFsResponse { metadata: m.into() })
+                    .map_err(Into::into),
+            ),
+            Rq::XstatFsV2(r) => Rs::XstatFsV2(
+                self.fstatfs(r.fd)
+                    .map(|m| XstatFsResponseV2 { metadata: m.into() })
+                    .map_err(Into::into),
+            ),
+            Rq::StatFsV2(r) => Rs::XstatFsV2(
+                self.statfs(&r.path)
+                    .map(|m| XstatFsResponseV2 { metadata: m.into() })
+                    .map_err(Into::into),
+            ),
+            Rq::FdOpenDir(r) => Rs::OpenDir(
+                self.fdopendir(r.remote_fd)
+                    .map(|fd| OpenDirResponse { fd })
+                    .map_err(Into::into),
+            ),
+            Rq::ReadDir(r) => Rs::ReadDir(
+                self.readdir(r.remote_fd)
+                    .map(|e| ReadDirResponse {
+                        direntry: e.map(Into::into),
+                    })
+                    .map_err(Into::into),
+            ),
+            Rq::ReadDirBatch(r) => Rs::ReadDirBatch(
+                self.readdir_batch(r.remote_fd, r.amount as u64)
+                    .map(|entries| ReadDirBatchResponse {
+                        fd: r.remote_fd,
+                        dir_entries: entries.into_iter().map(Into::into).collect(),
+                    })
+                    .map_err(Into::into),
+            ),
+            Rq::GetDEnts64(r) => Rs::GetDEnts64(
+                self.getdents64(r.remote_fd, r.buffer_size)
+                    .map(|(entries, result_size)| GetDEnts64Response {
+                        fd: r.remote_fd,
+                        entries: entries.into_iter().map(Into::into).collect(),
+                        result_size,
+                    })
+                    .map_err(Into::into),
+            ),
+            Rq::ReadLink(r) => Rs::ReadLink(
+                self.readlink(&r.path)
+                    .map(|path| ReadLinkFileResponse { path })
+                    .map_err(Into::into),
+            ),
+            Rq::Write(_) => Rs::Write(erofs()),
+            Rq::WriteLimited(_) => Rs::WriteLimited(erofs()),
+            Rq::MakeDir(_) | Rq::MakeDirAt(_) => Rs::MakeDir(erofs()),
+            Rq::RemoveDir(_) => Rs::RemoveDir(erofs()),
+            Rq::Unlink(_) | Rq::UnlinkAt(_) => Rs::Unlink(erofs()),
+            Rq::Rename(_) => Rs::Rename(erofs()),
+            Rq::Ftruncate(_) => Rs::Ftruncate(erofs()),
+            Rq::Futimens(_) => Rs::Futimens(erofs()),
+            Rq::Fchown(_) => Rs::Fchown(erofs()),
+            Rq::Fchmod(_) => Rs::Fchmod(erofs()),
+        })
     }
 }
 
@@ -546,9 +753,9 @@ mod tests {
             "pread left the position alone"
         );
         assert_eq!(svc.read(fd, 100).unwrap(), b"", "EOF is an empty read");
-        assert_eq!(svc.seek(fd, SeekFromInternal::End(-5)).unwrap(), 6);
-        assert_eq!(svc.seek(fd, SeekFromInternal::Current(-1)).unwrap(), 5);
-        assert_eq!(svc.seek(fd, SeekFromInternal::Start(0)).unwrap(), 0);
+        assert_eq!(svc.seek(fd, SeekFrom::End(-5)).unwrap(), 6);
+        assert_eq!(svc.seek(fd, SeekFrom::Current(-1)).unwrap(), 5);
+        assert_eq!(svc.seek(fd, SeekFrom::Start(0)).unwrap(), 0);
         let fd2 = svc.open(Path::new("/etc/rel"), RO).unwrap();
         assert_eq!(fd2, 1, "fds count up from 0");
         svc.close(fd);
