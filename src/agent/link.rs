@@ -318,15 +318,18 @@ where
         }
         let _ = sink.close().await;
     });
-    let inbound = stream.filter_map(|frame| async move {
-        match frame {
-            Ok(Message::Binary(bytes)) => Some(decode_frame(&bytes)),
-            Ok(Message::Close(_)) => None,
-            Ok(_) => None,
-            Err(e) => Some(Err(AgentError::Link(format!("session WebSocket: {e}")))),
-        }
-    });
-    // A Close frame ends the stream for the session the same way EOF does.
+    // A Close frame ends the session like EOF does (the peer may keep the TCP connection open
+    // until its side of the close handshake completes).
+    let inbound = stream
+        .take_while(|frame| std::future::ready(!matches!(frame, Ok(Message::Close(_)))))
+        .filter_map(|frame| async move {
+            match frame {
+                Ok(Message::Binary(bytes)) => Some(decode_frame(&bytes)),
+                // Text frames carry no protocol messages; pings are answered by tungstenite.
+                Ok(_) => None,
+                Err(e) => Some(Err(AgentError::Link(format!("session WebSocket: {e}")))),
+            }
+        });
     let inbound = Box::pin(inbound);
     session::run(state, inbound, out).await;
     let _ = writer.await;
