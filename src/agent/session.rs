@@ -590,3 +590,97 @@ async fn resolve(job: DnsJob) -> DaemonMessage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(text: &str) -> DaemonMessage {
+        warn_log(text.to_owned())
+    }
+
+    #[tokio::test]
+    async fn logs_wait_for_ready_for_logs() {
+        let (out, mut rx) = Outbound::channel();
+        assert!(out.send(log("too early")).await);
+        assert!(out.send(DaemonMessage::Pong).await);
+        assert_eq!(rx.recv().await, Some(DaemonMessage::Pong), "log dropped");
+        out.logs_ready.store(true, Ordering::Release);
+        assert!(out.send(log("now")).await);
+        assert_eq!(rx.recv().await, Some(log("now")));
+        drop(out);
+        assert_eq!(rx.recv().await, None);
+    }
+
+    /// Drives `run` in-process: requests in, answers out, in the order the client relies on.
+    #[tokio::test]
+    async fn answers_keep_group_order_and_close_is_silent() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), b"data").unwrap();
+        let state = Arc::new(AgentState::new(
+            EnvSource::Off,
+            Some(root.path().to_owned()),
+            Arc::new(Metrics::new()),
+        ));
+        let (out, mut rx) = Outbound::channel();
+        let open = |path: &str| {
+            ClientMessage::FileRequest(FileRequest::Open(OpenFileRequest {
+                path: path.into(),
+                open_options: OpenOptionsInternal {
+                    read: true,
+                    ..Default::default()
+                },
+            }))
+        };
+        let (client, inbound) = futures::channel::mpsc::unbounded();
+        let session = tokio::spawn(run(state.clone(), inbound, out));
+        for request in [
+            open("/f"),
+            ClientMessage::FileRequest(FileRequest::Close(CloseFileRequest { fd: 0 })),
+            open("/missing"),
+            ClientMessage::GetAddrInfoRequest(GetAddrInfoRequest {
+                node: "127.0.0.1".into(),
+            }),
+            ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest::default()),
+        ] {
+            client.unbounded_send(Ok(request)).unwrap();
+        }
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv());
+            answers.push(next.await.expect("answer in time").expect("open"));
+        }
+        // Close ends the session at once; what follows is never handled.
+        client.unbounded_send(Ok(ClientMessage::Close)).unwrap();
+        client.unbounded_send(Ok(ClientMessage::Ping)).unwrap();
+        let end = session.await.unwrap();
+        assert!(matches!(end, SessionEnd::ClientClosed), "{end:?}");
+        while let Some(msg) = rx.recv().await {
+            answers.push(msg);
+        }
+        let files: Vec<&DaemonMessage> = answers
+            .iter()
+            .filter(|m| matches!(m, DaemonMessage::File(_)))
+            .collect();
+        assert_eq!(files.len(), 2, "Close has no answer: {answers:?}");
+        assert_eq!(
+            files[0],
+            &DaemonMessage::File(FileResponse::Open(Ok(OpenFileResponse { fd: 0 })))
+        );
+        assert!(matches!(
+            files[1],
+            DaemonMessage::File(FileResponse::Open(Err(ResponseError::RemoteIO(_))))
+        ));
+        assert!(
+            answers.contains(&DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(
+                Default::default()
+            ))))
+        );
+        assert!(answers.iter().any(|m| matches!(
+            m,
+            DaemonMessage::GetAddrInfoResponse(GetAddrInfoResponse(Ok(_)))
+        )));
+        assert!(!answers.contains(&DaemonMessage::Pong));
+        assert_eq!(state.metrics.sessions_active(), 0);
+    }
+}
