@@ -707,3 +707,124 @@ fn unfiltered_steal_whole_tcp_keepalive_chunked_h2c_and_upgrade() {
         })
     });
 }
+
+/// The agent process that `sigkill_mid_steal_…` starts and kills: this same test binary re-run
+/// with `MO_TEST_AGENT_CHILD=<chain prefix>` inside the namespace. In a normal test run (variable
+/// unset) it has nothing to do and returns.
+#[test]
+fn agent_child_process() {
+    let Ok(prefix) = std::env::var("MO_TEST_AGENT_CHILD") else {
+        return;
+    };
+    mt_rt().block_on(async {
+        let incoming = Incoming::start(cfg(&prefix)).await.unwrap();
+        let mut c = Client::new(&incoming);
+        assert_eq!(c.steal(StealType::All(APP)).await, Ok(APP));
+        println!("MO-CHILD READY");
+        let (start, _) = c.request(true).await;
+        println!("MO-CHILD STOLEN {}", start.request.uri.path());
+        // Hold the stolen request unanswered until the parent kills this process.
+        tokio::time::sleep(WAIT * 4).await;
+    });
+}
+
+#[test]
+fn sigkill_mid_steal_then_restart_removes_stale_rules_and_the_app_answers() {
+    use std::io::BufRead;
+
+    let ns = NetNs::with_caller("kill");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "from the python app").unwrap();
+    let mut app = ns.command("python3");
+    app.args([
+        "-m",
+        "http.server",
+        &APP.to_string(),
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+    ])
+    .arg(dir.path())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    ns.spawn(app);
+    ns.wait_for_port((POD_ADDR, APP).into(), WAIT);
+    let url = format!("http://{POD_ADDR}:{APP}/hello.txt");
+    let caller_curl = |url: &str| {
+        ns.caller_command("curl")
+            .args(["-sS", "--max-time", "10", url])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(caller_curl(&url).stdout, b"from the python app");
+
+    let mut agent = ns.command(std::env::current_exe().unwrap().to_str().unwrap());
+    agent
+        .args([
+            "--exact",
+            "agent_child_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("MO_TEST_AGENT_CHILD", "KILL")
+        .stderr(std::process::Stdio::null());
+    let (pid, stdout) = ns.spawn_piped(agent);
+    let (line_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // libtest may print its own text before ours on the same line.
+    let wait_line = |marker: &str| loop {
+        let line = lines.recv_timeout(WAIT).expect("agent child output");
+        if let Some(at) = line.find(marker) {
+            return line[at..].to_owned();
+        }
+    };
+    wait_line("MO-CHILD READY");
+    assert_eq!(
+        ns.nat_rules_with("KILL-").len(),
+        7,
+        "{:#?}",
+        ns.nat_rules_with("KILL-")
+    );
+
+    std::thread::scope(|s| {
+        let pending = s.spawn(|| caller_curl(&url));
+        assert_eq!(wait_line("MO-CHILD STOLEN"), "MO-CHILD STOLEN /hello.txt");
+        ns.kill(pid);
+        let out = pending.join().unwrap();
+        assert!(
+            !out.status.success(),
+            "the stolen request dies with the agent"
+        );
+    });
+    assert_eq!(
+        ns.nat_rules_with("KILL-").len(),
+        7,
+        "a killed agent leaves its rules"
+    );
+    assert!(
+        !caller_curl(&url).status.success(),
+        "stale rules send traffic to a dead listener"
+    );
+
+    ns.run_in(|| {
+        rt().block_on(async {
+            let incoming = Incoming::start(cfg("KILL")).await.unwrap();
+            assert!(
+                ns.nat_rules_with("KILL-").is_empty(),
+                "restart removed them"
+            );
+            incoming.shutdown().await;
+        })
+    });
+    assert_eq!(caller_curl(&url).stdout, b"from the python app");
+}
