@@ -5,22 +5,24 @@ use std::{hint::black_box, sync::Arc};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, Uri};
-use mirrord_operator::agent::incoming::{
-    filter::{RequestFilter, RequestView},
-    subscriptions::{PortChange, SubscriptionTable},
-    types::{HttpFilter, HttpMethodFilter},
+use mirrord_operator::{
+    agent::incoming::{
+        filter::{RequestFilter, RequestView},
+        subscriptions::{PortChange, SubscriptionTable},
+    },
+    protocol::{Filter, HttpFilter, HttpMethodFilter},
 };
 
 /// What 100 developers typically subscribe with: mostly a personal header, some paths, some
 /// composites.
 fn session_filter(i: usize) -> HttpFilter {
     match i % 4 {
-        0 | 1 => HttpFilter::Header(format!("^x-mirrord-user: dev-{i}$")),
-        2 => HttpFilter::Path(format!("^/api/v1/tenant-{i}/")),
+        0 | 1 => HttpFilter::Header(Filter(format!("^x-mirrord-user: dev-{i}$"))),
+        2 => HttpFilter::Path(Filter(format!("^/api/v1/tenant-{i}/"))),
         _ => HttpFilter::Composite {
             all: true,
             filters: vec![
-                HttpFilter::Header(format!("x-session: s{i}\\b")),
+                HttpFilter::Header(Filter(format!("x-session: s{i}\\b"))),
                 HttpFilter::Method(HttpMethodFilter::Post),
             ],
         },

@@ -16,13 +16,16 @@ use http::{Request, Response, header};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mirrord_operator::agent::incoming::{
-    Incoming, IncomingConfig, IncomingSession, RedirectMode,
-    redirect::{Family, Redirector},
-    types::{
-        ChunkedRequest, ChunkedRequestBodyV1, ChunkedRequestStartV2, ChunkedResponse, DaemonTcp,
-        HttpFilter, HttpMethodFilter, HttpResponse, IncomingMessage, InternalHttpBodyFrame,
-        InternalHttpResponse, LayerTcp, LayerTcpSteal, StealType, SubscribeError, TcpData,
+use mirrord_operator::{
+    agent::incoming::{
+        Incoming, IncomingConfig, IncomingSession, RedirectMode,
+        redirect::{Family, Redirector},
+    },
+    protocol::{
+        ChunkedRequest, ChunkedRequestBodyV1, ChunkedRequestStartV2, ChunkedResponse,
+        DaemonMessage, DaemonTcp, Filter, HttpFilter, HttpMethodFilter, HttpRequestMetadata,
+        HttpResponse, InternalHttpBodyFrame, InternalHttpResponse, LayerTcp, LayerTcpSteal,
+        ResponseError, StealType, TcpClose, TcpData,
     },
 };
 use netns::{CALLER_ADDR, NetNs, POD_ADDR};
@@ -224,7 +227,7 @@ async fn curl(ns: &str, args: &[&str]) -> String {
 /// Plays the mirrord client of one session.
 struct Client {
     session: IncomingSession,
-    rx: mpsc::Receiver<IncomingMessage>,
+    rx: mpsc::Receiver<DaemonMessage>,
 }
 
 impl Client {
@@ -234,7 +237,7 @@ impl Client {
         Client { session, rx }
     }
 
-    async fn next(&mut self) -> IncomingMessage {
+    async fn next(&mut self) -> DaemonMessage {
         tokio::time::timeout(WAIT, self.rx.recv())
             .await
             .expect("a message within the time limit")
@@ -243,19 +246,19 @@ impl Client {
 
     async fn next_steal(&mut self) -> DaemonTcp {
         match self.next().await {
-            IncomingMessage::Steal(m) => m,
+            DaemonMessage::TcpSteal(m) => m,
             other => panic!("expected a steal message, got {other:?}"),
         }
     }
 
     async fn next_mirror(&mut self) -> DaemonTcp {
         match self.next().await {
-            IncomingMessage::Mirror(m) => m,
+            DaemonMessage::Tcp(m) => m,
             other => panic!("expected a mirror message, got {other:?}"),
         }
     }
 
-    async fn steal(&mut self, steal: StealType) -> Result<u16, SubscribeError> {
+    async fn steal(&mut self, steal: StealType) -> Result<u16, ResponseError> {
         self.session
             .handle_steal(LayerTcpSteal::PortSubscribe(steal))
             .await;
@@ -265,7 +268,7 @@ impl Client {
         }
     }
 
-    async fn mirror(&mut self, msg: LayerTcp) -> Result<u16, SubscribeError> {
+    async fn mirror(&mut self, msg: LayerTcp) -> Result<u16, ResponseError> {
         self.session.handle_mirror(msg).await;
         match self.next_mirror().await {
             DaemonTcp::SubscribeResult(r) => r,
@@ -284,7 +287,7 @@ impl Client {
     /// A whole HTTP request (StartV2 plus its Body messages): head and concatenated body.
     async fn request(&mut self, steal: bool) -> (ChunkedRequestStartV2, Vec<u8>) {
         let start = match self.next_side(steal).await {
-            DaemonTcp::HttpRequestChunked(ChunkedRequest::StartV2(start)) => *start,
+            DaemonTcp::HttpRequestChunked(ChunkedRequest::StartV2(start)) => start,
             other => panic!("expected StartV2, got {other:?}"),
         };
         let mut body = data_of(&start.request.body.frames);
@@ -319,7 +322,7 @@ impl Client {
                     status: http::StatusCode::from_u16(status).unwrap(),
                     version: http::Version::HTTP_11,
                     headers: map,
-                    body: Bytes::from(body.to_owned()),
+                    body: Bytes::from(body.to_owned()).into(),
                 },
             }))
             .await;
@@ -338,7 +341,7 @@ fn data_of(frames: &[InternalHttpBodyFrame]) -> Vec<u8> {
 }
 
 fn header_filter(re: &str) -> HttpFilter {
-    HttpFilter::Header(re.into())
+    HttpFilter::Header(Filter(re.into()))
 }
 
 /// Polls (bounded) until `f` holds.
@@ -376,8 +379,9 @@ fn header_filtered_steal_from_caller_host_and_loopback_others_reach_the_app() {
             assert_eq!(start.request.method, http::Method::GET);
             assert_eq!(start.request.uri.path(), "/hello");
             assert_eq!(start.request.headers["x-user"], "alice");
-            assert_eq!(start.source.ip(), std::net::IpAddr::from(CALLER_ADDR));
-            assert_eq!(start.destination, format!("{POD_ADDR}:{APP}").parse().unwrap());
+            let HttpRequestMetadata::V1 { source, destination } = start.metadata;
+            assert_eq!(source.ip(), std::net::IpAddr::from(CALLER_ADDR));
+            assert_eq!(destination, format!("{POD_ADDR}:{APP}").parse().unwrap());
             assert!(body.is_empty());
             alice
                 .respond(start.connection_id, 201, &[("x-from", "alice")], "stolen by alice")
@@ -387,7 +391,7 @@ fn header_filtered_steal_from_caller_host_and_loopback_others_reach_the_app() {
             assert!(out.contains("x-from: alice"), "{out}");
             assert!(out.contains("cache-control: no-cache, no-store, must-revalidate"), "{out}");
             assert!(out.ends_with("stolen by alice"), "{out}");
-            assert!(matches!(alice.next_steal().await, DaemonTcp::Close(id) if id == start.connection_id));
+            assert!(matches!(alice.next_steal().await, DaemonTcp::Close(TcpClose { connection_id: id }) if id == start.connection_id));
 
             // Not matching: the app answers, the session sees nothing.
             assert_eq!(curl(&caller, &["-H", "x-user: bob", &url]).await, "app GET /hello ");
@@ -404,7 +408,7 @@ fn header_filtered_steal_from_caller_host_and_loopback_others_reach_the_app() {
             assert_eq!(start.connection_id, 1, "fresh id per request");
             alice.respond(start.connection_id, 200, &[], "local stolen").await;
             assert_eq!(req.await.unwrap(), "local stolen");
-            assert!(matches!(alice.next_steal().await, DaemonTcp::Close(1)));
+            assert!(matches!(alice.next_steal().await, DaemonTcp::Close(TcpClose { connection_id: 1 })));
             assert_eq!(
                 curl(&pod, &[&format!("http://127.0.0.1:{APP}/direct")]).await,
                 "app GET /direct "
@@ -434,13 +438,13 @@ fn two_sessions_share_a_port_by_filter_unfiltered_is_refused_and_release_on_disc
             let by_path = HttpFilter::Composite {
                 all: true,
                 filters: vec![
-                    HttpFilter::Path("^/p$".into()),
+                    HttpFilter::Path(Filter("^/p$".into())),
                     header_filter("x-user: bob"),
                 ],
             };
             assert_eq!(
                 alice
-                    .steal(StealType::FilteredHttp(APP, "x-user: alice".into()))
+                    .steal(StealType::FilteredHttp(APP, Filter("x-user: alice".into())))
                     .await,
                 Ok(APP)
             );
@@ -450,7 +454,7 @@ fn two_sessions_share_a_port_by_filter_unfiltered_is_refused_and_release_on_disc
             );
             assert_eq!(
                 carol.steal(StealType::All(APP)).await,
-                Err(SubscribeError::PortAlreadyStolen(APP))
+                Err(ResponseError::PortAlreadyStolen(APP))
             );
             assert_eq!(ns.nat_rules_with("--dport 8080").len(), 2);
 
@@ -512,7 +516,7 @@ fn mirror_copies_http_and_raw_tcp_while_the_app_answers() {
                 let (start, body) = client.request(false).await;
                 assert_eq!(start.request.uri.path(), "/m");
                 assert_eq!(body, b"ping");
-                assert!(matches!(client.next_mirror().await, DaemonTcp::Close(id) if id == start.connection_id));
+                assert!(matches!(client.next_mirror().await, DaemonTcp::Close(TcpClose { connection_id: id }) if id == start.connection_id));
             }
             assert_eq!(curl(&caller, &[&url]).await, "app GET /m ");
             let (start, _) = m.request(false).await;
@@ -536,6 +540,7 @@ fn mirror_copies_http_and_raw_tcp_while_the_app_answers() {
             .unwrap();
             assert_eq!(echoed, "hello raw\n");
             let DaemonTcp::NewConnectionV2(conn) = m.next_mirror().await else { panic!("new connection") };
+            let conn = conn.connection;
             assert_eq!(conn.destination_port, RAW);
             assert_eq!(conn.remote_address, std::net::IpAddr::from(CALLER_ADDR));
             let mut copied = Vec::new();
@@ -547,7 +552,7 @@ fn mirror_copies_http_and_raw_tcp_while_the_app_answers() {
                 }
             }
             assert_eq!(copied, b"hello raw\n");
-            assert!(matches!(m.next_mirror().await, DaemonTcp::Close(id) if id == conn.connection_id));
+            assert!(matches!(m.next_mirror().await, DaemonTcp::Close(TcpClose { connection_id: id }) if id == conn.connection_id));
             incoming.shutdown().await;
         })
     });
@@ -581,16 +586,17 @@ fn unfiltered_steal_whole_tcp_keepalive_chunked_h2c_and_upgrade() {
                 }
             });
             let DaemonTcp::NewConnectionV2(conn) = c.next_steal().await else { panic!("new connection") };
+            let conn = conn.connection;
             let id = conn.connection_id;
             assert!(matches!(c.next_steal().await, DaemonTcp::Data(d) if &d.bytes[..] == b"ping\n"));
             for bytes in [&b"pong\n"[..], b""] {
                 c.session
-                    .handle_steal(LayerTcpSteal::Data(TcpData { connection_id: id, bytes: Bytes::from_static(bytes) }))
+                    .handle_steal(LayerTcpSteal::Data(TcpData { connection_id: id, bytes: Bytes::from_static(bytes).into() }))
                     .await;
             }
             assert_eq!(peer.await.unwrap(), "pong\n", "stolen: the echo app never saw it");
             assert!(matches!(c.next_steal().await, DaemonTcp::Data(d) if d.bytes.is_empty()));
-            assert!(matches!(c.next_steal().await, DaemonTcp::Close(i) if i == id));
+            assert!(matches!(c.next_steal().await, DaemonTcp::Close(TcpClose { connection_id: i }) if i == id));
 
             // Keep-alive: two requests on one connection, and a chunked upload.
             let url = format!("http://{POD_ADDR}:{APP}");
@@ -627,7 +633,7 @@ fn unfiltered_steal_whole_tcp_keepalive_chunked_h2c_and_upgrade() {
                     status: http::StatusCode::OK,
                     version: http::Version::HTTP_2,
                     headers: http::HeaderMap::new(),
-                    body: vec![InternalHttpBodyFrame::Data(Bytes::from_static(b"part1 "))],
+                    body: vec![InternalHttpBodyFrame::Data(Bytes::from_static(b"part1 ").into())],
                 },
             };
             c.session
@@ -636,7 +642,7 @@ fn unfiltered_steal_whole_tcp_keepalive_chunked_h2c_and_upgrade() {
             c.session
                 .handle_steal(LayerTcpSteal::HttpResponseChunked(ChunkedResponse::Body(
                     ChunkedRequestBodyV1 {
-                        frames: vec![InternalHttpBodyFrame::Data(Bytes::from_static(b"part2"))],
+                        frames: vec![InternalHttpBodyFrame::Data(Bytes::from_static(b"part2").into())],
                         is_last: true,
                         connection_id: id,
                         request_id: 0,
@@ -644,7 +650,7 @@ fn unfiltered_steal_whole_tcp_keepalive_chunked_h2c_and_upgrade() {
                 )))
                 .await;
             assert_eq!(req.await.unwrap(), "part1 part2");
-            assert!(matches!(c.next_steal().await, DaemonTcp::Close(i) if i == id));
+            assert!(matches!(c.next_steal().await, DaemonTcp::Close(TcpClose { connection_id: i }) if i == id));
 
             // Upgrade: the client answers 101, then the id carries raw bytes both ways.
             let peer = tokio::task::spawn_blocking({
@@ -672,7 +678,7 @@ fn unfiltered_steal_whole_tcp_keepalive_chunked_h2c_and_upgrade() {
             c.respond(id, 101, &[("connection", "upgrade"), ("upgrade", "echo")], "").await;
             assert!(matches!(c.next_steal().await, DaemonTcp::Data(d) if &d.bytes[..] == b"abc"));
             c.session
-                .handle_steal(LayerTcpSteal::Data(TcpData { connection_id: id, bytes: Bytes::from_static(b"ABC") }))
+                .handle_steal(LayerTcpSteal::Data(TcpData { connection_id: id, bytes: Bytes::from_static(b"ABC").into() }))
                 .await;
             let (head, reply) = peer.await.unwrap();
             assert!(head.starts_with("HTTP/1.1 101"), "{head}");

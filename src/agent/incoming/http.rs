@@ -28,10 +28,11 @@ use super::{
     listener::{ConnInfo, Protocol, Rewind, connect_as, relay_stolen},
     state::{BoxError, SessionState, Stolen, gates, mirror_tap},
     subscriptions::Steal,
-    types::{
-        ChunkedRequest, ChunkedRequestBodyV1, ChunkedRequestStartV2, DaemonTcp, IncomingMessage,
-        InternalHttpBodyFrame, InternalHttpBodyNew, InternalHttpRequest,
-    },
+};
+use crate::protocol::{
+    ChunkedRequest, ChunkedRequestBodyV1, ChunkedRequestStartV2, DaemonTcp, HttpRequestMetadata,
+    IncomingTrafficTransportType, InternalHttpBodyFrame, InternalHttpBodyNew, InternalHttpRequest,
+    TcpClose,
 };
 
 type RespBody = BoxBody<Bytes, BoxError>;
@@ -106,7 +107,7 @@ impl Conn {
                     .filter_map(|id| self.shared.session(id))
                 {
                     if chosen.is_some() {
-                        session.try_send(IncomingMessage::Warn(format!(
+                        session.try_send(SessionState::warn_message(format!(
                             "an HTTP request on port {port} matched your filter but was given to another session"
                         )));
                     } else if self.eligible(&session, &gates::STEAL_HTTP_V2) {
@@ -151,7 +152,7 @@ impl Conn {
     fn eligible(&self, session: &SessionState, gate: &semver::Version) -> bool {
         let ok = session.at_least(gate);
         if !ok {
-            session.try_send(IncomingMessage::Warn(format!(
+            session.try_send(SessionState::warn_message(format!(
                 "an HTTP request on port {} was not delivered: your mirrord is older than protocol {gate}",
                 self.info.orig.port()
             )));
@@ -160,7 +161,7 @@ impl Conn {
     }
 
     fn start_message(&self, id: u64, parts: &http::request::Parts, is_last: bool) -> DaemonTcp {
-        DaemonTcp::HttpRequestChunked(ChunkedRequest::StartV2(Box::new(ChunkedRequestStartV2 {
+        DaemonTcp::HttpRequestChunked(ChunkedRequest::StartV2(ChunkedRequestStartV2 {
             connection_id: id,
             request_id: 0,
             request: InternalHttpRequest {
@@ -173,9 +174,12 @@ impl Conn {
                     is_last,
                 },
             },
-            source: self.info.peer,
-            destination: self.info.orig,
-        })))
+            metadata: HttpRequestMetadata::V1 {
+                source: self.info.peer,
+                destination: self.info.orig,
+            },
+            transport: IncomingTrafficTransportType::Tcp,
+        }))
     }
 
     async fn steal(
@@ -254,7 +258,8 @@ impl Conn {
                             Err(e) => {
                                 warn!(error = %e, "upgrade with the peer failed");
                                 owner.unregister(id);
-                                owner.send_steal(DaemonTcp::Close(id)).await;
+                                let close = TcpClose { connection_id: id };
+                                owner.send_steal(DaemonTcp::Close(close)).await;
                             }
                         }
                     }
@@ -345,14 +350,14 @@ impl Conn {
 
 fn to_internal(frame: Frame<Bytes>) -> InternalHttpBodyFrame {
     match frame.into_data() {
-        Ok(data) => InternalHttpBodyFrame::Data(data),
+        Ok(data) => InternalHttpBodyFrame::Data(data.into()),
         Err(frame) => InternalHttpBodyFrame::Trailers(frame.into_trailers().unwrap_or_default()),
     }
 }
 
 pub fn from_internal(frame: InternalHttpBodyFrame) -> Frame<Bytes> {
     match frame {
-        InternalHttpBodyFrame::Data(data) => Frame::data(data),
+        InternalHttpBodyFrame::Data(data) => Frame::data(data.0),
         InternalHttpBodyFrame::Trailers(trailers) => Frame::trailers(trailers),
     }
 }
@@ -398,7 +403,7 @@ impl Body for TeeBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) if !self.taps.is_empty() => {
                 let copy = match frame.data_ref() {
-                    Some(data) => InternalHttpBodyFrame::Data(data.clone()),
+                    Some(data) => InternalHttpBodyFrame::Data(data.clone().into()),
                     None => InternalHttpBodyFrame::Trailers(
                         frame.trailers_ref().cloned().unwrap_or_default(),
                     ),
@@ -431,7 +436,7 @@ impl Body for TeeBody {
 impl Drop for TeeBody {
     fn drop(&mut self) {
         for (id, tap) in &self.taps {
-            let _ = tap.send(DaemonTcp::Close(*id));
+            let _ = tap.send(DaemonTcp::Close(TcpClose { connection_id: *id }));
         }
     }
 }
@@ -468,12 +473,14 @@ impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.owner.unregister(self.id);
         let owner = self.owner.clone();
-        let id = self.id;
+        let close = DaemonTcp::Close(TcpClose {
+            connection_id: self.id,
+        });
         // Drop cannot wait; keep the order after earlier messages by queueing through a task.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { owner.send_steal(DaemonTcp::Close(id)).await });
+            handle.spawn(async move { owner.send_steal(close).await });
         } else {
-            owner.try_send(IncomingMessage::Steal(DaemonTcp::Close(id)));
+            owner.try_send(crate::protocol::DaemonMessage::TcpSteal(close));
         }
     }
 }

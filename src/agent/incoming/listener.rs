@@ -25,7 +25,10 @@ use super::{
     Shared, http,
     state::{SessionState, Stolen, gates, mirror_tap},
     subscriptions::Steal,
-    types::{DaemonTcp, IncomingMessage, NewTcpConnectionV1, TcpData},
+};
+use crate::protocol::{
+    DaemonTcp, IncomingTrafficTransportType, NewTcpConnectionV1, NewTcpConnectionV2, TcpClose,
+    TcpData,
 };
 
 /// Accepts redirected connections until the task is aborted.
@@ -266,7 +269,10 @@ impl ConnInfo {
 
 fn new_connection_msg(session: &SessionState, conn: NewTcpConnectionV1) -> DaemonTcp {
     if session.at_least(&gates::V2_FORMS) {
-        DaemonTcp::NewConnectionV2(conn)
+        DaemonTcp::NewConnectionV2(NewTcpConnectionV2 {
+            connection: conn,
+            transport: IncomingTrafficTransportType::Tcp,
+        })
     } else {
         DaemonTcp::NewConnectionV1(conn)
     }
@@ -342,7 +348,8 @@ pub async fn relay_stolen<S>(
                     }
                 };
                 peer_open = !bytes.is_empty();
-                if !owner.send_steal(DaemonTcp::Data(TcpData { connection_id: id, bytes })).await {
+                let data = TcpData { connection_id: id, bytes: bytes.into() };
+                if !owner.send_steal(DaemonTcp::Data(data)).await {
                     return;
                 }
                 if failure.is_some() {
@@ -368,12 +375,14 @@ pub async fn relay_stolen<S>(
     owner.unregister(id);
     if let Some(reason) = failure {
         owner
-            .send(IncomingMessage::Warn(format!(
+            .send(SessionState::warn_message(format!(
                 "stolen connection {id} failed: {reason}"
             )))
             .await;
     }
-    owner.send_steal(DaemonTcp::Close(id)).await;
+    owner
+        .send_steal(DaemonTcp::Close(TcpClose { connection_id: id }))
+        .await;
 }
 
 /// Forwards a connection to its original destination, copying the peer's bytes to sessions that
@@ -404,7 +413,7 @@ async fn passthrough_tcp(shared: &Shared, peer: TcpStream, sniffed: Vec<u8>, inf
         for (id, tap) in &mirrors {
             let _ = tap.send(DaemonTcp::Data(TcpData {
                 connection_id: *id,
-                bytes: Bytes::copy_from_slice(bytes),
+                bytes: Bytes::copy_from_slice(bytes).into(),
             }));
         }
     };
@@ -432,7 +441,7 @@ async fn passthrough_tcp(shared: &Shared, peer: TcpStream, sniffed: Vec<u8>, inf
     };
     let (up, down) = tokio::join!(upstream, downstream);
     for (id, tap) in &mirrors {
-        let _ = tap.send(DaemonTcp::Close(*id));
+        let _ = tap.send(DaemonTcp::Close(TcpClose { connection_id: *id }));
     }
     if let Err(e) = up.and(down) {
         debug!(error = %e, "pass-through ended with an error");

@@ -10,7 +10,6 @@ pub mod listener;
 pub mod redirect;
 mod state;
 pub mod subscriptions;
-pub mod types;
 
 use std::{
     collections::HashMap,
@@ -37,10 +36,10 @@ use self::{
     redirect::{Family, Redirector},
     state::{SessionState, Stolen, StolenResponse, abort, gates},
     subscriptions::{PortChange, PortSubscriptions, SessionId, SubscriptionTable},
-    types::{
-        ChunkedResponse, DaemonTcp, HttpFilter, HttpResponse, IncomingMessage,
-        InternalHttpBodyFrame, LayerTcp, LayerTcpSteal, StealType, SubscribeError,
-    },
+};
+use crate::protocol::{
+    BlockedAction, ChunkedResponse, DaemonMessage, DaemonTcp, HttpFilter, HttpResponse,
+    InternalHttpBodyFrame, LayerTcp, LayerTcpSteal, ResponseError, StealType,
 };
 
 /// How subscribed ports reach the agent.
@@ -203,7 +202,7 @@ impl Incoming {
     /// (`None`: the pre-negotiation default 1.2.2).
     pub fn session(
         self: &Arc<Self>,
-        tx: mpsc::Sender<IncomingMessage>,
+        tx: mpsc::Sender<DaemonMessage>,
         client_version: Option<semver::Version>,
     ) -> IncomingSession {
         let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
@@ -277,11 +276,11 @@ impl IncomingSession {
     pub async fn handle_mirror(&mut self, msg: LayerTcp) {
         match msg {
             LayerTcp::PortSubscribe(port) => {
-                let result = self.subscribe(port, None, false).await;
+                let result = self.subscribe(port, None, None).await;
                 self.reply(false, result).await;
             }
             LayerTcp::PortSubscribeFilteredHttp(port, filter) => {
-                let result = self.subscribe(port, Some(&filter), false).await;
+                let result = self.subscribe(port, Some(&filter), None).await;
                 self.reply(false, result).await;
             }
             LayerTcp::PortUnsubscribe(port) => self.unsubscribe(port, false).await,
@@ -294,16 +293,13 @@ impl IncomingSession {
     pub async fn handle_steal(&mut self, msg: LayerTcpSteal) {
         match msg {
             LayerTcpSteal::PortSubscribe(steal) => {
-                let result = match steal {
-                    StealType::All(port) => self.subscribe(port, None, true).await,
-                    StealType::FilteredHttp(port, re) => {
-                        self.subscribe(port, Some(&HttpFilter::Header(re)), true)
-                            .await
-                    }
-                    StealType::FilteredHttpEx(port, filter) => {
-                        self.subscribe(port, Some(&filter), true).await
-                    }
+                let port = steal.port();
+                let filter = match &steal {
+                    StealType::All(_) => None,
+                    StealType::FilteredHttp(_, re) => Some(HttpFilter::Header(re.clone())),
+                    StealType::FilteredHttpEx(_, filter) => Some(filter.clone()),
                 };
+                let result = self.subscribe(port, filter.as_ref(), Some(steal)).await;
                 self.reply(true, result).await;
             }
             LayerTcpSteal::PortUnsubscribe(port) => self.unsubscribe(port, true).await,
@@ -315,7 +311,7 @@ impl IncomingSession {
             LayerTcpSteal::Data(data) => {
                 let stolen = self.state.stolen.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(Stolen::Tcp(tx)) = stolen.get(&data.connection_id) {
-                    let _ = tx.send(data.bytes);
+                    let _ = tx.send(data.bytes.0);
                 }
             }
             LayerTcpSteal::HttpResponse(r) => {
@@ -325,7 +321,7 @@ impl IncomingSession {
                 self.respond(r, frames, true);
             }
             LayerTcpSteal::HttpResponseFramed(r) => {
-                let frames = r.internal_response.body.clone();
+                let frames = r.internal_response.body.0.clone();
                 self.respond(r, frames, true);
             }
             LayerTcpSteal::HttpResponseChunked(ChunkedResponse::Start(r)) => {
@@ -398,35 +394,44 @@ impl IncomingSession {
         });
     }
 
-    async fn reply(&self, steal: bool, result: Result<u16, SubscribeError>) {
+    async fn reply(&self, steal: bool, result: Result<u16, ResponseError>) {
         let msg = DaemonTcp::SubscribeResult(result);
         self.state
             .send(if steal {
-                IncomingMessage::Steal(msg)
+                DaemonMessage::TcpSteal(msg)
             } else {
-                IncomingMessage::Mirror(msg)
+                DaemonMessage::Tcp(msg)
             })
             .await;
     }
 
+    /// Adds a mirror (`steal: None`) or steal subscription. Filters this agent cannot serve and
+    /// ports it cannot redirect are refused with `ForbiddenWithReason`, which the client turns into
+    /// a clear failure of the application's `listen()` (any other error would be fatal to it).
     async fn subscribe(
         &self,
         port: u16,
         filter: Option<&HttpFilter>,
-        steal: bool,
-    ) -> Result<u16, SubscribeError> {
+        steal: Option<StealType>,
+    ) -> Result<u16, ResponseError> {
+        let refuse = |reason: String| ResponseError::ForbiddenWithReason {
+            blocked_action: match &steal {
+                Some(steal) => BlockedAction::Steal(steal.clone()),
+                None => BlockedAction::Mirror(port),
+            },
+            policy_name: None,
+            reason,
+        };
         let filter = filter
             .map(RequestFilter::compile)
             .transpose()
-            .map_err(|e| SubscribeError::Refused {
-                reason: e.to_string(),
-            })?
+            .map_err(|e| refuse(e.to_string()))?
             .map(Arc::new);
         let id = self.state.id;
         let _serial = self.shared.changes.lock().await;
         let change = {
             let mut table = self.shared.table.lock().unwrap_or_else(|e| e.into_inner());
-            if steal {
+            if steal.is_some() {
                 table.steal(id, port, filter)?
             } else {
                 table.mirror(id, port, filter)
@@ -440,9 +445,9 @@ impl IncomingSession {
             let mut table = self.shared.table.lock().unwrap_or_else(|e| e.into_inner());
             table.unsteal(id, port);
             table.unmirror(id, port);
-            return Err(SubscribeError::Refused {
-                reason: format!("the agent could not redirect port {port}: {e}"),
-            });
+            return Err(refuse(format!(
+                "the agent could not redirect port {port}: {e}"
+            )));
         }
         Ok(port)
     }

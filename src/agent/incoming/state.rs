@@ -15,9 +15,9 @@ use semver::Version;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use super::{
-    subscriptions::SessionId,
-    types::{DaemonTcp, IncomingMessage},
+use super::subscriptions::SessionId;
+use crate::protocol::{
+    ChunkedRequest, DaemonMessage, DaemonTcp, LogLevel, LogMessage, TcpClose, TcpData,
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,7 +51,7 @@ pub enum Stolen {
 /// One client session as seen by the incoming engine.
 pub struct SessionState {
     pub id: SessionId,
-    tx: mpsc::Sender<IncomingMessage>,
+    tx: mpsc::Sender<DaemonMessage>,
     version: RwLock<Version>,
     next_mirror_id: AtomicU64,
     next_steal_id: AtomicU64,
@@ -72,7 +72,7 @@ pub mod gates {
 }
 
 impl SessionState {
-    pub fn new(id: SessionId, tx: mpsc::Sender<IncomingMessage>, version: Version) -> Self {
+    pub fn new(id: SessionId, tx: mpsc::Sender<DaemonMessage>, version: Version) -> Self {
         SessionState {
             id,
             tx,
@@ -102,15 +102,23 @@ impl SessionState {
 
     /// Sends a steal-side message; false when the session is gone.
     pub async fn send_steal(&self, msg: DaemonTcp) -> bool {
-        self.tx.send(IncomingMessage::Steal(msg)).await.is_ok()
+        self.tx.send(DaemonMessage::TcpSteal(msg)).await.is_ok()
     }
 
-    pub async fn send(&self, msg: IncomingMessage) -> bool {
+    pub async fn send(&self, msg: DaemonMessage) -> bool {
         self.tx.send(msg).await.is_ok()
     }
 
+    /// A warning for the user (the session layer holds logs back until `ReadyForLogs`).
+    pub fn warn_message(message: String) -> DaemonMessage {
+        DaemonMessage::LogMessage(LogMessage {
+            message,
+            level: LogLevel::Warn,
+        })
+    }
+
     /// Sends without waiting (used from `Drop`); a full queue drops the message.
-    pub fn try_send(&self, msg: IncomingMessage) {
+    pub fn try_send(&self, msg: DaemonMessage) {
         if let Err(e) = self.tx.try_send(msg) {
             debug!(session = self.id, error = %e, "message dropped");
         }
@@ -119,11 +127,11 @@ impl SessionState {
     /// Sends a mirror-side message unless the client unsubscribed from its connection id.
     pub async fn send_mirror(&self, msg: DaemonTcp) -> bool {
         let id = match &msg {
-            DaemonTcp::Data(d) => Some(d.connection_id),
-            DaemonTcp::Close(id) => Some(*id),
-            DaemonTcp::HttpRequestChunked(super::types::ChunkedRequest::Body(b)) => {
-                Some(b.connection_id)
-            }
+            DaemonTcp::Data(TcpData { connection_id, .. })
+            | DaemonTcp::Close(TcpClose { connection_id })
+            | DaemonTcp::HttpRequestChunked(ChunkedRequest::Body(
+                crate::protocol::ChunkedRequestBodyV1 { connection_id, .. },
+            )) => Some(*connection_id),
             _ => None,
         };
         if let Some(id) = id {
@@ -135,7 +143,7 @@ impl SessionState {
                 return true;
             }
         }
-        self.tx.send(IncomingMessage::Mirror(msg)).await.is_ok()
+        self.tx.send(DaemonMessage::Tcp(msg)).await.is_ok()
     }
 
     pub fn mute(&self, id: u64) {
