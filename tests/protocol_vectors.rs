@@ -3,7 +3,8 @@
 use bytes::BytesMut;
 use mirrord_operator::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
 use mirrord_operator::protocol::{
-    ClientCodec, ClientMessage, CodecError, DaemonCodec, DaemonMessage,
+    ChunkedResponse, ClientCodec, ClientMessage, CodecError, DaemonCodec, DaemonMessage,
+    LayerTcpSteal,
 };
 use tokio_util::codec::Decoder;
 
@@ -1159,8 +1160,10 @@ mod fuzz {
         Ok(())
     }
 
-    fn golden() -> Vec<Vec<u8>> {
-        vectors().into_iter().map(|v| v.bytes).collect()
+    /// Parsed once: proptest calls this for every case.
+    fn golden() -> &'static [Vec<u8>] {
+        static GOLDEN: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        GOLDEN.get_or_init(|| vectors().into_iter().map(|v| v.bytes).collect())
     }
 
     proptest! {
@@ -1185,8 +1188,7 @@ mod fuzz {
             truncate in any::<Option<prop::sample::Index>>(),
             cuts in proptest::collection::vec(any::<usize>(), 0..3),
         ) {
-            let vectors = golden();
-            let mut bytes = index.get(&vectors).clone();
+            let mut bytes = index.get(golden()).clone();
             for (at, value) in &edits {
                 let position = at.index(bytes.len());
                 bytes[position] = *value;
@@ -1532,4 +1534,141 @@ mod fuzz {
             round_trip(&message)?;
         }
     }
+}
+
+/// Spec §1.3/§1.5/§1.6: what the reference decoder rejects is fatal here too, with a reason;
+/// what it tolerates (non-shortest varints, upper-case header names) is accepted.
+#[test]
+fn malformed_inputs_are_rejected_with_reasons() {
+    let client = |h: &str| decode_from_slice::<ClientMessage>(&hex(h));
+    // Outcome without the message type, so both directions fit in one table.
+    let c = |h: &str| client(h).map(|d| format!("{d:?}"));
+    let daemon = |h: &str| decode_from_slice::<DaemonMessage>(&hex(h)).map(|d| format!("{d:?}"));
+    let rejected = [
+        ("FF varint marker", "Reserved", c("ff")),
+        ("unknown ClientMessage index", "found: 18", c("12")),
+        ("unknown DaemonMessage index", "found: 16", daemon("10")),
+        (
+            "u16 with a u32 marker",
+            "expected: U16, found: U32",
+            c("0100fc50000000"),
+        ),
+        ("bool 02", "InvalidBooleanValue(2)", c("0902")),
+        ("option tag 02", "Option", c("050902")),
+        ("invalid UTF-8", "Utf8", daemon("0001ff")),
+        (
+            "semver with a v prefix",
+            "major version",
+            c("0a06763 12e302e30".replace(' ', "").as_str()),
+        ),
+        (
+            "semver with two components",
+            "minor version",
+            c("0a03312e30"),
+        ),
+        (
+            "HTTP/2 instead of HTTP/2.0",
+            "invalid HTTP version",
+            c("0204500000fbf60106485454502f320003626164"),
+        ),
+        (
+            "status 99",
+            "status code: 99",
+            c("02045000006308485454502f312e310003626164"),
+        ),
+        (
+            "status 1000",
+            "status code: 1000",
+            c("0204500000fbe80308485454502f312e310003626164"),
+        ),
+        (
+            "header name with a space",
+            "invalid header name",
+            c("0205500000c808485454502f312e310108626164206e616d650101320100026f6b"),
+        ),
+        (
+            "header value with a newline",
+            "invalid header value",
+            c("0205500000c808485454502f312e31010e636f6e74656e742d6c656e67746801010a0100026f6b"),
+        ),
+        (
+            "URI with a space",
+            "invalid URI",
+            daemon(
+                "02040347455403 2f2078 0008485454502f312e3000050050"
+                    .replace(' ', "")
+                    .as_str(),
+            ),
+        ),
+        (
+            "method with a space",
+            "invalid HTTP method",
+            daemon("020403472054012f0008485454502f312e3000050050"),
+        ),
+        (
+            "InternalHttpBodyFrame index 2",
+            "InternalHttpBodyFrame",
+            daemon("0206010102000100"),
+        ),
+        ("HttpFilter index 6", "\"HttpFilter\"", c("0200025006")),
+    ];
+    let mut failures = Vec::new();
+    for (what, reason_part, result) in rejected {
+        match result {
+            Err(CodecError::Malformed(reason)) if reason.to_string().contains(reason_part) => {}
+            other => failures.push(format!("{what}: {other:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Non-shortest enum index (FB 07 00 = 7 = Ping) is accepted.
+    assert!(matches!(
+        client("fb0700"),
+        Ok(Decoded::Message(ClientMessage::Ping, 3))
+    ));
+    // Upper-case header names are lowercased; re-encoding gives the canonical vector.
+    let upper = "0205500000c808485454502f312e31010e436f6e74656e742d4c656e6774680101320100026f6b";
+    let Ok(Decoded::Message(message, _)) = client(upper) else {
+        panic!("upper-case header name rejected");
+    };
+    assert_eq!(
+        encode_to_vec(&message).unwrap(),
+        hex("0205500000c808485454502f312e31010e636f6e74656e742d6c656e6774680101320100026f6b")
+    );
+}
+
+/// Spec §1.5: a repeated header name with one value replaces, with several values appends,
+/// with zero values adds nothing.
+#[test]
+fn repeated_header_names_follow_the_reference_decoder() {
+    // Response head with headers: a: [1], a: [2] → a: 2; b: [1], b: [2, 3] → b: 1, 2, 3;
+    // c: [] → nothing.
+    let bytes = hex(concat!(
+        "0206005000",
+        "00c808485454502f312e31",
+        "05",
+        "016101013101610101 32",
+        "0162010131016202013201 33",
+        "016300",
+        "00"
+    )
+    .replace(' ', "")
+    .as_str());
+    let Ok(Decoded::Message(
+        ClientMessage::TcpSteal(LayerTcpSteal::HttpResponseChunked(ChunkedResponse::Start(
+            response,
+        ))),
+        used,
+    )) = decode_from_slice::<ClientMessage>(&bytes)
+    else {
+        panic!("did not decode");
+    };
+    assert_eq!(used, bytes.len());
+    let headers = &response.internal_response.headers;
+    let values =
+        |name: &str| -> Vec<&[u8]> { headers.get_all(name).iter().map(|v| v.as_bytes()).collect() };
+    assert_eq!(values("a"), [b"2"]);
+    assert_eq!(values("b"), [b"1", b"2", b"3"]);
+    assert!(values("c").is_empty());
+    assert_eq!(headers.keys_len(), 2);
 }

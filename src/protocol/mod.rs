@@ -1,4 +1,4 @@
-//! mirrord-protocol 1.29 codec (issue 4; wire spec in `docs/design/mirrord-protocol.md`).
+//! mirrord-protocol 1.29 codec (issue 4; wire spec: the design doc `mirrord-protocol.md`).
 //!
 //! Pure encoding logic, no I/O. Type and variant names follow the upstream crate so the spec's
 //! tables map one to one onto this API; every type is re-exported at `protocol::`.

@@ -23,9 +23,17 @@ pub type RequestId = u16;
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Payload(pub Bytes);
 
+/// Bytes shown when debug-printing a payload; traffic can be megabytes and ends up in logs.
+const PAYLOAD_DEBUG_PREFIX: usize = 64;
+
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Payload({:?})", self.0)
+        if self.0.len() <= PAYLOAD_DEBUG_PREFIX {
+            write!(f, "Payload({:?})", self.0)
+        } else {
+            let prefix = self.0.slice(..PAYLOAD_DEBUG_PREFIX);
+            write!(f, "Payload({} bytes: {:?}...)", self.0.len(), prefix)
+        }
     }
 }
 
@@ -159,5 +167,31 @@ pub(crate) fn unexpected_variant(
         type_name,
         allowed,
         found,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_displays_as_uuid_and_keeps_byte_order() {
+        let bytes = [
+            0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x49, 0x78, 0x86, 0x95, 0xa4, 0xb3, 0xc2, 0xd1,
+            0xe0, 0xf0,
+        ];
+        let uid = Uid::from_uuid_bytes(bytes);
+        assert_eq!(uid.to_string(), "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f0");
+        assert_eq!(uid.to_uuid_bytes(), bytes);
+    }
+
+    #[test]
+    fn long_payloads_are_abbreviated_in_debug_output() {
+        let short = Payload::from("abc");
+        assert_eq!(format!("{short:?}"), "Payload(b\"abc\")");
+        let long = Payload::from(vec![b'x'; 1000]);
+        let text = format!("{long:?}");
+        assert!(text.starts_with("Payload(1000 bytes: "), "{text}");
+        assert!(text.len() < 200, "{text}");
     }
 }

@@ -127,6 +127,18 @@ impl NetNs {
         pid
     }
 
+    /// Like `spawn`, with the process's stdout piped back to the caller.
+    pub fn spawn_piped(&self, mut cmd: Command) -> (u32, std::process::ChildStdout) {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn process in netns");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let pid = child.id();
+        self.children.lock().unwrap().push(child);
+        (pid, stdout)
+    }
+
     /// SIGKILLs one process started with `spawn` and reaps it.
     pub fn kill(&self, pid: u32) {
         let mut children = self.children.lock().unwrap();
@@ -156,7 +168,8 @@ impl NetNs {
         Self::run_in_named(self.caller.as_deref().expect("with_caller"), f)
     }
 
-    fn run_in_named<F, R>(name: &str, f: F) -> R
+    /// Runs `f` on a new thread inside the namespace called `name`.
+    pub fn run_in_named<F, R>(name: &str, f: F) -> R
     where
         F: FnOnce() -> R + Send,
         R: Send,

@@ -6,7 +6,7 @@
 use fancy_regex::{Regex, RegexBuilder};
 use http::{HeaderMap, Method, Uri};
 
-use super::types::{HttpFilter, HttpMethodFilter};
+use crate::protocol::HttpFilter;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
@@ -42,23 +42,9 @@ fn compile_regex(source: &str) -> Result<Regex, FilterError> {
 impl RequestFilter {
     pub fn compile(filter: &HttpFilter) -> Result<RequestFilter, FilterError> {
         Ok(match filter {
-            HttpFilter::Header(re) => RequestFilter::Header(compile_regex(re)?),
-            HttpFilter::Path(re) => RequestFilter::Path(compile_regex(re)?),
-            HttpFilter::Method(m) => RequestFilter::Method(
-                match m {
-                    HttpMethodFilter::Get => "GET",
-                    HttpMethodFilter::Head => "HEAD",
-                    HttpMethodFilter::Post => "POST",
-                    HttpMethodFilter::Put => "PUT",
-                    HttpMethodFilter::Delete => "DELETE",
-                    HttpMethodFilter::Connect => "CONNECT",
-                    HttpMethodFilter::Options => "OPTIONS",
-                    HttpMethodFilter::Trace => "TRACE",
-                    HttpMethodFilter::Patch => "PATCH",
-                    HttpMethodFilter::Other(text) => text,
-                }
-                .to_owned(),
-            ),
+            HttpFilter::Header(re) => RequestFilter::Header(compile_regex(&re.0)?),
+            HttpFilter::Path(re) => RequestFilter::Path(compile_regex(&re.0)?),
+            HttpFilter::Method(m) => RequestFilter::Method(m.as_str().to_owned()),
             HttpFilter::Composite { all, filters } => {
                 let compiled = filters
                     .iter()
@@ -121,6 +107,7 @@ impl<'a> RequestView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Filter, HttpMethodFilter, JqQuery};
 
     fn view_parts(method: &str, uri: &str, headers: &[(&str, &[u8])]) -> (Method, Uri, HeaderMap) {
         let mut map = HeaderMap::new();
@@ -141,7 +128,7 @@ mod tests {
     }
 
     fn header(re: &str) -> HttpFilter {
-        HttpFilter::Header(re.into())
+        HttpFilter::Header(Filter(re.into()))
     }
 
     #[test]
@@ -184,7 +171,7 @@ mod tests {
 
     #[test]
     fn path_tries_path_then_path_and_query() {
-        let f = |re: &str| HttpFilter::Path(re.into());
+        let f = |re: &str| HttpFilter::Path(Filter(re.into()));
         assert!(check(
             f("^/api/v1/users$"),
             "GET",
@@ -248,7 +235,7 @@ mod tests {
         );
         let nested = all(vec![
             any(vec![header("bob"), header("alice")]),
-            HttpFilter::Path("^/$".into()),
+            HttpFilter::Path(Filter("^/$".into())),
         ]);
         assert!(check(nested, "GET", "/", h));
     }
@@ -261,11 +248,11 @@ mod tests {
         ));
         let nested_bad = HttpFilter::Composite {
             all: false,
-            filters: vec![header("ok"), HttpFilter::Path("[z-a]".into())],
+            filters: vec![header("ok"), HttpFilter::Path(Filter("[z-a]".into()))],
         };
         assert!(RequestFilter::compile(&nested_bad).is_err());
         assert_eq!(
-            RequestFilter::compile(&HttpFilter::HeaderJq("true".into())).unwrap_err(),
+            RequestFilter::compile(&HttpFilter::HeaderJq(JqQuery("true".into()))).unwrap_err(),
             FilterError::Unsupported("jq header")
         );
     }

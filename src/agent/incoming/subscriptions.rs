@@ -8,10 +8,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{
-    filter::{RequestFilter, RequestView},
-    types::SubscribeError,
-};
+use super::filter::{RequestFilter, RequestView};
+use crate::protocol::ResponseError;
 
 /// Agent-internal session number (never on the wire).
 pub type SessionId = u64;
@@ -92,7 +90,7 @@ impl SubscriptionTable {
         session: SessionId,
         port: u16,
         filter: Option<Arc<RequestFilter>>,
-    ) -> Result<PortChange, SubscribeError> {
+    ) -> Result<PortChange, ResponseError> {
         let was_empty = self
             .ports
             .get(&port)
@@ -105,10 +103,10 @@ impl SubscriptionTable {
         };
         let owned_unfiltered_by_other = matches!(subs.steal, Steal::Unfiltered(o) if o != session);
         match filter {
-            None if others_hold => return Err(SubscribeError::PortAlreadyStolen(port)),
+            None if others_hold => return Err(ResponseError::PortAlreadyStolen(port)),
             None => subs.steal = Steal::Unfiltered(session),
             Some(_) if owned_unfiltered_by_other => {
-                return Err(SubscribeError::PortAlreadyStolen(port));
+                return Err(ResponseError::PortAlreadyStolen(port));
             }
             Some(filter) => match &mut subs.steal {
                 Steal::Filtered(list) => match list.iter_mut().find(|(s, _)| *s == session) {
@@ -223,11 +221,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::agent::incoming::types::HttpFilter;
+    use crate::protocol::{Filter, HttpFilter};
 
     fn filter(re: &str) -> Option<Arc<RequestFilter>> {
         Some(Arc::new(
-            RequestFilter::compile(&HttpFilter::Header(re.into())).unwrap(),
+            RequestFilter::compile(&HttpFilter::Header(Filter(re.into()))).unwrap(),
         ))
     }
 
@@ -238,7 +236,7 @@ mod tests {
         assert_eq!(t.steal(2, 80, filter("b")), Ok(PortChange::Unchanged));
         assert_eq!(
             t.steal(3, 80, None),
-            Err(SubscribeError::PortAlreadyStolen(80))
+            Err(ResponseError::PortAlreadyStolen(80))
         );
         assert!(matches!(&t.get(80).unwrap().steal, Steal::Filtered(l) if l.len() == 2));
     }
@@ -249,11 +247,11 @@ mod tests {
         t.steal(1, 80, None).unwrap();
         assert_eq!(
             t.steal(2, 80, filter("a")),
-            Err(SubscribeError::PortAlreadyStolen(80))
+            Err(ResponseError::PortAlreadyStolen(80))
         );
         assert_eq!(
             t.steal(2, 80, None),
-            Err(SubscribeError::PortAlreadyStolen(80))
+            Err(ResponseError::PortAlreadyStolen(80))
         );
         assert_eq!(t.steal(1, 80, filter("a")), Ok(PortChange::Unchanged));
         assert!(matches!(&t.get(80).unwrap().steal, Steal::Filtered(l) if l.len() == 1));
