@@ -896,3 +896,64 @@ fn caller_curl(caller_ns: &str, header: Option<&str>) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// SIGTERM with live subscriptions: the agent removes its rules and exits 0.
+#[test]
+fn sigterm_with_subscriptions_removes_every_rule() {
+    let ns = NetNs::new("term");
+    let (_tmp, root) = target_root();
+    let mut agent = ChildGuard(
+        agent_command(
+            &ns,
+            &root,
+            &[
+                ("MIRRORD_AGENT_REDIRECT", "iptables"),
+                ("MIRRORD_AGENT_CHAIN_PREFIX", "TERM"),
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    ns.wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, AGENT_PORT)), TIMEOUT);
+    rt().block_on(async {
+        let mut c = Client::connect(&ns).await;
+        c.handshake().await;
+        for port in [APP, 9090] {
+            assert_eq!(
+                c.ask(ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(
+                    StealType::All(port)
+                )))
+                .await,
+                DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Ok(port)))
+            );
+        }
+        let rules = ns.nat_rules_with("TERM");
+        assert!(
+            rules.iter().any(|r| r.contains("--dport 9090")),
+            "{rules:#?}"
+        );
+        let status = Command::new("kill")
+            .args(["-TERM", &agent.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let exit = loop {
+            if let Some(exit) = agent.0.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent ignored SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(exit.success(), "{exit:?}");
+        c.expect_eof().await;
+    });
+    assert!(
+        ns.nat_rules_with("TERM").is_empty(),
+        "rules left after SIGTERM: {:#?}",
+        ns.nat_rules_with("TERM")
+    );
+}
