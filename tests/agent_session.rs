@@ -957,3 +957,63 @@ fn sigterm_with_subscriptions_removes_every_rule() {
         ns.nat_rules_with("TERM")
     );
 }
+
+/// Mirror through the real process: the app keeps answering, the session gets a copy.
+#[test]
+fn mirror_through_the_agent_process_while_the_app_answers() {
+    let ns = NetNs::with_caller("mirror");
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("hello.txt"), "from the app").unwrap();
+    let mut app = ns.command("python3");
+    app.args([
+        "-m",
+        "http.server",
+        &APP.to_string(),
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+    ])
+    .arg(site.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    ns.spawn(app);
+    ns.wait_for_port(SocketAddr::from((netns::POD_ADDR, APP)), TIMEOUT);
+    let (_tmp, root) = target_root();
+    ns.spawn(agent_command(
+        &ns,
+        &root,
+        &[
+            ("MIRRORD_AGENT_REDIRECT", "iptables"),
+            ("MIRRORD_AGENT_CHAIN_PREFIX", "MIR"),
+        ],
+    ));
+    ns.wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, AGENT_PORT)), TIMEOUT);
+    rt().block_on(async {
+        let mut c = Client::connect(&ns).await;
+        c.handshake().await;
+        assert_eq!(
+            c.ask(ClientMessage::Tcp(LayerTcp::PortSubscribe(APP)))
+                .await,
+            DaemonMessage::Tcp(DaemonTcp::SubscribeResult(Ok(APP)))
+        );
+        let caller = ns.caller_name().unwrap().to_owned();
+        let answer = tokio::task::spawn_blocking(move || caller_curl(&caller, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.stdout, b"from the app",
+            "mirroring never alters traffic"
+        );
+        let copy = loop {
+            match c.recv().await {
+                DaemonMessage::Tcp(DaemonTcp::HttpRequestChunked(ChunkedRequest::StartV2(s))) => {
+                    break s;
+                }
+                DaemonMessage::LogMessage(_) => continue,
+                other => panic!("expected a mirrored request, got {other:?}"),
+            }
+        };
+        assert_eq!(copy.request.uri.path(), "/hello.txt");
+        assert_eq!(copy.request.method, http::Method::GET);
+    });
+}
