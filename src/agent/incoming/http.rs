@@ -57,7 +57,9 @@ pub async fn serve(shared: Arc<Shared>, io: Rewind<TcpStream>, info: ConnInfo, p
                 .await
         }
         _ => {
+            // Header-name case is kept end to end (the app sees what the caller sent).
             http1::Builder::new()
+                .preserve_header_case(true)
                 .serve_connection(io, svc)
                 .with_upgrades()
                 .await
@@ -325,7 +327,10 @@ impl Conn {
                     Upstream::H2(sender)
                 }
                 _ => {
-                    let (sender, conn) = client::http1::handshake(stream).await?;
+                    let (sender, conn) = client::http1::Builder::new()
+                        .preserve_header_case(true)
+                        .handshake(stream)
+                        .await?;
                     tokio::spawn(conn.with_upgrades());
                     Upstream::H1(sender)
                 }
