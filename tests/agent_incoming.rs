@@ -469,13 +469,23 @@ fn two_sessions_share_a_port_by_filter_unfiltered_is_refused_and_release_on_disc
                     .respond(start.connection_id, 200, &[], &format!("for {user}"))
                     .await;
                 assert_eq!(req.await.unwrap(), format!("for {user}"));
+                assert!(matches!(client.next_steal().await, DaemonTcp::Close(_)));
             }
             assert_eq!(
                 curl(&caller, &["-H", "x-user: dave", &url]).await,
                 "app GET /p "
             );
 
+            // A session that goes away with a request in hand: the caller gets the agent's 502.
+            let req = tokio::spawn({
+                let (caller, url) = (caller.clone(), url.clone());
+                async move { curl(&caller, &["-i", "-H", "x-user: alice", &url]).await }
+            });
+            alice.request(true).await;
             drop(alice);
+            let out = req.await.unwrap();
+            assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+            assert!(out.contains("mirrord-agent v"), "{out}");
             drop(bob);
             eventually("rules removed after both sessions left", || {
                 ns.nat_rules_with("SHARE-").is_empty()
