@@ -12,8 +12,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// The sidecar the webhook injects into target pods (mirrord-protocol 1.29).
+    Agent(crate::agent::AgentArgs),
+}
 
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {}
+    match cli.command {
+        Command::Agent(args) => crate::agent::run(args),
+    }
 }
