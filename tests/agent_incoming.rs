@@ -43,9 +43,7 @@ fn redirect_rules_follow_ports_and_stale_chains_are_removed() {
     let ns = NetNs::new("redir");
     ns.run_in(|| {
         rt().block_on(async {
-            let r = Redirector::new("T1", 30777, 40000, vec![Family::V4])
-                .await
-                .unwrap();
+            let r = Redirector::new("T1", 30777, 40000, false).await.unwrap();
             assert!(
                 ns.nat_rules_with("T1-").is_empty(),
                 "idle agent leaves no rules"
@@ -85,14 +83,10 @@ fn redirect_rules_follow_ports_and_stale_chains_are_removed() {
             // A killed agent leaves its chains behind; the next start with the prefix removes them,
             // and leaves another agent's chains alone.
             r.add_port(9090).await.unwrap();
-            let other = Redirector::new("T2", 30777, 40001, vec![Family::V4])
-                .await
-                .unwrap();
+            let other = Redirector::new("T2", 30777, 40001, false).await.unwrap();
             other.add_port(9191).await.unwrap();
             std::mem::forget(r);
-            let restarted = Redirector::new("T1", 30777, 40002, vec![Family::V4])
-                .await
-                .unwrap();
+            let restarted = Redirector::new("T1", 30777, 40002, false).await.unwrap();
             assert!(ns.nat_rules_with("T1-").is_empty());
             assert_eq!(ns.nat_rules_with("T2-").len(), 7);
             other.remove_all().await.unwrap();
@@ -103,9 +97,35 @@ fn redirect_rules_follow_ports_and_stale_chains_are_removed() {
 }
 
 #[test]
+fn ipv6_rules_are_managed_next_to_ipv4() {
+    let ns = NetNs::new("redir6");
+    ns.run_in(|| {
+        rt().block_on(async {
+            let r = Redirector::new("T6", 30777, 40000, true).await.unwrap();
+            assert_eq!(r.families(), [Family::V4, Family::V6]);
+            r.add_port(443).await.unwrap();
+            let v6 = ns.output("ip6tables-save", &["-t", "nat"]);
+            let v6 = String::from_utf8(v6.stdout).unwrap();
+            assert!(
+                v6.contains("-A T6-IN -p tcp -m tcp --dport 443 -j REDIRECT --to-ports 40000"),
+                "{v6}"
+            );
+            assert!(
+                v6.contains("-A T6-OUT -m owner --gid-owner 30777 -j RETURN"),
+                "{v6}"
+            );
+            r.remove_all().await.unwrap();
+            let v6 = ns.output("ip6tables-save", &["-t", "nat"]);
+            assert!(!String::from_utf8(v6.stdout).unwrap().contains("T6-"));
+            assert!(ns.nat_rules_with("T6-").is_empty());
+        })
+    });
+}
+
+#[test]
 fn invalid_prefix_is_an_error_not_an_iptables_call() {
     let err = rt()
-        .block_on(Redirector::new("-j ACCEPT", 1, 2, vec![Family::V4]))
+        .block_on(Redirector::new("-j ACCEPT", 1, 2, false))
         .err()
         .expect("refused");
     assert!(
@@ -469,13 +489,23 @@ fn two_sessions_share_a_port_by_filter_unfiltered_is_refused_and_release_on_disc
                     .respond(start.connection_id, 200, &[], &format!("for {user}"))
                     .await;
                 assert_eq!(req.await.unwrap(), format!("for {user}"));
+                assert!(matches!(client.next_steal().await, DaemonTcp::Close(_)));
             }
             assert_eq!(
                 curl(&caller, &["-H", "x-user: dave", &url]).await,
                 "app GET /p "
             );
 
+            // A session that goes away with a request in hand: the caller gets the agent's 502.
+            let req = tokio::spawn({
+                let (caller, url) = (caller.clone(), url.clone());
+                async move { curl(&caller, &["-i", "-H", "x-user: alice", &url]).await }
+            });
+            alice.request(true).await;
             drop(alice);
+            let out = req.await.unwrap();
+            assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+            assert!(out.contains("mirrord-agent v"), "{out}");
             drop(bob);
             eventually("rules removed after both sessions left", || {
                 ns.nat_rules_with("SHARE-").is_empty()

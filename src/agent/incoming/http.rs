@@ -57,7 +57,9 @@ pub async fn serve(shared: Arc<Shared>, io: Rewind<TcpStream>, info: ConnInfo, p
                 .await
         }
         _ => {
+            // Header-name case is kept end to end (the app sees what the caller sent).
             http1::Builder::new()
+                .preserve_header_case(true)
                 .serve_connection(io, svc)
                 .with_upgrades()
                 .await
@@ -199,6 +201,10 @@ impl Conn {
                 responder,
             },
         );
+        let _pending = PendingGuard {
+            owner: owner.clone(),
+            id,
+        };
         let is_last = body.is_end_stream();
         if !owner
             .send_steal(self.start_message(id, &parts, is_last))
@@ -325,7 +331,10 @@ impl Conn {
                     Upstream::H2(sender)
                 }
                 _ => {
-                    let (sender, conn) = client::http1::handshake(stream).await?;
+                    let (sender, conn) = client::http1::Builder::new()
+                        .preserve_header_case(true)
+                        .handshake(stream)
+                        .await?;
                     tokio::spawn(conn.with_upgrades());
                     Upstream::H1(sender)
                 }
@@ -437,6 +446,29 @@ impl Drop for TeeBody {
     fn drop(&mut self) {
         for (id, tap) in &self.taps {
             let _ = tap.send(DaemonTcp::Close(TcpClose { connection_id: *id }));
+        }
+    }
+}
+
+/// Forgets a stolen request whose peer went away before the client answered, and tells the
+/// client (`Close`) so it can stop working on it.
+struct PendingGuard {
+    owner: Arc<SessionState>,
+    id: u64,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut stolen = self.owner.stolen.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(stolen.get(&self.id), Some(Stolen::HttpPending { .. })) {
+            stolen.remove(&self.id);
+            drop(stolen);
+            self.owner
+                .try_send(crate::protocol::DaemonMessage::TcpSteal(DaemonTcp::Close(
+                    TcpClose {
+                        connection_id: self.id,
+                    },
+                )));
         }
     }
 }

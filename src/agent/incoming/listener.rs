@@ -282,6 +282,11 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, or
     let local = stream.local_addr().unwrap_or(orig);
     let info = ConnInfo { peer, orig, local };
     let port = orig.port();
+    if port == shared.listener_port && local.port() == orig.port() {
+        // Dialled the listener directly: passing it "through" would connect to ourselves.
+        debug!("connection to the redirect listener itself refused");
+        return;
+    }
     if shared.port_snapshot(port).is_none_or(|s| s.is_empty()) {
         // Redirected just before the port's last subscription went away.
         return passthrough_tcp(&shared, stream, Vec::new(), info).await;

@@ -142,14 +142,19 @@ impl Incoming {
             .map_err(IncomingError::Bind)?;
         let listener_port = v4.local_addr().map_err(IncomingError::Bind)?.port();
         let mut listeners = vec![v4];
-        let mut families = vec![Family::V4];
         let redirector = match cfg.redirect {
             RedirectMode::Iptables => {
-                if Redirector::ipv6_available().await
-                    && let Some(v6) = bind_v6_only(listener_port)
-                {
-                    listeners.push(v6);
-                    families.push(Family::V6);
+                let v6 = bind_v6_only(listener_port);
+                let redirector = Redirector::new(
+                    &cfg.chain_prefix,
+                    cfg.agent_gid,
+                    listener_port,
+                    v6.is_some(),
+                )
+                .await?;
+                // IPv6 traffic is only redirected when both the socket and ip6tables nat exist.
+                if redirector.families().contains(&Family::V6) {
+                    listeners.extend(v6);
                 }
                 if !listener::can_use_gid(cfg.agent_gid) {
                     warn!(
@@ -157,10 +162,7 @@ impl Incoming {
                         "cannot create sockets with the agent gid: pass-through would loop; run the agent with this group"
                     );
                 }
-                Some(
-                    Redirector::new(&cfg.chain_prefix, cfg.agent_gid, listener_port, families)
-                        .await?,
-                )
+                Some(redirector)
             }
             RedirectMode::PortSwap | RedirectMode::Off => None,
         };

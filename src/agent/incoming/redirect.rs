@@ -76,36 +76,45 @@ pub struct Redirector {
 
 impl Redirector {
     /// Validates the prefix and removes stale chains of the same prefix left by a killed agent.
-    #[tracing::instrument(skip_all, fields(prefix, listener_port, ?families))]
+    /// IPv6 is managed too when `try_v6` is set and `ip6tables` has a `nat` table here. One listing
+    /// per family, both at once, when nothing is stale: this is on the agent's start path.
+    #[tracing::instrument(skip(prefix))]
     pub async fn new(
         prefix: &str,
         agent_gid: u32,
         listener_port: u16,
-        families: Vec<Family>,
+        try_v6: bool,
     ) -> Result<Redirector, IncomingError> {
         validate_prefix(prefix)?;
-        let redirector = Redirector {
+        let mut redirector = Redirector {
             prefix: prefix.to_owned(),
             agent_gid,
             listener_port,
-            families,
+            families: vec![Family::V4],
             state: Mutex::new(State::default()),
         };
-        for family in [Family::V4, Family::V6] {
-            if family == Family::V4 || redirector.families.contains(&family) {
-                redirector.clean_stale(family).await?;
+        let (v4, v6) = tokio::join!(redirector.list(Family::V4), async {
+            if try_v6 {
+                Some(redirector.list(Family::V6).await)
+            } else {
+                None
             }
+        });
+        redirector.clean_listed(Family::V4, &v4?).await?;
+        match v6 {
+            Some(Ok(listing)) => {
+                redirector.clean_listed(Family::V6, &listing).await?;
+                redirector.families.push(Family::V6);
+            }
+            Some(Err(e)) => debug!(error = %e, "no IPv6 nat table: redirecting IPv4 only"),
+            None => {}
         }
         Ok(redirector)
     }
 
-    /// Whether `ip6tables` can manage the `nat` table here (no IPv6 nat: redirect IPv4 only).
-    pub async fn ipv6_available() -> bool {
-        Command::new(Family::V6.binary())
-            .args(["-w", "-t", "nat", "-S", "OUTPUT"])
-            .output()
-            .await
-            .is_ok_and(|o| o.status.success())
+    /// Address families this redirector manages.
+    pub fn families(&self) -> &[Family] {
+        &self.families
     }
 
     pub fn in_chain(&self) -> String {
@@ -167,10 +176,8 @@ impl Redirector {
         let mut state = self.state.lock().await;
         state.ports.clear();
         state.hooked = false;
-        for family in [Family::V4, Family::V6] {
-            if family == Family::V4 || self.families.contains(&family) {
-                self.clean_stale(family).await?;
-            }
+        for &family in &self.families {
+            self.clean_stale(family).await?;
         }
         Ok(())
     }
@@ -235,35 +242,35 @@ impl Redirector {
         Ok(())
     }
 
-    /// Unhooks, flushes and deletes this prefix's chains, if present. Rules are found by listing
-    /// the built-in chains, so hooks written by an older run with other options are removed too.
+    /// Unhooks, flushes and deletes this prefix's chains, if present.
     async fn clean_stale(&self, family: Family) -> Result<(), IncomingError> {
+        let listing = self.list(family).await?;
+        self.clean_listed(family, &listing).await
+    }
+
+    /// `-S` of the whole `nat` table.
+    async fn list(&self, family: Family) -> Result<String, IncomingError> {
+        self.run_str(family, &["-S"]).await
+    }
+
+    /// Removes, given a `-S` listing, every built-in-chain rule jumping to this prefix's chains
+    /// (whatever its other options, so hooks of an older version go too), then the chains.
+    async fn clean_listed(&self, family: Family, listing: &str) -> Result<(), IncomingError> {
         let chains = [self.in_chain(), self.out_chain()];
-        for builtin in ["PREROUTING", "OUTPUT"] {
-            let listing = match self.run_str(family, &["-S", builtin]).await {
-                Ok(listing) => listing,
-                // No nat table for this family (e.g. no IPv6 support): nothing to clean.
-                Err(e) if family == Family::V6 => {
-                    debug!(error = %e, "skipping ip6tables cleanup");
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            };
-            for line in listing.lines() {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let jumps_to_ours = words
-                    .windows(2)
-                    .any(|w| w[0] == "-j" && chains.iter().any(|c| c == w[1]));
-                if words.first() == Some(&"-A") && jumps_to_ours {
-                    let mut delete = words.clone();
-                    delete[0] = "-D";
-                    self.run_str(family, &delete).await?;
-                }
+        for line in listing.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let from_builtin = matches!(words.get(..2), Some(["-A", "PREROUTING" | "OUTPUT"]));
+            let jumps_to_ours = words
+                .windows(2)
+                .any(|w| w[0] == "-j" && chains.iter().any(|c| c == w[1]));
+            if from_builtin && jumps_to_ours {
+                let mut delete = words.clone();
+                delete[0] = "-D";
+                self.run_str(family, &delete).await?;
             }
         }
-        let existing = self.run_str(family, &["-S"]).await?;
         for chain in &chains {
-            if existing.lines().any(|l| l == format!("-N {chain}")) {
+            if listing.lines().any(|l| l == format!("-N {chain}")) {
                 warn!(chain, ?family, "removing chain");
                 self.run_str(family, &["-F", chain]).await?;
                 self.run_str(family, &["-X", chain]).await?;
