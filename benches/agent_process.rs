@@ -1,6 +1,10 @@
 //! Agent process numbers for docs/benchmarks.md ("Agent"): start time (spawn → the "agent ready"
 //! line), idle RSS, and RSS with 100 open sessions. `cargo bench --bench agent_process`.
 //! The traffic numbers (through-agent vs direct, filter matching) are in the incoming benches.
+//! The iptables row needs root: it runs the agent in a network namespace it creates.
+
+#[path = "../tests/support/netns.rs"]
+mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -27,14 +31,19 @@ impl Drop for Agent {
 
 /// Starts the agent on a free loopback port; returns it and the time until "agent ready".
 fn start(port: u16) -> (Agent, Duration) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mirrord-operator"));
+    cmd.env("MIRRORD_AGENT_REDIRECT", "off");
+    start_with(cmd, port)
+}
+
+/// `cmd` is the program (and wrapper) to run; the agent flags are appended.
+fn start_with(mut cmd: Command, port: u16) -> (Agent, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mirrord-operator"))
+    let mut child = cmd
         .args([
             "agent",
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--redirect",
-            "off",
             "--fs-mode",
             "off",
         ])
@@ -107,11 +116,32 @@ fn main() {
     }
     starts.sort();
     println!(
-        "agent start (spawn -> ready line), {RUNS} runs: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        "agent start (spawn -> ready line), redirect=off, {RUNS} runs: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
         percentile(&starts, 0.5).as_secs_f64() * 1e3,
         percentile(&starts, 0.9).as_secs_f64() * 1e3,
         starts.last().unwrap().as_secs_f64() * 1e3,
     );
+
+    // iptables mode includes the stale-chain cleanup at start (iptables calls); `ip netns exec`
+    // adds its own few milliseconds.
+    let ns = netns::NetNs::new("bench");
+    let mut ipt = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let mut cmd = ns.command(env!("CARGO_BIN_EXE_mirrord-operator"));
+        cmd.env("MIRRORD_AGENT_REDIRECT", "iptables")
+            .env("MIRRORD_AGENT_CHAIN_PREFIX", "BENCH");
+        let (agent, t) = start_with(cmd, 61337);
+        ipt.push(t);
+        drop(agent);
+    }
+    ipt.sort();
+    println!(
+        "agent start with redirect=iptables in a netns, {RUNS} runs: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        percentile(&ipt, 0.5).as_secs_f64() * 1e3,
+        percentile(&ipt, 0.9).as_secs_f64() * 1e3,
+        ipt.last().unwrap().as_secs_f64() * 1e3,
+    );
+    drop(ns);
 
     let (agent, _) = start(base_port + RUNS as u16);
     std::thread::sleep(Duration::from_millis(500));
