@@ -146,16 +146,20 @@ fn main() {
     let (agent, _) = start(base_port + RUNS as u16);
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss_kib(agent.child.id());
-    let sessions: Vec<TcpStream> = (0..SESSIONS).map(|_| session(agent.port)).collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let busy = rss_kib(agent.child.id());
-    drop(sessions);
-    std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(agent.child.id());
-    println!(
-        "agent RSS: idle {:.2} MiB, with {SESSIONS} open sessions {:.2} MiB, after they closed {:.2} MiB",
-        idle as f64 / 1024.0,
-        busy as f64 / 1024.0,
-        after as f64 / 1024.0,
-    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!("agent RSS idle: {:.2} MiB", mib(idle));
+    // Three rounds of 100 sessions: a leak would show as growth from round to round.
+    for round in 1..=3 {
+        let sessions: Vec<TcpStream> = (0..SESSIONS).map(|_| session(agent.port)).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let busy = rss_kib(agent.child.id());
+        drop(sessions);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss_kib(agent.child.id());
+        println!(
+            "agent RSS round {round}: {SESSIONS} open sessions {:.2} MiB, after they closed {:.2} MiB",
+            mib(busy),
+            mib(after),
+        );
+    }
 }

@@ -631,13 +631,24 @@ fn many_sessions_garbage_and_sigterm() {
     let (_tmp, root) = target_root();
     let mut agent = ChildGuard(agent_command(&ns, &root, &[]).spawn().unwrap());
     ns.wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, AGENT_PORT)), TIMEOUT);
+    let agent_pid = agent.0.id();
+    let open_fds = move || {
+        std::fs::read_dir(format!("/proc/{agent_pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let idle_fds = open_fds();
     rt().block_on(async {
         let mut clients = Vec::new();
         for _ in 0..20 {
             let mut c = Client::connect(&ns).await;
             c.handshake().await;
+            // Every session holds an open file of the target.
+            let opened = file(c.ask(open_ro("/etc/app/config.yaml")).await);
+            assert!(matches!(opened, FileResponse::Open(Ok(_))), "{opened:?}");
             clients.push(c);
         }
+        assert!(open_fds() >= idle_fds + 40, "sockets and files are held");
         for c in &mut clients {
             assert_eq!(c.ask(ClientMessage::Ping).await, DaemonMessage::Pong);
         }
@@ -656,6 +667,17 @@ fn many_sessions_garbage_and_sigterm() {
             clients[0].ask(ClientMessage::Ping).await,
             DaemonMessage::Pong
         );
+        // Disconnected sessions release every fd they held (bounded wait: cleanup is async).
+        drop(clients);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while open_fds() != idle_fds {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fds leaked: {} open, {idle_fds} when idle",
+                open_fds()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
     // SIGTERM: clean exit with status 0, in bounded time. The child is `ip netns exec`, which
     // execs the agent, so its pid is the agent's.
