@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
-use semver::Version;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -22,7 +21,7 @@ use super::files::FileService;
 use super::incoming::{Incoming, IncomingSession};
 use super::metrics::Metrics;
 use super::outgoing::{self, Address, Dialed, Event, Kind, Outgoing};
-use crate::protocol::version::{PRE_NEGOTIATION_VERSION, negotiate};
+use crate::protocol::version::negotiate;
 use crate::protocol::*;
 
 const NO_INCOMING: &str = "incoming traffic (mirror/steal) is not available on this agent";
@@ -201,7 +200,6 @@ where
 struct Session {
     state: Arc<AgentState>,
     out: Outbound,
-    client_version: Version,
     files: mpsc::Sender<FileRequest>,
     dns: mpsc::Sender<DnsJob>,
     legacy_connect: [mpsc::Sender<Address>; 2],
@@ -254,7 +252,6 @@ impl Session {
             incoming,
             state,
             out,
-            client_version: PRE_NEGOTIATION_VERSION,
             files,
             dns,
             legacy_connect,
@@ -308,10 +305,11 @@ impl Session {
             ClientMessage::SwitchProtocolVersion(version) => {
                 let chosen = negotiate(&version);
                 debug!(client = %version, %chosen, "version negotiated");
+                // The client's version (not the answer) gates what the agent sends (spec §4.2);
+                // only incoming traffic has gated forms.
                 if let Some(incoming) = &mut self.incoming {
-                    incoming.set_client_version(version.clone());
+                    incoming.set_client_version(version);
                 }
-                self.client_version = version;
                 self.reply(DaemonMessage::SwitchProtocolVersionResponse(chosen))
                     .await
             }
