@@ -1039,3 +1039,74 @@ fn mirror_through_the_agent_process_while_the_app_answers() {
         assert_eq!(copy.request.method, http::Method::GET);
     });
 }
+
+/// env=proc and fs=proc: the target's live environment and its root, through `/proc/<pid>`.
+#[test]
+fn proc_modes_read_the_target_process() {
+    let ns = NetNs::new("proc");
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("marker.txt"), "seen through /proc").unwrap();
+    // `ip netns exec` execs `env`, which execs `sleep`: the pid stays the same.
+    let mut target = ns.command("env");
+    target.args(["APP_MODE=canary", "APP_REGION=eu", "sleep", "60"]);
+    let target_pid = ns.spawn(target);
+    // Wait (bounded) until the exec chain reached `sleep` with its environment.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !std::fs::read(format!("/proc/{target_pid}/environ"))
+        .unwrap_or_default()
+        .windows(14)
+        .any(|w| w == b"APP_MODE=canar")
+    {
+        assert!(std::time::Instant::now() < deadline, "target did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_tmp, root) = target_root();
+    let pid = target_pid.to_string();
+    let mut cmd = agent_command(
+        &ns,
+        &root,
+        &[
+            ("MIRRORD_AGENT_ENV_MODE", "proc"),
+            ("MIRRORD_AGENT_FS_MODE", "proc"),
+            ("MIRRORD_AGENT_TARGET_PID", &pid),
+        ],
+    );
+    cmd.env_remove("MIRRORD_AGENT_TARGET_ROOT");
+    ns.spawn(cmd);
+    ns.wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, AGENT_PORT)), TIMEOUT);
+    rt().block_on(async {
+        let mut c = Client::connect(&ns).await;
+        c.handshake().await;
+        let env = c
+            .ask(ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest {
+                env_vars_filter: HashSet::new(),
+                env_vars_select: HashSet::from(["APP_*".to_owned()]),
+            }))
+            .await;
+        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = env else {
+            panic!("unexpected {env:?}")
+        };
+        assert_eq!(env.len(), 2, "{env:?}");
+        assert_eq!(env["APP_MODE"], "canary");
+        // The target shares this test's mount namespace, so its root shows the temp dir.
+        let path = site.path().join("marker.txt");
+        let FileResponse::Open(Ok(OpenFileResponse { fd })) =
+            file(c.ask(open_ro(path.to_str().unwrap())).await)
+        else {
+            panic!("open through /proc/<pid>/root failed")
+        };
+        let read = file(
+            c.ask(ClientMessage::FileRequest(FileRequest::Read(
+                ReadFileRequest {
+                    remote_fd: fd,
+                    buffer_size: 100,
+                },
+            )))
+            .await,
+        );
+        let FileResponse::Read(Ok(ReadFileResponse { bytes, .. })) = read else {
+            panic!("unexpected {read:?}")
+        };
+        assert_eq!(&bytes[..], b"seen through /proc");
+    });
+}
