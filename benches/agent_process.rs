@@ -2,6 +2,8 @@
 //! line), idle RSS, and RSS with 100 open sessions. `cargo bench --bench agent_process`.
 //! The traffic numbers (through-agent vs direct, filter matching) are in the incoming benches.
 //! The iptables row needs root: it runs the agent in a network namespace it creates.
+//! `AGENT_BIN=/path/to/mirrord-operator` measures another build (e.g. a release binary while this
+//! harness itself runs from `cargo test --bench agent_process`).
 
 #[path = "../tests/support/netns.rs"]
 mod netns;
@@ -29,9 +31,13 @@ impl Drop for Agent {
     }
 }
 
+fn agent_bin() -> String {
+    std::env::var("AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mirrord-operator").to_owned())
+}
+
 /// Starts the agent on a free loopback port; returns it and the time until "agent ready".
 fn start(port: u16) -> (Agent, Duration) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mirrord-operator"));
+    let mut cmd = Command::new(agent_bin());
     cmd.env("MIRRORD_AGENT_REDIRECT", "off");
     start_with(cmd, port)
 }
@@ -107,6 +113,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
+    println!("measuring {}", agent_bin());
     let base_port = 47_000 + (std::process::id() % 1000) as u16;
     let mut starts = Vec::with_capacity(RUNS);
     for i in 0..RUNS {
@@ -127,7 +134,7 @@ fn main() {
     let ns = netns::NetNs::new("bench");
     let mut ipt = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_mirrord-operator"));
+        let mut cmd = ns.command(&agent_bin());
         cmd.env("MIRRORD_AGENT_REDIRECT", "iptables")
             .env("MIRRORD_AGENT_CHAIN_PREFIX", "BENCH");
         let (agent, t) = start_with(cmd, 61337);
