@@ -719,6 +719,7 @@ fn unfiltered_steal_whole_tcp_keepalive_chunked_h2c_and_upgrade() {
             let mut other = Client::new(&incoming);
             let filter = StealType::FilteredHttpEx(APP, header_filter("x-user: nobody"));
             assert_eq!(other.steal(filter).await, Ok(APP));
+            let caller_h2 = caller.clone();
             let echoed = tokio::task::spawn_blocking(move || {
                 NetNs::run_in_named(&caller, || {
                     let mut s = std::net::TcpStream::connect((POD_ADDR, APP)).unwrap();
@@ -739,6 +740,12 @@ fn unfiltered_steal_whole_tcp_keepalive_chunked_h2c_and_upgrade() {
             .await
             .unwrap();
             assert_eq!(&echoed, b"through", "the app's echo answered");
+            let h2 = format!("http://{POD_ADDR}:{APP}/h2pass");
+            assert_eq!(
+                curl(&caller_h2, &["--http2-prior-knowledge", "--data-binary", "x", &h2]).await,
+                "app POST /h2pass x",
+                "h2c passed through to the app"
+            );
             incoming.shutdown().await;
         })
     });

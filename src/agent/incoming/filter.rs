@@ -79,6 +79,170 @@ impl RequestFilter {
     }
 }
 
+/// Every filtered subscription of one port, compiled together so that a request costs one scan
+/// of each header line and of the path against all filters at once (a `RegexSet` of every
+/// Header/Path leaf), instead of one regex search per filter per header. Leaves using
+/// fancy-regex-only syntax (look-around, back-references) are searched one by one. Results are
+/// exactly those of `RequestFilter::matches` on each filter.
+#[derive(Debug)]
+pub struct FilterSet {
+    headers: LeafSet,
+    paths: LeafSet,
+    /// Leaves the `regex` crate cannot run: (leaf, is_header, regex).
+    fancy: Vec<(usize, bool, Regex)>,
+    leaves: usize,
+    filters: Vec<Node>,
+}
+
+#[derive(Debug, Default)]
+struct LeafSet {
+    set: Option<regex::RegexSet>,
+    /// Set pattern index → leaf number.
+    leaf: Vec<usize>,
+}
+
+#[derive(Debug)]
+enum Node {
+    Leaf(usize),
+    Method(String),
+    All(Vec<Node>),
+    Any(Vec<Node>),
+}
+
+impl FilterSet {
+    pub fn new<'a>(filters: impl IntoIterator<Item = &'a RequestFilter>) -> FilterSet {
+        let mut header_sources = Vec::new();
+        let mut path_sources = Vec::new();
+        let mut this = FilterSet {
+            headers: LeafSet::default(),
+            paths: LeafSet::default(),
+            fancy: Vec::new(),
+            leaves: 0,
+            filters: Vec::new(),
+        };
+        for filter in filters {
+            let node = this.node(filter, &mut header_sources, &mut path_sources);
+            this.filters.push(node);
+        }
+        this.headers = LeafSet::build(header_sources, &mut this.fancy, true);
+        this.paths = LeafSet::build(path_sources, &mut this.fancy, false);
+        this
+    }
+
+    fn node(
+        &mut self,
+        filter: &RequestFilter,
+        headers: &mut Vec<(usize, Regex)>,
+        paths: &mut Vec<(usize, Regex)>,
+    ) -> Node {
+        let mut leaf = |re: &Regex, list: &mut Vec<(usize, Regex)>| {
+            let n = self.leaves;
+            self.leaves += 1;
+            list.push((n, re.clone()));
+            Node::Leaf(n)
+        };
+        match filter {
+            RequestFilter::Header(re) => leaf(re, headers),
+            RequestFilter::Path(re) => leaf(re, paths),
+            RequestFilter::Method(m) => Node::Method(m.clone()),
+            RequestFilter::All(list) => {
+                Node::All(list.iter().map(|f| self.node(f, headers, paths)).collect())
+            }
+            RequestFilter::Any(list) => {
+                Node::Any(list.iter().map(|f| self.node(f, headers, paths)).collect())
+            }
+        }
+    }
+
+    /// Indices (in subscription order) of the filters that match `request`.
+    pub fn matching(&self, request: &RequestView<'_>) -> Vec<usize> {
+        let mut hits = vec![false; self.leaves];
+        for line in &request.headers {
+            self.headers.mark(line, &mut hits);
+        }
+        let pq = request.uri.path_and_query();
+        if let Some(pq) = pq {
+            self.paths.mark(pq.path(), &mut hits);
+            if pq.query().is_some() {
+                self.paths.mark(pq.as_str(), &mut hits);
+            }
+        }
+        for (leaf, is_header, re) in &self.fancy {
+            let found = |text: &str| re.is_match(text).unwrap_or(false);
+            hits[*leaf] = if *is_header {
+                request.headers.iter().any(|h| found(h))
+            } else {
+                pq.is_some_and(|pq| {
+                    found(pq.path()) || (pq.query().is_some() && found(pq.as_str()))
+                })
+            };
+        }
+        self.filters
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| node.eval(&hits, request.method))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+impl LeafSet {
+    fn build(
+        sources: Vec<(usize, Regex)>,
+        fancy: &mut Vec<(usize, bool, Regex)>,
+        is_header: bool,
+    ) -> LeafSet {
+        let mut patterns = Vec::new();
+        let mut leaf = Vec::new();
+        for (n, re) in sources {
+            // Same flags as `compile_regex`; syntax the `regex` crate rejects stays with fancy-regex.
+            if regex::RegexBuilder::new(re.as_str())
+                .case_insensitive(true)
+                .build()
+                .is_ok()
+            {
+                patterns.push(re.as_str().to_owned());
+                leaf.push(n);
+            } else {
+                fancy.push((n, is_header, re));
+            }
+        }
+        let set = regex::RegexSetBuilder::new(&patterns)
+            .case_insensitive(true)
+            .build()
+            .ok()
+            .filter(|_| !patterns.is_empty());
+        if set.is_none() && !patterns.is_empty() {
+            // Only a size limit can fail here: fall back to one-by-one search.
+            for (n, src) in leaf.drain(..).zip(patterns) {
+                if let Ok(re) = compile_regex(&src) {
+                    fancy.push((n, is_header, re));
+                }
+            }
+        }
+        LeafSet { set, leaf }
+    }
+
+    fn mark(&self, text: &str, hits: &mut [bool]) {
+        if let Some(set) = &self.set {
+            for i in set.matches(text).iter() {
+                hits[self.leaf[i]] = true;
+            }
+        }
+    }
+}
+
+impl Node {
+    fn eval(&self, hits: &[bool], method: &Method) -> bool {
+        match self {
+            Node::Leaf(n) => hits[*n],
+            Node::Method(m) => method.as_str().eq_ignore_ascii_case(m),
+            Node::All(list) => list.iter().all(|n| n.eval(hits, method)),
+            Node::Any(list) => list.iter().any(|n| n.eval(hits, method)),
+        }
+    }
+}
+
 /// A request head rendered for matching: each header as `"name: value"` (lowercase name; values
 /// that are not visible ASCII are skipped; one entry per value of a multi-valued header).
 pub struct RequestView<'a> {
@@ -238,6 +402,47 @@ mod tests {
             HttpFilter::Path(Filter("^/$".into())),
         ]);
         assert!(check(nested, "GET", "/", h));
+    }
+
+    #[test]
+    fn filter_set_agrees_with_single_filters() {
+        let filters: Vec<RequestFilter> = [
+            header("^x-user: alice$"),
+            header(r"x-user: (\w+)-\1"),
+            HttpFilter::Path(Filter("^/api/".into())),
+            HttpFilter::Path(Filter("id=7".into())),
+            HttpFilter::Composite {
+                all: true,
+                filters: vec![header("x-user"), HttpFilter::Method(HttpMethodFilter::Post)],
+            },
+            HttpFilter::Composite {
+                all: false,
+                filters: vec![],
+            },
+            HttpFilter::Composite {
+                all: true,
+                filters: vec![],
+            },
+        ]
+        .iter()
+        .map(|f| RequestFilter::compile(f).unwrap())
+        .collect();
+        let set = FilterSet::new(&filters);
+        let requests: [(&str, &str, &[(&str, &[u8])]); 5] = [
+            ("GET", "/api/x", &[("x-user", b"alice")]),
+            ("POST", "/other?id=7", &[("X-User", b"bob-bob")]),
+            ("GET", "example.com:443", &[]),
+            ("post", "/", &[("x-user", b"ALICE")]),
+            ("GET", "/", &[("x-bin", b"caf\xc3\xa9")]),
+        ];
+        for (method, uri, headers) in requests {
+            let (m, u, h) = view_parts(method, uri, headers);
+            let view = RequestView::new(&m, &u, &h);
+            let expected: Vec<usize> = (0..filters.len())
+                .filter(|&i| filters[i].matches(&view))
+                .collect();
+            assert_eq!(set.matching(&view), expected, "{method} {uri} {headers:?}");
+        }
     }
 
     #[test]

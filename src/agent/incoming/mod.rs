@@ -37,27 +37,18 @@ use self::{
     state::{SessionState, Stolen, StolenResponse, abort, gates},
     subscriptions::{PortChange, PortSubscriptions, SessionId, SubscriptionTable},
 };
+pub use super::config::RedirectMode;
 use crate::protocol::{
     BlockedAction, ChunkedResponse, DaemonMessage, DaemonTcp, HttpFilter, HttpResponse,
     InternalHttpBodyFrame, LayerTcp, LayerTcpSteal, ResponseError, StealType,
 };
 
-/// How subscribed ports reach the agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum RedirectMode {
-    /// `nat` REDIRECT rules (needs NET_ADMIN).
-    Iptables,
-    /// Renamed Service ports (not implemented yet: behaves like `off`).
-    PortSwap,
-    /// No redirection: subscriptions are accepted but no traffic arrives (development).
-    Off,
-}
-
 #[derive(Clone, Debug)]
 pub struct IncomingConfig {
+    /// `port-swap` is not implemented here yet and behaves like `off` (no redirection).
     pub redirect: RedirectMode,
-    /// Prefix of this agent's iptables chains (`<prefix>-IN`, `<prefix>-OUT`); see
-    /// `redirect::default_chain_prefix`.
+    /// Prefix of this agent's iptables chains (`<prefix>-IN`, `<prefix>-OUT`); stable across
+    /// restarts of one pod's agent so a restart finds what a killed predecessor left.
     pub chain_prefix: String,
     /// The agent's group id: its own sockets are exempted from redirection by this gid.
     pub agent_gid: u32,

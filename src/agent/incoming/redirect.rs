@@ -48,17 +48,6 @@ pub fn validate_prefix(prefix: &str) -> Result<(), IncomingError> {
     }
 }
 
-/// A chain prefix derived from the pod name: stable across container restarts of the same pod,
-/// which is what lets a restarted agent find the chains its killed predecessor left.
-pub fn default_chain_prefix(pod_name: &str) -> String {
-    let cleaned: String = pod_name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(MAX_PREFIX_LEN - 4)
-        .collect();
-    format!("MOP_{cleaned}")
-}
-
 #[derive(Default)]
 struct State {
     ports: BTreeSet<u16>,
@@ -316,13 +305,5 @@ mod tests {
         assert!(validate_prefix("-j ACCEPT").is_err());
         assert!(validate_prefix("a b").is_err());
         assert!(validate_prefix(&"x".repeat(MAX_PREFIX_LEN + 1)).is_err());
-    }
-
-    #[test]
-    fn default_prefix_fits_and_is_valid() {
-        let p = default_chain_prefix("checkout-7d9f8b6c5d-x2k4q-very-long-suffix");
-        assert!(p.len() <= MAX_PREFIX_LEN);
-        validate_prefix(&p).unwrap();
-        assert_eq!(default_chain_prefix("web-0"), "MOP_web0");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::filter::{RequestFilter, RequestView};
+use super::filter::{FilterSet, RequestFilter, RequestView};
 use crate::protocol::ResponseError;
 
 /// Agent-internal session number (never on the wire).
@@ -28,6 +28,8 @@ pub struct PortSubscriptions {
     /// Mirroring sessions, each with an optional filter, in subscription order.
     pub mirror: Vec<(SessionId, Option<Arc<RequestFilter>>)>,
     pub steal: Steal,
+    /// The filtered stealers' filters compiled together (rebuilt when they change).
+    steal_index: Option<Arc<FilterSet>>,
 }
 
 impl PortSubscriptions {
@@ -36,17 +38,25 @@ impl PortSubscriptions {
     }
 
     /// Sessions whose filters match `request`, in subscription order (the first one gets it).
-    pub fn filtered_stealers<'a>(
-        &'a self,
-        request: &'a RequestView<'_>,
-    ) -> impl Iterator<Item = SessionId> + 'a {
-        let list: &[(SessionId, Arc<RequestFilter>)] = match &self.steal {
-            Steal::Filtered(list) => list,
-            _ => &[],
+    pub fn filtered_stealers(&self, request: &RequestView<'_>) -> impl Iterator<Item = SessionId> {
+        let matching = match (&self.steal, &self.steal_index) {
+            (Steal::Filtered(list), Some(index)) => index
+                .matching(request)
+                .into_iter()
+                .map(|i| list[i].0)
+                .collect(),
+            _ => Vec::new(),
         };
-        list.iter()
-            .filter(move |(_, f)| f.matches(request))
-            .map(|(s, _)| *s)
+        matching.into_iter()
+    }
+
+    fn reindex(&mut self) {
+        self.steal_index = match &self.steal {
+            Steal::Filtered(list) => Some(Arc::new(FilterSet::new(
+                list.iter().map(|(_, f)| f.as_ref()),
+            ))),
+            _ => None,
+        };
     }
 
     /// Mirroring sessions interested in `request` (`None`: a connection that is not HTTP, which
@@ -117,6 +127,7 @@ impl SubscriptionTable {
                 other => *other = Steal::Filtered(vec![(session, filter)]),
             },
         }
+        subs.reindex();
         Ok(if was_empty {
             PortChange::Activated
         } else {
@@ -139,6 +150,7 @@ impl SubscriptionTable {
             }
             _ => return PortChange::Unchanged,
         }
+        subs.reindex();
         self.drop_if_empty(port)
     }
 
