@@ -7,11 +7,19 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use super::error::AgentError;
-pub use super::incoming::RedirectMode;
-use super::incoming::redirect::default_chain_prefix;
 
 /// Prefix under which the webhook copies the target container's declared env onto the agent.
 pub const TARGET_ENV_PREFIX: &str = "MIRRORD_TARGET_ENV_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedirectMode {
+    /// `nat` REDIRECT rules (needs NET_ADMIN).
+    Iptables,
+    /// Named-port swap done by the webhook (not implemented yet: behaves like `off`).
+    PortSwap,
+    /// No redirection: subscriptions are accepted but no traffic arrives (development).
+    Off,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EnvMode {
@@ -160,12 +168,21 @@ impl AgentArgs {
         Ok(())
     }
 
-    /// Chain name prefix: the flag, else one derived from the pod name (validated by the
-    /// redirector at start).
+    /// Chain name prefix: the flag (validated by the redirector at start), else `MRD` plus a
+    /// hash of the pod name — stable across restarts of one pod's agent, so a restart finds the
+    /// chains a killed predecessor left.
     pub fn chain_prefix(&self) -> String {
-        self.chain_prefix
-            .clone()
-            .unwrap_or_else(|| default_chain_prefix(&self.pod_name))
+        if let Some(prefix) = &self.chain_prefix {
+            return prefix.clone();
+        }
+        // FNV-1a: stable across builds, unlike `DefaultHasher`.
+        let hash = self
+            .pod_name
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        format!("MRD{:08X}", hash as u32)
     }
 
     /// Root of the target's filesystem as the file service sees it, or `None` for fs=off.
