@@ -23,6 +23,8 @@ pub enum Command {
     Certs(certs::CertsArgs),
     /// Run the mutating admission webhook that injects the mirrord-agent sidecar.
     Webhook(Box<webhook::config::WebhookArgs>),
+    /// The sidecar the webhook injects into target pods (mirrord-protocol 1.29).
+    Agent(Box<crate::agent::AgentArgs>),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -61,5 +63,6 @@ pub fn run(cli: Cli) -> ExitCode {
             telemetry::init(args.log_format, "info");
             report(runtime().block_on(webhook::run(*args)))
         }
+        Command::Agent(args) => crate::agent::run(*args),
     }
 }

@@ -1,1 +1,170 @@
-//! The injected sidecar (see issue 4).
+//! The injected sidecar (issue 4): `mirrord-operator agent`.
+//!
+//! One process per pod, serving many mirrord-protocol sessions at once: env, files, DNS and
+//! outgoing traffic per session here; incoming mirror/steal in `incoming`. It never exits when
+//! idle; SIGTERM removes what it installed and exits 0.
+
+pub mod config;
+pub mod dns;
+pub mod env;
+pub mod error;
+pub mod files;
+pub mod incoming;
+pub mod link;
+pub mod listen;
+pub mod metrics;
+pub mod outgoing;
+pub mod session;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+pub use config::AgentArgs;
+pub use error::AgentError;
+
+use self::env::EnvSource;
+use self::incoming::{Incoming, IncomingConfig};
+use self::metrics::Metrics;
+use self::session::AgentState;
+
+/// Worker threads: the agent is a small sidecar; two keep one slow session from stalling others.
+const WORKER_THREADS: usize = 2;
+
+pub fn run(args: AgentArgs) -> ExitCode {
+    init_tracing(&args.log_level);
+    if let Err(e) = args.validate() {
+        error!(error = %e, "agent cannot start");
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "agent failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // stdout carries the "agent ready" line the mirrord CLI waits for; logs go to stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn serve(args: AgentArgs) -> Result<(), AgentError> {
+    // Installed first: from here on a SIGTERM always takes the cleanup path.
+    let signals = Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let mut incoming_cfg =
+        IncomingConfig::new(args.redirect, args.chain_prefix(), args.agent_group_id);
+    incoming_cfg.app_host = args.app_host;
+    // Starting removes stale chains of this prefix left by a killed predecessor.
+    let incoming = Incoming::start(incoming_cfg)
+        .await
+        .map_err(|e| AgentError::Incoming(e.to_string()))?;
+    let result = serve_sessions(&args, incoming.clone(), metrics, signals).await;
+    // Every exit path (signal or fatal error) removes what the agent installed.
+    incoming.shutdown().await;
+    result
+}
+
+async fn serve_sessions(
+    args: &AgentArgs,
+    incoming: Arc<Incoming>,
+    metrics: Arc<Metrics>,
+    mut signals: Signals,
+) -> Result<(), AgentError> {
+    let state = Arc::new(AgentState::new(
+        EnvSource::new(args.env_mode, args.target_pid),
+        args.fs_root(),
+        Some(incoming),
+        metrics.clone(),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = args.listen {
+        let listener = listen::bind(addr).await?;
+        info!(addr = %listener.local_addr()?, "accepting sessions directly (--listen)");
+        tasks.spawn(listen::serve(listener, state.clone()));
+    }
+    if let Some(url) = &args.coordinator_url {
+        let cfg = link::LinkConfig::new(
+            url,
+            args.coordinator_ca.as_deref(),
+            args.token_file.clone(),
+            link::registration(args),
+        )?;
+        tasks.spawn(link::run(cfg, state.clone()));
+    }
+    if let Some(addr) = args.metrics_listen {
+        let listener = listen::bind(addr).await?;
+        tasks.spawn(serve_metrics(listener, metrics));
+    }
+    // The mirrord CLI waits for this exact line (spec §5.12).
+    // A closed stdout must not kill the agent, hence no println!.
+    let _ = writeln!(
+        std::io::stdout(),
+        "agent ready - version {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    tokio::select! {
+        _ = signals.term.recv() => info!("SIGTERM: shutting down"),
+        _ = signals.int.recv() => info!("SIGINT: shutting down"),
+        Some(done) = tasks.join_next() => {
+            // A server task only returns on a fatal error.
+            return match done {
+                Ok(result) => result,
+                Err(join) => Err(AgentError::Config(format!("server task failed: {join}"))),
+            };
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> Result<(), AgentError> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.encode() }
+            }),
+        );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
