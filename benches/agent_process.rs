@@ -1,6 +1,12 @@
 //! Agent process numbers for docs/benchmarks.md ("Agent"): start time (spawn → the "agent ready"
 //! line), idle RSS, and RSS with 100 open sessions. `cargo bench --bench agent_process`.
 //! The traffic numbers (through-agent vs direct, filter matching) are in the incoming benches.
+//! The iptables row needs root: it runs the agent in a network namespace it creates.
+//! `AGENT_BIN=/path/to/mirrord-operator` measures another build (e.g. a release binary while this
+//! harness itself runs from `cargo test --bench agent_process`).
+
+#[path = "../tests/support/netns.rs"]
+mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -25,16 +31,25 @@ impl Drop for Agent {
     }
 }
 
+fn agent_bin() -> String {
+    std::env::var("AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mirrord-operator").to_owned())
+}
+
 /// Starts the agent on a free loopback port; returns it and the time until "agent ready".
 fn start(port: u16) -> (Agent, Duration) {
+    let mut cmd = Command::new(agent_bin());
+    cmd.env("MIRRORD_AGENT_REDIRECT", "off");
+    start_with(cmd, port)
+}
+
+/// `cmd` is the program (and wrapper) to run; the agent flags are appended.
+fn start_with(mut cmd: Command, port: u16) -> (Agent, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mirrord-operator"))
+    let mut child = cmd
         .args([
             "agent",
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--redirect",
-            "off",
             "--fs-mode",
             "off",
         ])
@@ -98,6 +113,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
+    println!("measuring {}", agent_bin());
     let base_port = 47_000 + (std::process::id() % 1000) as u16;
     let mut starts = Vec::with_capacity(RUNS);
     for i in 0..RUNS {
@@ -107,25 +123,50 @@ fn main() {
     }
     starts.sort();
     println!(
-        "agent start (spawn -> ready line), {RUNS} runs: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        "agent start (spawn -> ready line), redirect=off, {RUNS} runs: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
         percentile(&starts, 0.5).as_secs_f64() * 1e3,
         percentile(&starts, 0.9).as_secs_f64() * 1e3,
         starts.last().unwrap().as_secs_f64() * 1e3,
     );
 
+    // iptables mode includes the stale-chain cleanup at start (iptables calls); `ip netns exec`
+    // adds its own few milliseconds.
+    let ns = netns::NetNs::new("bench");
+    let mut ipt = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let mut cmd = ns.command(&agent_bin());
+        cmd.env("MIRRORD_AGENT_REDIRECT", "iptables")
+            .env("MIRRORD_AGENT_CHAIN_PREFIX", "BENCH");
+        let (agent, t) = start_with(cmd, 61337);
+        ipt.push(t);
+        drop(agent);
+    }
+    ipt.sort();
+    println!(
+        "agent start with redirect=iptables in a netns, {RUNS} runs: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        percentile(&ipt, 0.5).as_secs_f64() * 1e3,
+        percentile(&ipt, 0.9).as_secs_f64() * 1e3,
+        ipt.last().unwrap().as_secs_f64() * 1e3,
+    );
+    drop(ns);
+
     let (agent, _) = start(base_port + RUNS as u16);
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss_kib(agent.child.id());
-    let sessions: Vec<TcpStream> = (0..SESSIONS).map(|_| session(agent.port)).collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let busy = rss_kib(agent.child.id());
-    drop(sessions);
-    std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(agent.child.id());
-    println!(
-        "agent RSS: idle {:.2} MiB, with {SESSIONS} open sessions {:.2} MiB, after they closed {:.2} MiB",
-        idle as f64 / 1024.0,
-        busy as f64 / 1024.0,
-        after as f64 / 1024.0,
-    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!("agent RSS idle: {:.2} MiB", mib(idle));
+    // Three rounds of 100 sessions: a leak would show as growth from round to round.
+    for round in 1..=3 {
+        let sessions: Vec<TcpStream> = (0..SESSIONS).map(|_| session(agent.port)).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let busy = rss_kib(agent.child.id());
+        drop(sessions);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss_kib(agent.child.id());
+        println!(
+            "agent RSS round {round}: {SESSIONS} open sessions {:.2} MiB, after they closed {:.2} MiB",
+            mib(busy),
+            mib(after),
+        );
+    }
 }

@@ -14,11 +14,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The sidecar the webhook injects into target pods (mirrord-protocol 1.29).
-    Agent(crate::agent::AgentArgs),
+    Agent(Box<crate::agent::AgentArgs>),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Agent(args) => crate::agent::run(args),
+        Command::Agent(args) => crate::agent::run(*args),
     }
 }

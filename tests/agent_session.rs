@@ -120,20 +120,14 @@ fn target_root() -> (tempfile::TempDir, PathBuf) {
 
 fn agent_command(ns: &NetNs, root: &Path, extra_env: &[(&str, &str)]) -> Command {
     let mut cmd = ns.command(agent_bin());
-    cmd.args([
-        "agent",
-        "--listen",
-        &format!("127.0.0.1:{AGENT_PORT}"),
-        "--redirect",
-        "off",
-        "--chain-prefix",
-        "SESSTEST",
-    ])
-    .env("MIRRORD_AGENT_TARGET_ROOT", root)
-    .env("MIRRORD_AGENT_FS_MODE", "volumes")
-    .env("MIRRORD_AGENT_ENV_MODE", "spec")
-    .env("MIRRORD_AGENT_LOG_LEVEL", "warn")
-    .stdout(Stdio::null());
+    cmd.args(["agent", "--listen", &format!("127.0.0.1:{AGENT_PORT}")])
+        .env("MIRRORD_AGENT_REDIRECT", "off")
+        .env("MIRRORD_AGENT_CHAIN_PREFIX", "SESSTEST")
+        .env("MIRRORD_AGENT_TARGET_ROOT", root)
+        .env("MIRRORD_AGENT_FS_MODE", "volumes")
+        .env("MIRRORD_AGENT_ENV_MODE", "spec")
+        .env("MIRRORD_AGENT_LOG_LEVEL", "warn")
+        .stdout(Stdio::null());
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -637,19 +631,32 @@ fn many_sessions_garbage_and_sigterm() {
     let (_tmp, root) = target_root();
     let mut agent = ChildGuard(agent_command(&ns, &root, &[]).spawn().unwrap());
     ns.wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, AGENT_PORT)), TIMEOUT);
+    let agent_pid = agent.0.id();
+    let open_fds = move || {
+        std::fs::read_dir(format!("/proc/{agent_pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let idle_fds = open_fds();
     rt().block_on(async {
         let mut clients = Vec::new();
         for _ in 0..20 {
             let mut c = Client::connect(&ns).await;
             c.handshake().await;
+            // Every session holds an open file of the target.
+            let opened = file(c.ask(open_ro("/etc/app/config.yaml")).await);
+            assert!(matches!(opened, FileResponse::Open(Ok(_))), "{opened:?}");
             clients.push(c);
         }
+        assert!(open_fds() >= idle_fds + 40, "sockets and files are held");
         for c in &mut clients {
             assert_eq!(c.ask(ClientMessage::Ping).await, DaemonMessage::Pong);
         }
         // Bytes that are no message: that session is dropped, the others live on.
         let mut bad = Client::connect(&ns).await;
-        bad.framed.get_mut().try_write(&[0xff, 0xff]).unwrap();
+        tokio::io::AsyncWriteExt::write_all(bad.framed.get_mut(), &[0xff, 0xff])
+            .await
+            .unwrap();
         bad.expect_eof().await;
         for c in &mut clients {
             assert_eq!(c.ask(ClientMessage::Ping).await, DaemonMessage::Pong);
@@ -660,6 +667,18 @@ fn many_sessions_garbage_and_sigterm() {
             clients[0].ask(ClientMessage::Ping).await,
             DaemonMessage::Pong
         );
+        // Disconnected sessions release every fd they held (bounded wait: cleanup is async).
+        // The idle count may include a transient fd (e.g. the readiness probe), hence `<=`.
+        drop(clients);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while open_fds() > idle_fds {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fds leaked: {} open, {idle_fds} when idle",
+                open_fds()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
     // SIGTERM: clean exit with status 0, in bounded time. The child is `ip netns exec`, which
     // execs the agent, so its pid is the agent's.
@@ -692,4 +711,403 @@ fn refuses_non_loopback_listen_without_insecure_flag() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--insecure-listen"), "{stderr}");
+}
+
+const APP: u16 = 8080;
+
+fn steal_filtered(user: &str) -> ClientMessage {
+    ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(StealType::FilteredHttpEx(
+        APP,
+        HttpFilter::Header(Filter(format!("^x-mirrord-user: {user}$"))),
+    )))
+}
+
+/// `curl` from the caller namespace (another "pod") to the app's port on the pod address.
+fn curl(ns: &NetNs, header: Option<&str>) -> std::process::Output {
+    let mut cmd = ns.caller_command("curl");
+    cmd.args(["-sS", "--max-time", "10"]);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("http://{}:{APP}/hello.txt", netns::POD_ADDR))
+        .output()
+        .unwrap()
+}
+
+/// Waits for a stolen request on `c` and answers it with `body`; returns the request path.
+async fn answer_stolen(c: &mut Client, body: &'static str) -> String {
+    let (connection_id, path) = loop {
+        match c.recv().await {
+            DaemonMessage::TcpSteal(DaemonTcp::HttpRequestChunked(ChunkedRequest::StartV2(
+                start,
+            ))) => break (start.connection_id, start.request.uri.path().to_owned()),
+            // Logs, and the Close that ends an earlier exchange.
+            DaemonMessage::LogMessage(_) | DaemonMessage::TcpSteal(DaemonTcp::Close(_)) => continue,
+            other => panic!("expected a stolen request, got {other:?}"),
+        }
+    };
+    c.send(ClientMessage::TcpSteal(LayerTcpSteal::HttpResponse(
+        HttpResponse {
+            port: APP,
+            connection_id,
+            request_id: 0,
+            internal_response: InternalHttpResponse {
+                status: http::StatusCode::OK,
+                version: http::Version::HTTP_11,
+                headers: http::HeaderMap::new(),
+                body: Payload::from(body.as_bytes().to_vec()),
+            },
+        },
+    )))
+    .await;
+    path
+}
+
+fn start_steal_agent(ns: &NetNs, root: &Path) -> u32 {
+    let cmd = agent_command(
+        ns,
+        root,
+        &[
+            ("MIRRORD_AGENT_REDIRECT", "iptables"),
+            ("MIRRORD_AGENT_CHAIN_PREFIX", "E2E"),
+        ],
+    );
+    let pid = ns.spawn(cmd);
+    ns.wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, AGENT_PORT)), TIMEOUT);
+    pid
+}
+
+/// The whole path through the real process: `--listen` sessions subscribe with header filters,
+/// iptables redirects the caller's requests, matching ones reach the right session, others the
+/// app; an unfiltered steal is refused; SIGKILL mid-steal, restart: no stale rules, app answers.
+#[test]
+fn header_filtered_steal_through_the_agent_process_and_sigkill_restart() {
+    let ns = NetNs::with_caller("steal");
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("hello.txt"), "from the app").unwrap();
+    let mut app = ns.command("python3");
+    app.args([
+        "-m",
+        "http.server",
+        &APP.to_string(),
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+    ])
+    .arg(site.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    ns.spawn(app);
+    ns.wait_for_port(SocketAddr::from((netns::POD_ADDR, APP)), TIMEOUT);
+    assert_eq!(curl(&ns, None).stdout, b"from the app");
+
+    let (_tmp, root) = target_root();
+    let pid = start_steal_agent(&ns, &root);
+    rt().block_on(async {
+        let mut alice = Client::connect(&ns).await;
+        alice.handshake().await;
+        assert_eq!(
+            alice.ask(steal_filtered("alice")).await,
+            DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Ok(APP)))
+        );
+        let mut bob = Client::connect(&ns).await;
+        bob.handshake().await;
+        assert_eq!(
+            bob.ask(steal_filtered("bob")).await,
+            DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Ok(APP)))
+        );
+        let mut greedy = Client::connect(&ns).await;
+        greedy.handshake().await;
+        assert_eq!(
+            greedy
+                .ask(ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(
+                    StealType::All(APP)
+                )))
+                .await,
+            DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Err(
+                ResponseError::PortAlreadyStolen(APP)
+            )))
+        );
+        assert!(
+            !ns.nat_rules_with("E2E").is_empty(),
+            "subscribed port is redirected"
+        );
+
+        let ns_ref = &ns;
+        let (alice_curl, alice_path) = tokio::join!(
+            tokio::task::spawn_blocking({
+                let name = ns_ref.caller_name().unwrap().to_owned();
+                move || caller_curl(&name, Some("x-mirrord-user: alice"))
+            }),
+            answer_stolen(&mut alice, "stolen by alice"),
+        );
+        assert_eq!(alice_path, "/hello.txt");
+        assert_eq!(alice_curl.unwrap().stdout, b"stolen by alice");
+        let (bob_curl, _) = tokio::join!(
+            tokio::task::spawn_blocking({
+                let name = ns_ref.caller_name().unwrap().to_owned();
+                move || caller_curl(&name, Some("x-mirrord-user: bob"))
+            }),
+            answer_stolen(&mut bob, "stolen by bob"),
+        );
+        assert_eq!(bob_curl.unwrap().stdout, b"stolen by bob");
+        // Unmatched requests pass through to the app.
+        let plain = tokio::task::spawn_blocking({
+            let name = ns_ref.caller_name().unwrap().to_owned();
+            move || caller_curl(&name, Some("x-mirrord-user: carol"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(plain.stdout, b"from the app");
+
+        // Mid-steal: a request alice never answers, then the agent is SIGKILLed.
+        let pending = tokio::task::spawn_blocking({
+            let name = ns_ref.caller_name().unwrap().to_owned();
+            move || caller_curl(&name, Some("x-mirrord-user: alice"))
+        });
+        loop {
+            match alice.recv().await {
+                DaemonMessage::TcpSteal(DaemonTcp::HttpRequestChunked(_)) => break,
+                DaemonMessage::LogMessage(_) | DaemonMessage::TcpSteal(DaemonTcp::Close(_)) => {
+                    continue;
+                }
+                other => panic!("expected a stolen request, got {other:?}"),
+            }
+        }
+        ns.kill(pid);
+        let pending = pending.await.unwrap();
+        assert_ne!(
+            pending.stdout, b"from the app",
+            "the stolen request died with the agent"
+        );
+    });
+    assert!(
+        !ns.nat_rules_with("E2E").is_empty(),
+        "SIGKILL leaves the rules behind"
+    );
+    assert_ne!(
+        curl(&ns, None).stdout,
+        b"from the app",
+        "stale redirect breaks the app"
+    );
+
+    // Restart with the same prefix: stale chains are gone before anyone subscribes.
+    start_steal_agent(&ns, &root);
+    assert!(
+        ns.nat_rules_with("E2E").is_empty(),
+        "stale rules remain: {:#?}",
+        ns.nat_rules_with("E2E")
+    );
+    assert_eq!(curl(&ns, None).stdout, b"from the app");
+}
+
+fn caller_curl(caller_ns: &str, header: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        caller_ns,
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+    ]);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("http://{}:{APP}/hello.txt", netns::POD_ADDR))
+        .output()
+        .unwrap()
+}
+
+/// SIGTERM with live subscriptions: the agent removes its rules and exits 0.
+#[test]
+fn sigterm_with_subscriptions_removes_every_rule() {
+    let ns = NetNs::new("term");
+    let (_tmp, root) = target_root();
+    let mut agent = ChildGuard(
+        agent_command(
+            &ns,
+            &root,
+            &[
+                ("MIRRORD_AGENT_REDIRECT", "iptables"),
+                ("MIRRORD_AGENT_CHAIN_PREFIX", "TERM"),
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    ns.wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, AGENT_PORT)), TIMEOUT);
+    rt().block_on(async {
+        let mut c = Client::connect(&ns).await;
+        c.handshake().await;
+        for port in [APP, 9090] {
+            assert_eq!(
+                c.ask(ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(
+                    StealType::All(port)
+                )))
+                .await,
+                DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Ok(port)))
+            );
+        }
+        let rules = ns.nat_rules_with("TERM");
+        assert!(
+            rules.iter().any(|r| r.contains("--dport 9090")),
+            "{rules:#?}"
+        );
+        let status = Command::new("kill")
+            .args(["-TERM", &agent.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let exit = loop {
+            if let Some(exit) = agent.0.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent ignored SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(exit.success(), "{exit:?}");
+        c.expect_eof().await;
+    });
+    assert!(
+        ns.nat_rules_with("TERM").is_empty(),
+        "rules left after SIGTERM: {:#?}",
+        ns.nat_rules_with("TERM")
+    );
+}
+
+/// Mirror through the real process: the app keeps answering, the session gets a copy.
+#[test]
+fn mirror_through_the_agent_process_while_the_app_answers() {
+    let ns = NetNs::with_caller("mirror");
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("hello.txt"), "from the app").unwrap();
+    let mut app = ns.command("python3");
+    app.args([
+        "-m",
+        "http.server",
+        &APP.to_string(),
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+    ])
+    .arg(site.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    ns.spawn(app);
+    ns.wait_for_port(SocketAddr::from((netns::POD_ADDR, APP)), TIMEOUT);
+    let (_tmp, root) = target_root();
+    ns.spawn(agent_command(
+        &ns,
+        &root,
+        &[
+            ("MIRRORD_AGENT_REDIRECT", "iptables"),
+            ("MIRRORD_AGENT_CHAIN_PREFIX", "MIR"),
+        ],
+    ));
+    ns.wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, AGENT_PORT)), TIMEOUT);
+    rt().block_on(async {
+        let mut c = Client::connect(&ns).await;
+        c.handshake().await;
+        assert_eq!(
+            c.ask(ClientMessage::Tcp(LayerTcp::PortSubscribe(APP)))
+                .await,
+            DaemonMessage::Tcp(DaemonTcp::SubscribeResult(Ok(APP)))
+        );
+        let caller = ns.caller_name().unwrap().to_owned();
+        let answer = tokio::task::spawn_blocking(move || caller_curl(&caller, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.stdout, b"from the app",
+            "mirroring never alters traffic"
+        );
+        let copy = loop {
+            match c.recv().await {
+                DaemonMessage::Tcp(DaemonTcp::HttpRequestChunked(ChunkedRequest::StartV2(s))) => {
+                    break s;
+                }
+                DaemonMessage::LogMessage(_) => continue,
+                other => panic!("expected a mirrored request, got {other:?}"),
+            }
+        };
+        assert_eq!(copy.request.uri.path(), "/hello.txt");
+        assert_eq!(copy.request.method, http::Method::GET);
+    });
+}
+
+/// env=proc and fs=proc: the target's live environment and its root, through `/proc/<pid>`.
+#[test]
+fn proc_modes_read_the_target_process() {
+    let ns = NetNs::new("proc");
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("marker.txt"), "seen through /proc").unwrap();
+    // `ip netns exec` execs `env`, which execs `sleep`: the pid stays the same.
+    let mut target = ns.command("env");
+    target.args(["APP_MODE=canary", "APP_REGION=eu", "sleep", "60"]);
+    let target_pid = ns.spawn(target);
+    // Wait (bounded) until the exec chain reached `sleep` with its environment.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !std::fs::read(format!("/proc/{target_pid}/environ"))
+        .unwrap_or_default()
+        .windows(14)
+        .any(|w| w == b"APP_MODE=canar")
+    {
+        assert!(std::time::Instant::now() < deadline, "target did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_tmp, root) = target_root();
+    let pid = target_pid.to_string();
+    let mut cmd = agent_command(
+        &ns,
+        &root,
+        &[
+            ("MIRRORD_AGENT_ENV_MODE", "proc"),
+            ("MIRRORD_AGENT_FS_MODE", "proc"),
+            ("MIRRORD_AGENT_TARGET_PID", &pid),
+        ],
+    );
+    cmd.env_remove("MIRRORD_AGENT_TARGET_ROOT");
+    ns.spawn(cmd);
+    ns.wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, AGENT_PORT)), TIMEOUT);
+    rt().block_on(async {
+        let mut c = Client::connect(&ns).await;
+        c.handshake().await;
+        let env = c
+            .ask(ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest {
+                env_vars_filter: HashSet::new(),
+                env_vars_select: HashSet::from(["APP_*".to_owned()]),
+            }))
+            .await;
+        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = env else {
+            panic!("unexpected {env:?}")
+        };
+        assert_eq!(env.len(), 2, "{env:?}");
+        assert_eq!(env["APP_MODE"], "canary");
+        // The target shares this test's mount namespace, so its root shows the temp dir.
+        let path = site.path().join("marker.txt");
+        let FileResponse::Open(Ok(OpenFileResponse { fd })) =
+            file(c.ask(open_ro(path.to_str().unwrap())).await)
+        else {
+            panic!("open through /proc/<pid>/root failed")
+        };
+        let read = file(
+            c.ask(ClientMessage::FileRequest(FileRequest::Read(
+                ReadFileRequest {
+                    remote_fd: fd,
+                    buffer_size: 100,
+                },
+            )))
+            .await,
+        );
+        let FileResponse::Read(Ok(ReadFileResponse { bytes, .. })) = read else {
+            panic!("unexpected {read:?}")
+        };
+        assert_eq!(&bytes[..], b"seen through /proc");
+    });
 }

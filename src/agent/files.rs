@@ -152,10 +152,6 @@ impl FileService {
         }
     }
 
-    pub fn open_count(&self) -> usize {
-        self.handles.len()
-    }
-
     fn resolve(&self, path: &Path, flags: OFlags) -> FsResult<OwnedFd> {
         let root = self
             .root

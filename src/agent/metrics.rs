@@ -115,3 +115,28 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_and_messages_show_up_in_the_exposition() {
+        let m = Metrics::new();
+        m.session_started();
+        m.session_started();
+        m.message(&ClientMessage::Ping);
+        m.session_ended(&SessionEnd::ClientClosed);
+        assert_eq!(m.sessions_active(), 1);
+        let text = m.encode();
+        assert!(text.contains("mirrord_agent_sessions_active 1"), "{text}");
+        assert!(
+            text.contains(r#"mirrord_agent_sessions_ended_total{reason="client_closed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mirrord_agent_client_messages_total{kind="ping"} 1"#),
+            "{text}"
+        );
+    }
+}

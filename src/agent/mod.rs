@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod outgoing;
 pub mod session;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub use config::AgentArgs;
 pub use error::AgentError;
 
 use self::env::EnvSource;
+use self::incoming::{Incoming, IncomingConfig};
 use self::metrics::Metrics;
 use self::session::AgentState;
 
@@ -72,12 +74,35 @@ fn init_tracing(level: &str) {
 }
 
 async fn serve(args: AgentArgs) -> Result<(), AgentError> {
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
+    // Installed first: from here on a SIGTERM always takes the cleanup path.
+    let signals = Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+    };
     let metrics = Arc::new(Metrics::new());
+    let mut incoming_cfg =
+        IncomingConfig::new(args.redirect, args.chain_prefix(), args.agent_group_id);
+    incoming_cfg.app_host = args.app_host;
+    // Starting removes stale chains of this prefix left by a killed predecessor.
+    let incoming = Incoming::start(incoming_cfg)
+        .await
+        .map_err(|e| AgentError::Incoming(e.to_string()))?;
+    let result = serve_sessions(&args, incoming.clone(), metrics, signals).await;
+    // Every exit path (signal or fatal error) removes what the agent installed.
+    incoming.shutdown().await;
+    result
+}
+
+async fn serve_sessions(
+    args: &AgentArgs,
+    incoming: Arc<Incoming>,
+    metrics: Arc<Metrics>,
+    mut signals: Signals,
+) -> Result<(), AgentError> {
     let state = Arc::new(AgentState::new(
         EnvSource::new(args.env_mode, args.target_pid),
         args.fs_root(),
+        Some(incoming),
         metrics.clone(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
@@ -91,7 +116,7 @@ async fn serve(args: AgentArgs) -> Result<(), AgentError> {
             url,
             args.coordinator_ca.as_deref(),
             args.token_file.clone(),
-            link::registration(&args),
+            link::registration(args),
         )?;
         tasks.spawn(link::run(cfg, state.clone()));
     }
@@ -100,10 +125,15 @@ async fn serve(args: AgentArgs) -> Result<(), AgentError> {
         tasks.spawn(serve_metrics(listener, metrics));
     }
     // The mirrord CLI waits for this exact line (spec §5.12).
-    println!("agent ready - version {}", env!("CARGO_PKG_VERSION"));
+    // A closed stdout must not kill the agent, hence no println!.
+    let _ = writeln!(
+        std::io::stdout(),
+        "agent ready - version {}",
+        env!("CARGO_PKG_VERSION")
+    );
     tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => info!("SIGINT: shutting down"),
+        _ = signals.term.recv() => info!("SIGTERM: shutting down"),
+        _ = signals.int.recv() => info!("SIGINT: shutting down"),
         Some(done) = tasks.join_next() => {
             // A server task only returns on a fatal error.
             return match done {
@@ -114,6 +144,11 @@ async fn serve(args: AgentArgs) -> Result<(), AgentError> {
     }
     tasks.abort_all();
     Ok(())
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
 async fn serve_metrics(

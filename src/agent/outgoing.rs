@@ -173,10 +173,6 @@ impl<M: From<Event> + Send + 'static> Outgoing<M> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
     }

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
-use semver::Version;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -19,29 +18,39 @@ use super::dns::{self, DnsFailure, Family};
 use super::env::{EnvSource, select_env};
 use super::error::AgentError;
 use super::files::FileService;
+use super::incoming::{Incoming, IncomingSession};
 use super::metrics::Metrics;
 use super::outgoing::{self, Address, Dialed, Event, Kind, Outgoing};
-use crate::protocol::version::{PRE_NEGOTIATION_VERSION, negotiate};
+use crate::protocol::version::negotiate;
 use crate::protocol::*;
 
+const NO_INCOMING: &str = "incoming traffic (mirror/steal) is not available on this agent";
 /// Messages queued towards one client before producers wait for the transport.
 const OUTBOUND_QUEUE: usize = 256;
 /// DNS lookups of one session resolved at the same time (answers still go out in order).
 const DNS_CONCURRENCY: usize = 16;
 
-/// What every session shares: where env and files come from, and the process metrics.
+/// What every session shares: where env and files come from, the incoming-traffic engine (absent
+/// only in tests of the other features) and the process metrics.
 pub struct AgentState {
     pub env: EnvSource,
     pub fs_root: Option<PathBuf>,
+    pub incoming: Option<Arc<Incoming>>,
     pub metrics: Arc<Metrics>,
     next_session: AtomicU64,
 }
 
 impl AgentState {
-    pub fn new(env: EnvSource, fs_root: Option<PathBuf>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        env: EnvSource,
+        fs_root: Option<PathBuf>,
+        incoming: Option<Arc<Incoming>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         AgentState {
             env,
             fs_root,
+            incoming,
             metrics,
             next_session: AtomicU64::new(0),
         }
@@ -191,13 +200,14 @@ where
 struct Session {
     state: Arc<AgentState>,
     out: Outbound,
-    client_version: Version,
     files: mpsc::Sender<FileRequest>,
     dns: mpsc::Sender<DnsJob>,
     legacy_connect: [mpsc::Sender<Address>; 2],
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
     outgoing: Outgoing<DaemonMessage>,
+    /// Dropping it releases the session's subscriptions, stolen connections and rules.
+    incoming: Option<IncomingSession>,
     helpers: Vec<JoinHandle<()>>,
 }
 
@@ -233,11 +243,15 @@ impl Session {
         let legacy_connect: [mpsc::Sender<Address>; 2] = legacy
             .try_into()
             .unwrap_or_else(|_| unreachable!("two kinds"));
+        let incoming = state
+            .incoming
+            .as_ref()
+            .map(|engine| engine.session(out.sender(), None));
         Session {
             outgoing: Outgoing::new(out.sender()),
+            incoming,
             state,
             out,
-            client_version: PRE_NEGOTIATION_VERSION,
             files,
             dns,
             legacy_connect,
@@ -291,7 +305,11 @@ impl Session {
             ClientMessage::SwitchProtocolVersion(version) => {
                 let chosen = negotiate(&version);
                 debug!(client = %version, %chosen, "version negotiated");
-                self.client_version = version;
+                // The client's version (not the answer) gates what the agent sends (spec §4.2);
+                // only incoming traffic has gated forms.
+                if let Some(incoming) = &mut self.incoming {
+                    incoming.set_client_version(version);
+                }
                 self.reply(DaemonMessage::SwitchProtocolVersionResponse(chosen))
                     .await
             }
@@ -359,10 +377,20 @@ impl Session {
             }
             // No seqpacket connection ever exists, so these name unknown ids.
             ClientMessage::SeqpacketOutgoing(_) => None,
-            ClientMessage::Tcp(_) | ClientMessage::TcpSteal(_) => {
-                self.refuse("incoming traffic (mirror/steal) is not available on this agent".into())
-                    .await
-            }
+            ClientMessage::Tcp(msg) => match &mut self.incoming {
+                Some(incoming) => {
+                    incoming.handle_mirror(msg).await;
+                    None
+                }
+                None => self.refuse(NO_INCOMING.into()).await,
+            },
+            ClientMessage::TcpSteal(msg) => match &mut self.incoming {
+                Some(incoming) => {
+                    incoming.handle_steal(msg).await;
+                    None
+                }
+                None => self.refuse(NO_INCOMING.into()).await,
+            },
             ClientMessage::PauseTargetRequest(_) => {
                 self.refuse("pausing the target is not supported".into())
                     .await
@@ -620,6 +648,7 @@ mod tests {
         let state = Arc::new(AgentState::new(
             EnvSource::Off,
             Some(root.path().to_owned()),
+            None,
             Arc::new(Metrics::new()),
         ));
         let (out, mut rx) = Outbound::channel();

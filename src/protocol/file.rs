@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use bincode::{Decode, Encode};
 
-use super::error::RemoteResult;
+use super::error::{RemoteResult, ResponseError};
 use super::wire::Payload;
 
 /// Payload of `ClientMessage::FileRequest`.
@@ -73,6 +73,39 @@ pub enum FileResponse {
     Futimens(RemoteResult<()>),
     Fchown(RemoteResult<()>),
     Fchmod(RemoteResult<()>),
+}
+
+impl FileRequest {
+    /// The response carrying `error` for this request, in the response variant the client
+    /// expects (spec §3.10); `None` for `Close` and `CloseDir`, which get no response at all.
+    pub fn error_response(&self, error: ResponseError) -> Option<FileResponse> {
+        Some(match self {
+            Self::Close(_) | Self::CloseDir(_) => return None,
+            Self::Open(_) | Self::OpenRelative(_) => FileResponse::Open(Err(error)),
+            Self::Read(_) => FileResponse::Read(Err(error)),
+            Self::ReadLimited(_) => FileResponse::ReadLimited(Err(error)),
+            Self::Seek(_) => FileResponse::Seek(Err(error)),
+            Self::Write(_) => FileResponse::Write(Err(error)),
+            Self::WriteLimited(_) => FileResponse::WriteLimited(Err(error)),
+            Self::Access(_) => FileResponse::Access(Err(error)),
+            Self::Xstat(_) => FileResponse::Xstat(Err(error)),
+            Self::XstatFs(_) | Self::StatFs(_) => FileResponse::XstatFs(Err(error)),
+            Self::FdOpenDir(_) => FileResponse::OpenDir(Err(error)),
+            Self::ReadDir(_) => FileResponse::ReadDir(Err(error)),
+            Self::GetDEnts64(_) => FileResponse::GetDEnts64(Err(error)),
+            Self::ReadLink(_) => FileResponse::ReadLink(Err(error)),
+            Self::ReadDirBatch(_) => FileResponse::ReadDirBatch(Err(error)),
+            Self::MakeDir(_) | Self::MakeDirAt(_) => FileResponse::MakeDir(Err(error)),
+            Self::RemoveDir(_) => FileResponse::RemoveDir(Err(error)),
+            Self::Unlink(_) | Self::UnlinkAt(_) => FileResponse::Unlink(Err(error)),
+            Self::XstatFsV2(_) | Self::StatFsV2(_) => FileResponse::XstatFsV2(Err(error)),
+            Self::Rename(_) => FileResponse::Rename(Err(error)),
+            Self::Ftruncate(_) => FileResponse::Ftruncate(Err(error)),
+            Self::Futimens(_) => FileResponse::Futimens(Err(error)),
+            Self::Fchown(_) => FileResponse::Fchown(Err(error)),
+            Self::Fchmod(_) => FileResponse::Fchmod(Err(error)),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -417,4 +450,59 @@ pub struct DirEntryInternal {
     pub name: String,
     /// `DT_*` value.
     pub file_type: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spec §3.10 "Response" column: request index → response index (None = no response).
+    const RESPONSE_INDEX: [Option<u8>; 30] = [
+        Some(0),
+        Some(0),
+        Some(1),
+        Some(2),
+        Some(5),
+        Some(3),
+        Some(4),
+        None,
+        Some(6),
+        Some(7),
+        Some(8),
+        Some(10),
+        Some(9),
+        None,
+        Some(11),
+        Some(12),
+        Some(13),
+        Some(14),
+        Some(14),
+        Some(15),
+        Some(16),
+        Some(16),
+        Some(8),
+        Some(17),
+        Some(17),
+        Some(18),
+        Some(19),
+        Some(20),
+        Some(21),
+        Some(22),
+    ];
+
+    #[test]
+    fn error_responses_use_the_mapped_variant() {
+        let config = bincode::config::standard();
+        for (index, want) in RESPONSE_INDEX.iter().enumerate() {
+            // The smallest valid request of each variant: its index followed by zeroed fields
+            // (zero-length paths, absent options, zero integers, false flags).
+            let mut bytes = vec![index as u8];
+            bytes.extend_from_slice(&[0; 16]);
+            let (request, _): (FileRequest, usize) =
+                bincode::decode_from_slice(&bytes, config).expect("decodes");
+            let response = request.error_response(ResponseError::NotImplemented);
+            let got = response.map(|r| bincode::encode_to_vec(r, config).unwrap()[0]);
+            assert_eq!(got, *want, "request index {index}: {request:?}");
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::ops::Deref;
 
 use bincode::de::Decoder;
+use bincode::de::read::Reader;
 use bincode::enc::Encoder;
 use bincode::error::{DecodeError, EncodeError};
 use bincode::{Decode, Encode};
@@ -76,8 +77,21 @@ impl Encode for Payload {
 
 impl<Context> Decode<Context> for Payload {
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        // Vec<u8> claims the declared length against the configured limit before allocating.
-        Vec::<u8>::decode(decoder).map(Self::from)
+        let len = usize::decode(decoder)?;
+        // Checked against the configured limit before anything is allocated.
+        decoder.claim_bytes_read(len)?;
+        // Slice readers can lend the bytes: copy them once instead of zero-filling a buffer
+        // and copying into it.
+        if let Some(bytes) = decoder.reader().peek_read(len) {
+            let payload = Bytes::copy_from_slice(bytes);
+            decoder.reader().consume(len);
+            return Ok(Self(payload));
+        }
+        // Too few bytes buffered (or a reader without peeking): `read` reports how many are
+        // missing, which the stream codec uses to wait.
+        let mut buffer = vec![0; len];
+        decoder.reader().read(&mut buffer)?;
+        Ok(Self::from(buffer))
     }
 }
 bincode::impl_borrow_decode!(Payload);
