@@ -428,7 +428,8 @@ mod tests {
         .map(|f| RequestFilter::compile(f).unwrap())
         .collect();
         let set = FilterSet::new(&filters);
-        let requests: [(&str, &str, &[(&str, &[u8])]); 5] = [
+        type Headers<'a> = &'a [(&'a str, &'a [u8])];
+        let requests: [(&str, &str, Headers<'_>); 5] = [
             ("GET", "/api/x", &[("x-user", b"alice")]),
             ("POST", "/other?id=7", &[("X-User", b"bob-bob")]),
             ("GET", "example.com:443", &[]),

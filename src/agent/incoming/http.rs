@@ -464,7 +464,7 @@ impl Drop for PendingGuard {
             stolen.remove(&self.id);
             drop(stolen);
             self.owner
-                .try_send(crate::protocol::DaemonMessage::TcpSteal(DaemonTcp::Close(
+                .send_from_drop(crate::protocol::DaemonMessage::TcpSteal(DaemonTcp::Close(
                     TcpClose {
                         connection_id: self.id,
                     },
@@ -504,15 +504,10 @@ impl Body for CloseOnDrop {
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.owner.unregister(self.id);
-        let owner = self.owner.clone();
         let close = DaemonTcp::Close(TcpClose {
             connection_id: self.id,
         });
-        // Drop cannot wait; keep the order after earlier messages by queueing through a task.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { owner.send_steal(close).await });
-        } else {
-            owner.try_send(crate::protocol::DaemonMessage::TcpSteal(close));
-        }
+        self.owner
+            .send_from_drop(crate::protocol::DaemonMessage::TcpSteal(close));
     }
 }

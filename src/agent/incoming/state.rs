@@ -124,6 +124,20 @@ impl SessionState {
         }
     }
 
+    /// Sends from a synchronous context (`Drop`) keeping the order with what this task sends
+    /// next; only when the queue is full does the message wait in a task of its own.
+    pub fn send_from_drop(self: &std::sync::Arc<Self>, msg: DaemonMessage) {
+        match self.tx.try_send(msg) {
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let session = self.clone();
+                    handle.spawn(async move { session.send(msg).await });
+                }
+            }
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
     /// Sends a mirror-side message unless the client unsubscribed from its connection id.
     pub async fn send_mirror(&self, msg: DaemonTcp) -> bool {
         let id = match &msg {
