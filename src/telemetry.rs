@@ -1,6 +1,8 @@
 //! Logging setup shared by every subcommand.
 
 use clap::ValueEnum;
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -18,7 +20,11 @@ pub fn init(format: LogFormat, default_directive: &str) {
     // A second init (tests calling `run` twice) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))

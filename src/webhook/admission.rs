@@ -1,10 +1,10 @@
 //! AdmissionReview in, AdmissionReview (or an HTTP error) out. Pure: no I/O, no clock, no kube client,
 //! so dry-run and reinvocation are safe and every path is testable with fixtures.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use http::StatusCode;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::{
     DynamicObject, Resource,
     admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
@@ -110,11 +110,11 @@ fn is_pod_create<T: Resource>(req: &AdmissionRequest<T>) -> Result<(), String> {
     Ok(())
 }
 
-/// Handles one AdmissionReview body. `namespace_annotations` gives a namespace's knob defaults from an
-/// in-memory cache (never an API call).
-pub fn review<F>(body: &[u8], cfg: &InjectorConfig, namespace_annotations: F) -> Outcome
+/// Handles one AdmissionReview body. `namespace` looks a Namespace up in an in-memory cache (never an
+/// API call): its annotations are knob defaults, its labels may enforce a Pod Security level.
+pub fn review<F>(body: &[u8], cfg: &InjectorConfig, lookup_namespace: F) -> Outcome
 where
-    F: Fn(&str) -> Option<std::sync::Arc<BTreeMap<String, String>>>,
+    F: Fn(&str) -> Option<Arc<Namespace>>,
 {
     // Fast path: a well-formed Pod review in one parse. Anything else is parsed again loosely to tell
     // "not a review" (400) from "a review of something that is not a valid Pod" (admitted).
@@ -157,10 +157,12 @@ where
         outcome.error = Some("missing-object");
         return outcome;
     };
-    let annotations = namespace_annotations(&outcome.namespace);
+    let ns = lookup_namespace(&outcome.namespace);
+    let ns_meta = ns.as_ref().map(|ns| &ns.metadata);
     let ctx = PodContext {
         namespace: &outcome.namespace,
-        namespace_annotations: annotations.as_deref(),
+        namespace_annotations: ns_meta.and_then(|m| m.annotations.as_ref()),
+        namespace_labels: ns_meta.and_then(|m| m.labels.as_ref()),
     };
     match patch::decide(pod, &ctx, cfg) {
         Decision::Skip(reason) => {
@@ -264,4 +266,133 @@ fn review_untyped(body: &[u8], pod_error: serde_json::Error) -> Outcome {
         }
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn config() -> InjectorConfig {
+        InjectorConfig {
+            agent_image: "example/agent:1".into(),
+            native_sidecar: false,
+            defaults: Default::default(),
+            coordinator_url: "wss://coordinator/agents/connect".into(),
+            coordinator_ca_bundle: None,
+            agent_group_id: 30777,
+            excluded_namespaces: ["kube-system".to_string()].into(),
+            operator_version: "0.0.0-test".into(),
+        }
+    }
+
+    fn valid_review() -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": "staging",
+                "operation": "CREATE", "userInfo": {"username": "u"},
+                "object": {"metadata": {"generateName": "web-", "labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": "nginx", "env": [{"name": "A", "value": "$(B)"}]}]}}}
+        })
+    }
+
+    /// Every answer is either a clear 4xx with a JSON reason, or an AdmissionReview that admits the pod
+    /// and echoes its uid: a bad request never blocks a deploy and never crashes the handler.
+    fn check(body: &[u8]) {
+        let outcome = review(body, &config(), |_| None);
+        let reply: Value = serde_json::from_slice(&outcome.body).expect("every answer is JSON");
+        match outcome.status.as_u16() {
+            400 => assert!(
+                reply["error"].is_string() && reply["message"].is_string(),
+                "{reply}"
+            ),
+            200 => {
+                assert_eq!(reply["kind"], "AdmissionReview");
+                assert_eq!(reply["response"]["allowed"], true, "{reply}");
+                let sent: Value = serde_json::from_slice(body).unwrap();
+                assert_eq!(reply["response"]["uid"], sent["request"]["uid"]);
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+
+    fn arbitrary_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-zA-Z]{0,10}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Replaces the value at a pseudo-random path of `doc` with `replacement`.
+    fn mutate(doc: &mut Value, mut choices: Vec<usize>, replacement: Value) {
+        let Some(choice) = choices.pop() else {
+            *doc = replacement;
+            return;
+        };
+        match doc {
+            Value::Object(map) if !map.is_empty() => {
+                let key = map.keys().nth(choice % map.len()).unwrap().clone();
+                mutate(map.get_mut(&key).unwrap(), choices, replacement);
+            }
+            Value::Array(items) if !items.is_empty() => {
+                let len = items.len();
+                mutate(&mut items[choice % len], choices, replacement);
+            }
+            _ => *doc = replacement,
+        }
+    }
+
+    #[test]
+    fn the_valid_review_is_injected() {
+        let outcome = review(
+            &serde_json::to_vec(&valid_review()).unwrap(),
+            &config(),
+            |_| None,
+        );
+        assert_eq!((outcome.status.as_u16(), outcome.result), (200, "injected"));
+        assert_eq!(
+            (outcome.namespace.as_str(), outcome.pod.as_str()),
+            ("staging", "web-")
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+            let outcome = review(&bytes, &config(), |_| None);
+            prop_assert!(matches!(outcome.status.as_u16(), 200 | 400));
+        }
+
+        #[test]
+        fn arbitrary_json_is_answered_clearly(doc in arbitrary_json()) {
+            let outcome = review(&serde_json::to_vec(&doc).unwrap(), &config(), |_| None);
+            prop_assert!(matches!(outcome.status.as_u16(), 200 | 400));
+        }
+
+        #[test]
+        fn mutated_reviews_are_admitted_or_rejected_clearly(
+            choices in prop::collection::vec(any::<usize>(), 1..8),
+            replacement in arbitrary_json(),
+        ) {
+            let mut doc = valid_review();
+            mutate(&mut doc, choices, replacement);
+            check(&serde_json::to_vec(&doc).unwrap());
+        }
+    }
 }

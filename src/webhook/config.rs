@@ -5,7 +5,10 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration}
 
 use clap::ValueEnum;
 
-use super::patch::{AgentDefaults, EnvMode, FsMode, InjectorConfig, Redirect};
+use super::patch::{
+    AgentDefaults, DefaultsError, EnvMode, FsMode, InjectorConfig, LogLevel, Quantity,
+    QuantityError, Redirect,
+};
 use crate::{certs::San, telemetry::LogFormat};
 
 /// Namespaces that are never injected, whatever their labels say.
@@ -28,6 +31,22 @@ pub enum NativeSidecar {
     Auto,
     Always,
     Never,
+}
+
+/// A resource limit flag: a quantity, or empty for no limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit(pub Option<Quantity>);
+
+impl std::str::FromStr for Limit {
+    type Err = QuantityError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            Ok(Limit(None))
+        } else {
+            s.parse().map(|q| Limit(Some(q)))
+        }
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
@@ -136,11 +155,11 @@ pub struct WebhookArgs {
 
     /// Default CPU request of the agent (knob `cpu-request`).
     #[arg(long, env = "MIRRORD_OPERATOR_AGENT_CPU_REQUEST", default_value = "5m")]
-    pub agent_cpu_request: String,
+    pub agent_cpu_request: Quantity,
 
     /// Default CPU limit of the agent (knob `cpu-limit`); empty for none.
     #[arg(long, env = "MIRRORD_OPERATOR_AGENT_CPU_LIMIT", default_value = "")]
-    pub agent_cpu_limit: String,
+    pub agent_cpu_limit: Limit,
 
     /// Default memory request of the agent (knob `memory-request`).
     #[arg(
@@ -148,7 +167,7 @@ pub struct WebhookArgs {
         env = "MIRRORD_OPERATOR_AGENT_MEMORY_REQUEST",
         default_value = "16Mi"
     )]
-    pub agent_memory_request: String,
+    pub agent_memory_request: Quantity,
 
     /// Default memory limit of the agent (knob `memory-limit`); empty for none.
     #[arg(
@@ -156,11 +175,11 @@ pub struct WebhookArgs {
         env = "MIRRORD_OPERATOR_AGENT_MEMORY_LIMIT",
         default_value = "64Mi"
     )]
-    pub agent_memory_limit: String,
+    pub agent_memory_limit: Limit,
 
     /// Default log level of the agent (knob `log-level`): trace, debug, info, warn or error.
     #[arg(long, env = "MIRRORD_OPERATOR_AGENT_LOG_LEVEL", default_value = "info")]
-    pub agent_log_level: String,
+    pub agent_log_level: LogLevel,
 
     /// Default traffic redirection of the agent (knob `redirect`): iptables, port-swap or off.
     #[arg(
@@ -238,29 +257,32 @@ impl WebhookArgs {
         sans
     }
 
-    fn optional(value: &str) -> Option<String> {
-        (!value.trim().is_empty()).then(|| value.trim().to_string())
+    /// The operator-wide knob defaults; refused at start when every injected pod would be invalid.
+    pub fn agent_defaults(&self) -> Result<AgentDefaults, DefaultsError> {
+        let defaults = AgentDefaults {
+            cpu_request: self.agent_cpu_request.clone(),
+            cpu_limit: self.agent_cpu_limit.0.clone(),
+            memory_request: self.agent_memory_request.clone(),
+            memory_limit: self.agent_memory_limit.0.clone(),
+            log_level: self.agent_log_level,
+            redirect: self.agent_redirect,
+            env: self.agent_env,
+            fs: self.agent_fs,
+        };
+        defaults.validate().map(|()| defaults)
     }
 
     /// The injector configuration, once the native-sidecar decision and the coordinator CA are known.
     pub fn injector_config(
         &self,
+        defaults: AgentDefaults,
         native_sidecar: bool,
         coordinator_ca_bundle: Option<String>,
     ) -> InjectorConfig {
         InjectorConfig {
             agent_image: self.agent_image.clone(),
             native_sidecar,
-            defaults: AgentDefaults {
-                cpu_request: self.agent_cpu_request.clone(),
-                cpu_limit: Self::optional(&self.agent_cpu_limit),
-                memory_request: self.agent_memory_request.clone(),
-                memory_limit: Self::optional(&self.agent_memory_limit),
-                log_level: self.agent_log_level.clone(),
-                redirect: self.agent_redirect,
-                env: self.agent_env,
-                fs: self.agent_fs,
-            },
+            defaults,
             coordinator_url: self.coordinator_url(),
             coordinator_ca_bundle,
             agent_group_id: self.agent_group_id,

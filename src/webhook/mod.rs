@@ -48,6 +48,8 @@ pub enum WebhookError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("invalid agent defaults: {0}")]
+    AgentDefaults(#[from] super::webhook::patch::DefaultsError),
     #[error("health server: {0}")]
     Health(std::io::Error),
 }
@@ -97,6 +99,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), WebhookError> {
 
 /// Runs the webhook until `shutdown` (tests drive this directly).
 pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), WebhookError> {
+    let defaults = args.agent_defaults()?;
     let client = match Client::try_default().await {
         Ok(client) => Some(client),
         Err(error) if args.tls_mode == TlsMode::SelfManaged => {
@@ -126,7 +129,7 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
     };
     let self_managed = args.tls_mode == TlsMode::SelfManaged;
     let state = WebhookState::new(
-        args.injector_config(native, coordinator_ca.clone()),
+        args.injector_config(defaults, native, coordinator_ca.clone()),
         namespaces.clone(),
         metrics.clone(),
         resolver.clone(),

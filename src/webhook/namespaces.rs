@@ -1,7 +1,8 @@
 //! An in-memory view of Namespaces, fed by a watch, so admission never calls the API server: knob
-//! defaults come from namespace annotations, and the audit reads the injection label.
+//! defaults come from namespace annotations, Pod Security levels from labels, and the audit reads the
+//! injection label.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -10,7 +11,6 @@ use kube::{
     runtime::{WatchStreamExt, reflector, watcher},
 };
 
-use super::patch::KNOB_PREFIX;
 use crate::shutdown::Shutdown;
 
 /// Empty when no cluster is reachable (files mode in development): then no namespace has defaults.
@@ -63,22 +63,19 @@ impl NamespaceCache {
         }
     }
 
-    fn get(&self, name: &str) -> Option<Arc<Namespace>> {
-        self.store.as_ref()?.get(&reflector::ObjectRef::new(name))
+    /// A fixed set of namespaces (tests, and running without a cluster).
+    pub fn fixed(namespaces: impl IntoIterator<Item = Namespace>) -> Self {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for namespace in namespaces {
+            writer.apply_watcher_event(&watcher::Event::InitApply(namespace));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        NamespaceCache { store: Some(store) }
     }
 
-    /// The namespace's `agent.mirrord.metalbear.co/*` annotations (its knob defaults).
-    pub fn knob_annotations(&self, name: &str) -> Option<Arc<BTreeMap<String, String>>> {
-        let ns = self.get(name)?;
-        let knobs: BTreeMap<String, String> = ns
-            .metadata
-            .annotations
-            .iter()
-            .flatten()
-            .filter(|(key, _)| key.starts_with(KNOB_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        (!knobs.is_empty()).then(|| Arc::new(knobs))
+    pub fn get(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.store.as_ref()?.get(&reflector::ObjectRef::new(name))
     }
 
     /// All cached namespaces (for the audit).

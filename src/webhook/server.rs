@@ -119,7 +119,7 @@ async fn mutate(
     let outcome = match body {
         Ok(body) => {
             let injector = state.injector.load();
-            admission::review(&body, &injector, |ns| state.namespaces.knob_annotations(ns))
+            admission::review(&body, &injector, |ns| state.namespaces.get(ns))
         }
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             admission::Outcome::too_large(MAX_BODY_BYTES)

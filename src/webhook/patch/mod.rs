@@ -1,59 +1,47 @@
-//! PLACEHOLDER (lead's local compile aid; replaced by the patch branch).
-use k8s_openapi::api::core::v1::Pod;
+//! Pure patch builder: pod + namespace defaults + injector config -> RFC 6902 patch or a skip reason.
+//!
+//! No I/O, no clock, no Kubernetes client: the same inputs always give the same bytes, so dry-run,
+//! reinvocation and golden fixtures are safe. The contract is `injection.md`.
+
+mod container;
+mod knobs;
+mod quantity;
+
 use std::collections::{BTreeMap, BTreeSet};
+
+use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
+use k8s_openapi::api::core::v1::{
+    Pod, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+pub use container::{NON_ROOT_UID, PROXY_CONTAINERS};
+pub use knobs::{
+    AgentDefaults, DefaultsError, EnvMode, FsMode, ImageError, Knob, LogLevel, Redirect,
+    UnknownValue, validate_image,
+};
+pub use quantity::{Quantity, QuantityError};
+
 pub const AGENT_CONTAINER_NAME: &str = "mirrord-agent";
 pub const STATUS_ANNOTATION: &str = "agent.mirrord.metalbear.co/status";
 pub const INJECT_LABEL: &str = "mirrord.metalbear.co/inject";
+pub const KNOB_PREFIX: &str = "agent.mirrord.metalbear.co/";
 pub const NAMESPACE_LABEL: &str = "mirrord-injection";
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Redirect {
-    Iptables,
-    PortSwap,
-    Off,
-}
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnvMode {
-    Spec,
-    Proc,
-    Off,
-}
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsMode {
-    Volumes,
-    Proc,
-    Off,
-}
-macro_rules! fs { ($t:ident, $($s:literal => $v:ident),*) => {
- impl std::str::FromStr for $t { type Err = String; fn from_str(s:&str)->Result<Self,String>{ match s { $($s => Ok(Self::$v),)* _ => Err(format!("invalid {s}")) } } }
- impl std::fmt::Display for $t { fn fmt(&self,f:&mut std::fmt::Formatter)->std::fmt::Result{ f.write_str(match self { $(Self::$v => $s,)* }) } } } }
-fs!(Redirect, "iptables" => Iptables, "port-swap" => PortSwap, "off" => Off);
-fs!(EnvMode, "spec" => Spec, "proc" => Proc, "off" => Off);
-fs!(FsMode, "volumes" => Volumes, "proc" => Proc, "off" => Off);
-#[derive(Debug, Clone)]
-pub struct AgentDefaults {
-    pub cpu_request: String,
-    pub cpu_limit: Option<String>,
-    pub memory_request: String,
-    pub memory_limit: Option<String>,
-    pub log_level: String,
-    pub redirect: Redirect,
-    pub env: EnvMode,
-    pub fs: FsMode,
-}
-impl Default for AgentDefaults {
-    fn default() -> Self {
-        Self {
-            cpu_request: "5m".into(),
-            cpu_limit: None,
-            memory_request: "16Mi".into(),
-            memory_limit: Some("64Mi".into()),
-            log_level: "info".into(),
-            redirect: Redirect::Iptables,
-            env: EnvMode::Spec,
-            fs: FsMode::Volumes,
-        }
-    }
-}
+/// Namespace label of Pod Security Admission naming the enforced level.
+pub const POD_SECURITY_ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+/// Prefix of the target's env copies on the agent (the agent strips it to answer GetEnvVars).
+pub const TARGET_ENV_PREFIX: &str = "MIRRORD_TARGET_ENV_";
+/// Audience of the agent's projected ServiceAccount token, checked by the coordinator's TokenReview.
+pub const TOKEN_AUDIENCE: &str = "mirrord-operator";
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+pub const TOKEN_VOLUME_NAME: &str = "mirrord-agent-token";
+pub const TOKEN_DIR: &str = "/var/run/secrets/mirrord.metalbear.co";
+pub const TOKEN_PATH: &str = "/var/run/secrets/mirrord.metalbear.co/token";
+/// Where the target's volumes appear, read-only, inside the agent (fs=volumes).
+pub const TARGET_ROOT: &str = "/mirrord/target";
+
+/// Operator-wide injection settings, resolved by the caller from flags and the server version.
 #[derive(Debug, Clone)]
 pub struct InjectorConfig {
     pub agent_image: String,
@@ -61,14 +49,35 @@ pub struct InjectorConfig {
     pub defaults: AgentDefaults,
     pub coordinator_url: String,
     pub coordinator_ca_bundle: Option<String>,
+    /// Dedicated runAsGroup: the agent's own traffic is exempted from its redirect rules by gid.
     pub agent_group_id: i64,
     pub excluded_namespaces: BTreeSet<String>,
     pub operator_version: String,
 }
+
+/// What the admission request tells us besides the pod.
+#[derive(Debug, Clone, Copy)]
 pub struct PodContext<'a> {
+    /// `AdmissionRequest.namespace` (a pod being created may carry an empty `metadata.namespace`).
     pub namespace: &'a str,
+    /// The namespace's annotations: knob values there are the namespace's defaults.
     pub namespace_annotations: Option<&'a BTreeMap<String, String>>,
+    /// The namespace's labels: an enforced Pod Security level limits what the agent may ask for.
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
 }
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Inject {
+        patch: Patch,
+        /// Admission warnings: invalid knobs and their fallbacks, degraded features.
+        warnings: Vec<String>,
+        /// Knob names (as in the annotation key) whose value was rejected, once each.
+        invalid_knobs: Vec<&'static str>,
+    },
+    Skip(SkipReason),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipReason {
     AlreadyInjected,
@@ -77,24 +86,330 @@ pub enum SkipReason {
     ExcludedNamespace,
     NoContainers,
 }
+
 impl SkipReason {
+    /// Metric label value.
     pub fn as_label(&self) -> &'static str {
-        "x"
+        match self {
+            SkipReason::AlreadyInjected => "already-injected",
+            SkipReason::HostNetwork => "host-network",
+            SkipReason::OptedOut => "opted-out",
+            SkipReason::ExcludedNamespace => "excluded-namespace",
+            SkipReason::NoContainers => "no-containers",
+        }
     }
+
+    /// The admission warning shown to whoever created the pod.
     pub fn warning(&self) -> String {
-        String::new()
+        let why = match self {
+            SkipReason::AlreadyInjected => format!("the pod already has the {AGENT_CONTAINER_NAME} sidecar"),
+            SkipReason::HostNetwork => {
+                "the pod uses hostNetwork, where the agent's redirect rules would affect the whole node".to_owned()
+            }
+            SkipReason::OptedOut => format!("the pod is labelled {INJECT_LABEL}=false"),
+            SkipReason::ExcludedNamespace => "the namespace is excluded from injection".to_owned(),
+            SkipReason::NoContainers => "the pod has no containers".to_owned(),
+        };
+        format!("{AGENT_CONTAINER_NAME} not injected: {why}")
     }
 }
-pub enum Decision {
-    Inject {
-        patch: json_patch::Patch,
-        warnings: Vec<String>,
-        invalid_knobs: Vec<&'static str>,
-    },
-    Skip(SkipReason),
+
+/// The status annotation's value. Field order is the serialization order; maps are sorted.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status<'a> {
+    version: &'a str,
+    containers: Vec<&'a str>,
+    init_containers: Vec<&'a str>,
+    volumes: Vec<&'a str>,
+    knobs: BTreeMap<&'static str, String>,
 }
-pub fn decide(pod: &Pod, ctx: &PodContext, cfg: &InjectorConfig) -> Decision {
-    let _ = (pod, ctx, cfg);
-    Decision::Skip(SkipReason::NoContainers)
+
+/// Decides whether to inject the agent into `pod` and, if so, builds the patch.
+pub fn decide(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision {
+    let decision = decide_inner(pod, ctx, cfg);
+    match &decision {
+        Decision::Skip(reason) => tracing::debug!(reason = reason.as_label(), "injection skipped"),
+        Decision::Inject {
+            patch,
+            invalid_knobs,
+            ..
+        } => tracing::debug!(
+            operations = patch.0.len(),
+            ?invalid_knobs,
+            "injection patch built"
+        ),
+    }
+    decision
 }
-pub const KNOB_PREFIX: &str = "agent.mirrord.metalbear.co/";
+
+fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision {
+    let namespace = if ctx.namespace.is_empty() {
+        pod.metadata.namespace.as_deref().unwrap_or_default()
+    } else {
+        ctx.namespace
+    };
+    if cfg.excluded_namespaces.contains(namespace) {
+        return Decision::Skip(SkipReason::ExcludedNamespace);
+    }
+    let Some(spec) = pod.spec.as_ref().filter(|s| !s.containers.is_empty()) else {
+        return Decision::Skip(SkipReason::NoContainers);
+    };
+    let annotations = pod.metadata.annotations.as_ref();
+    let has_agent = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == AGENT_CONTAINER_NAME);
+    if has_agent || annotations.is_some_and(|a| a.contains_key(STATUS_ANNOTATION)) {
+        return Decision::Skip(SkipReason::AlreadyInjected);
+    }
+    let labels = pod.metadata.labels.as_ref();
+    if labels
+        .and_then(|l| l.get(INJECT_LABEL))
+        .is_some_and(|v| v == "false")
+    {
+        return Decision::Skip(SkipReason::OptedOut);
+    }
+    if spec.host_network == Some(true) {
+        return Decision::Skip(SkipReason::HostNetwork);
+    }
+
+    let container_names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let mut report = knobs::Report::default();
+    let mut knobs = knobs::resolve(
+        &knobs::Annotations {
+            pod: annotations,
+            namespace: ctx.namespace_annotations,
+        },
+        &knobs::Fallbacks {
+            defaults: &cfg.defaults,
+            image: &cfg.agent_image,
+            native_sidecar: cfg.native_sidecar,
+            containers: &container_names,
+            auto_target: container::auto_target(&spec.containers),
+        },
+        &mut report,
+    );
+    let mut warnings = report.warnings;
+    if let Some(level) = ctx
+        .namespace_labels
+        .and_then(|l| l.get(POD_SECURITY_ENFORCE_LABEL))
+    {
+        knobs::fit_pod_security(&mut knobs, level, &mut warnings);
+    }
+    let target = spec
+        .containers
+        .iter()
+        .find(|c| c.name == knobs.target_container)
+        .unwrap_or(&spec.containers[0]);
+
+    let existing_volumes: BTreeSet<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    let token_volume = unique_name(TOKEN_VOLUME_NAME, &existing_volumes);
+    let agent = container::agent_container(
+        &container::AgentInputs {
+            knobs: &knobs,
+            target,
+            token_volume: &token_volume,
+        },
+        cfg,
+        &mut warnings,
+    );
+
+    if !knobs.native_sidecar && owned_by_job(pod) {
+        warnings.push(format!(
+            "{AGENT_CONTAINER_NAME} injected as a regular container into a Job's pod: the Job will not complete while the agent runs (native sidecars need Kubernetes 1.29+)"
+        ));
+    }
+
+    let status = Status {
+        version: &cfg.operator_version,
+        containers: if knobs.native_sidecar {
+            vec![]
+        } else {
+            vec![AGENT_CONTAINER_NAME]
+        },
+        init_containers: if knobs.native_sidecar {
+            vec![AGENT_CONTAINER_NAME]
+        } else {
+            vec![]
+        },
+        volumes: vec![&token_volume],
+        knobs: knobs.as_map(),
+    };
+    let status = serde_json::to_string(&status).unwrap_or_default();
+
+    let mut ops = Vec::new();
+    // A pod decoded without metadata cannot tell an absent `metadata` from an empty one; adding the
+    // whole object is right for both.
+    if pod.metadata == Default::default() {
+        ops.push(add(
+            &["metadata"],
+            json!({ "annotations": { STATUS_ANNOTATION: status } }),
+        ));
+    } else if annotations.is_none() {
+        ops.push(add(
+            &["metadata", "annotations"],
+            json!({ STATUS_ANNOTATION: status }),
+        ));
+    } else {
+        ops.push(add(
+            &["metadata", "annotations", STATUS_ANNOTATION],
+            Value::String(status),
+        ));
+    }
+    // Reading another container's /proc needs a shared PID namespace. Trade-off: every container of
+    // the pod then sees the others' processes (and their /proc/<pid>/environ with SYS_PTRACE), and
+    // the pause process becomes PID 1, so an app relying on being PID 1 for signal handling changes.
+    if (knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc)
+        && spec.share_process_namespace != Some(true)
+    {
+        if spec.share_process_namespace == Some(false) {
+            warnings.push(
+                "shareProcessNamespace: false is overridden to true: the agent reads the target through /proc (env or fs knob is proc)"
+                    .to_owned(),
+            );
+        }
+        ops.push(add(&["spec", "shareProcessNamespace"], Value::Bool(true)));
+    }
+    let volume = to_value(&token_volume_source(&token_volume));
+    ops.push(match spec.volumes {
+        Some(_) => add(&["spec", "volumes", "-"], volume),
+        None => add(&["spec", "volumes"], Value::Array(vec![volume])),
+    });
+    let agent = to_value(&agent);
+    ops.push(match (knobs.native_sidecar, &spec.init_containers) {
+        (true, Some(_)) => add(&["spec", "initContainers", "0"], agent),
+        (true, None) => add(&["spec", "initContainers"], Value::Array(vec![agent])),
+        (false, _) => add(&["spec", "containers", "-"], agent),
+    });
+
+    Decision::Inject {
+        patch: Patch(ops),
+        warnings,
+        invalid_knobs: report.invalid_knobs,
+    }
+}
+
+fn owned_by_job(pod: &Pod) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Job" && o.api_version.starts_with("batch/"))
+}
+
+/// `base`, or `base-1`, `base-2`, ... : the first name not in `taken`.
+fn unique_name(base: &str, taken: &BTreeSet<&str>) -> String {
+    let mut name = base.to_owned();
+    let mut n = 0u64;
+    while taken.contains(name.as_str()) {
+        n += 1;
+        name = format!("{base}-{n}");
+    }
+    name
+}
+
+fn token_volume_source(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(TOKEN_AUDIENCE.to_owned()),
+                    expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                    path: "token".to_owned(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// k8s-openapi types always serialize (string keys, no non-finite floats).
+fn to_value<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// RFC 6901 reference token escaping: `~` first, then `/`.
+pub fn escape_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    let mut path = String::new();
+    for token in tokens {
+        path.push('/');
+        path.push_str(&escape_token(token));
+    }
+    // Every token is escaped, so only a bug could make this fail; fall back to the library's builder.
+    PointerBuf::parse(path).unwrap_or_else(|_| PointerBuf::from_tokens(tokens.iter().copied()))
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_pointer_tokens() {
+        assert_eq!(
+            escape_token("agent.mirrord.metalbear.co/status"),
+            "agent.mirrord.metalbear.co~1status"
+        );
+        assert_eq!(escape_token("a~b"), "a~0b");
+        assert_eq!(escape_token("~1"), "~01");
+        assert_eq!(escape_token("/~"), "~1~0");
+        assert_eq!(
+            pointer(&["metadata", "annotations", STATUS_ANNOTATION]).as_str(),
+            "/metadata/annotations/agent.mirrord.metalbear.co~1status"
+        );
+        // The escaped pointer addresses exactly the key it was built from.
+        let mut doc = json!({ "m": { "a/b~c": 1, "a": { "b~c": 2 } } });
+        let op = add(&["m", "a/b~c"], json!(3));
+        json_patch::patch(&mut doc, &[op]).unwrap();
+        assert_eq!(doc, json!({ "m": { "a/b~c": 3, "a": { "b~c": 2 } } }));
+    }
+
+    #[test]
+    fn unique_names_get_a_suffix() {
+        let taken = BTreeSet::from(["mirrord-agent-token", "mirrord-agent-token-1"]);
+        assert_eq!(
+            unique_name("mirrord-agent-token", &taken),
+            "mirrord-agent-token-2"
+        );
+        assert_eq!(unique_name("other", &taken), "other");
+    }
+
+    #[test]
+    fn skip_reasons_have_labels_and_sentences() {
+        for reason in [
+            SkipReason::AlreadyInjected,
+            SkipReason::HostNetwork,
+            SkipReason::OptedOut,
+            SkipReason::ExcludedNamespace,
+            SkipReason::NoContainers,
+        ] {
+            assert!(
+                reason
+                    .as_label()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'-')
+            );
+            assert!(reason.warning().starts_with("mirrord-agent not injected: "));
+        }
+    }
+}

@@ -1,0 +1,58 @@
+# mirrord-operator — every entry point a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+# Everything downloaded or built for tests (helm, the Kubernetes control plane) is cached here,
+# outside the repository, keyed by version.
+export MIRRORD_OPERATOR_CACHE ?= $(HOME)/.cache/mirrord-operator
+# Debian packages the tests use: iptables and iproute2 (agent tests in network namespaces),
+# golang-go and etcd-server (the local control plane), unzip (helm from npm), wrk (benchmarks).
+TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip
+
+.PHONY: help build test lint fmt-check clippy unit bench certs chart-lint e2e demo demo-down deps run-local
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+build: ## release binary: target/release/mirrord-operator
+	$(CARGO) build --release --locked
+
+deps: ## install the Debian packages and helm the tests need (idempotent)
+	@e2e/tools/ensure-apt.sh $(TEST_APT_PACKAGES)
+	@e2e/tools/ensure-helm.sh >/dev/null
+
+test: lint unit chart-lint e2e ## everything CI runs: fmt, clippy, unit+integration tests, chart lint, e2e
+
+lint: fmt-check clippy ## rustfmt check and clippy with warnings denied
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+unit: deps ## unit and integration tests (the agent's need root for network namespaces)
+	$(CARGO) test --locked
+
+bench: deps ## criterion benches and the webhook load test; results go to docs/benchmarks.md by hand
+	$(CARGO) bench --locked --bench patch
+	$(CARGO) build --release --locked --bench webhook_load
+	$(CARGO) bench --locked --bench webhook_load
+
+certs: ## development certificates in webhook-certs/ for localhost and 127.0.0.1
+	$(CARGO) run --quiet --locked -- certs --out-dir webhook-certs --dns-name localhost --ip 127.0.0.1
+
+run-local: certs ## the webhook on webhook-certs/ (files mode, no cluster), on 127.0.0.1:8443 / :9443
+	$(CARGO) run --quiet --locked -- webhook --tls-mode files --tls-cert-file webhook-certs/tls.crt \
+		--tls-key-file webhook-certs/tls.key --listen 127.0.0.1:8443 --health-listen 127.0.0.1:9443
+
+chart-lint: deps ## helm lint + helm template of every certificate mode, rendered objects validated
+	e2e/tools/chart-lint.sh
+
+e2e: deps ## end to end against a local etcd + kube-apiserver + controller-manager (or $$KUBECONFIG)
+	e2e/run.sh
+
+demo: deps ## the main job: local control plane, operator installed, labelled namespace, injected pod
+	e2e/demo.sh up
+
+demo-down: ## stop everything `make demo` started
+	e2e/demo.sh down
