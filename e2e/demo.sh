@@ -81,7 +81,7 @@ demo_up() {
   k label namespace "$DEMO_NS" "$INJECT_LABEL=enabled" >/dev/null
   deployment_yaml demo-app 1 | k -n "$DEMO_NS" create -f - >/dev/null
   wait_pods "$DEMO_NS" app=demo-app 1
-  assert_injected "$DEMO_NS" "$(pods_of "$DEMO_NS" app=demo-app)" 2>/dev/null
+  assert_injected "$DEMO_NS" "$(pods_of "$DEMO_NS" app=demo-app)"
   DEMO_UP=1
   demo_show
 }

@@ -41,7 +41,8 @@ for t in "${ALL_TESTS[@]}"; do
 done
 ((${#TESTS[@]} > 0)) || die "no test matches: $*"
 
-trap 'e2e_teardown' EXIT
+TEST_PID=""
+trap 'kill_pid "$TEST_PID" 30; e2e_teardown' EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
@@ -52,14 +53,21 @@ passed=0 failed=0
 for t in "${TESTS[@]}"; do
   log "=== $t"
   started=$SECONDS
-  set +e
+  # In the background, so that a TERM/INT reaches our trap at once (bash defers traps while a foreground
+  # job runs); the trap stops the test (its deferred cleanup runs) before tearing down.
   (
     set -e
     trap run_deferred EXIT
+    trap 'exit 143' TERM # so that EXIT (the deferred cleanup) runs when the runner stops us
     "$t"
-  ) 2>&1 | tee "$E2E_DIR/logs/$t.log" | sed 's/^/    /' >&2
-  rc=${PIPESTATUS[0]}
-  set -e
+  ) >"$E2E_DIR/logs/$t.log" 2>&1 </dev/null &
+  TEST_PID=$!
+  tail -s 0.2 -n +1 -f --pid "$TEST_PID" "$E2E_DIR/logs/$t.log" | sed 's/^/    /' >&2 &
+  TAIL_PID=$!
+  rc=0
+  wait "$TEST_PID" || rc=$?
+  wait "$TAIL_PID" || true
+  TEST_PID=""
   if ((rc == 0)); then
     passed=$((passed + 1))
     echo "PASS $t ($((SECONDS - started))s)"

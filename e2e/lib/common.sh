@@ -33,13 +33,14 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# Stops a process started by this harness: TERM, a bounded grace period, then KILL. Only ever by PID.
+# kill_pid PID [GRACE_SECONDS]: stops a process started by this harness: TERM, a bounded grace period
+# (default 5 s), then KILL. Only ever by PID.
 kill_pid() {
-  local pid="$1" i
+  local pid="$1" grace="${2:-5}" i
   [[ -n "$pid" ]] || return 0
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
+  for ((i = 0; i < grace * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     sleep 0.1
   done

@@ -7,31 +7,24 @@
 KUBE_VERSION="v1.20.2"
 KUBE_DEB_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 KUBE_BIN_DIR="$MIRRORD_OPERATOR_CACHE/kube/$KUBE_VERSION"
+# Bumped whenever the build recipe changes what it produces; a cache with another stamp is rebuilt.
+KUBE_RECIPE="2 (reflect2 1.0.2 + json-iterator 1.1.12 from Debian)"
 
-# Installs the Debian packages the harness needs, only those missing (apt-get update only if needed).
+# The Debian packages the harness needs (installed only when missing).
 cp_ensure_deps() {
-  local missing=() pkg
-  for pkg in golang-go etcd-server iptables python3 unzip openssl curl; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -q "${missing[@]}" >/dev/null 2>&1; then
-    apt-get update -q >/dev/null
-    apt-get install -y -q "${missing[@]}" >/dev/null
-  fi
+  "$E2E_ROOT/tools/ensure-apt.sh" golang-go etcd-server iptables openssl curl
 }
 
-# Prints deb-src lines for every Debian suite configured on this machine (deb822 and one-line formats),
-# so the source package comes from the same mirror as the binaries without touching the system lists.
+# Prints deb and deb-src lines for every Debian suite configured on this machine (deb822 and one-line
+# formats), so the sources come from the same mirror as the binaries without touching the system lists.
 _cp_deb_src_lines() {
   local keyring=/usr/share/keyrings/debian-archive-keyring.gpg f
   for f in /etc/apt/sources.list.d/*.sources; do
     [[ -e "$f" ]] || continue
     awk -v kr="$keyring" '
       function flush() { if (uri != "" && suites != "" && types ~ /deb/) { n = split(suites, s, " ");
-          for (i = 1; i <= n; i++) print "deb-src [signed-by=" kr "] " uri " " s[i] " main" }
+          for (i = 1; i <= n; i++) { print "deb [signed-by=" kr "] " uri " " s[i] " main"
+            print "deb-src [signed-by=" kr "] " uri " " s[i] " main" } }
         uri = ""; suites = ""; types = "" }
       /^[[:space:]]*$/ { flush(); next }
       /^Types:/ { types = $2 }
@@ -42,25 +35,26 @@ _cp_deb_src_lines() {
   for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
     [[ -e "$f" ]] || continue
     awk -v kr="$keyring" '$1 == "deb" { u = $2; s = $3; if ($2 ~ /^\[/) { u = $3; s = $4 }
-      print "deb-src [signed-by=" kr "] " u " " s " main" }' "$f"
+      print "deb [signed-by=" kr "] " u " " s " main"; print "deb-src [signed-by=" kr "] " u " " s " main" }' "$f"
   done
 }
 
 # Builds kube-apiserver and kube-controller-manager into $KUBE_BIN_DIR unless already there.
 # Atomic (temp dir + rename) and locked, so concurrent runs build once and never see a half-built cache.
+_cp_binaries_ready() {
+  [[ -x "$KUBE_BIN_DIR/kube-apiserver" && -x "$KUBE_BIN_DIR/kube-controller-manager" &&
+    "$(cat "$KUBE_BIN_DIR/.recipe" 2>/dev/null)" == "$KUBE_RECIPE" ]]
+}
+
 cp_ensure_binaries() {
-  if [[ -x "$KUBE_BIN_DIR/kube-apiserver" && -x "$KUBE_BIN_DIR/kube-controller-manager" ]]; then
-    return 0
-  fi
+  _cp_binaries_ready && return 0
   cp_ensure_deps
   mkdir -p "$MIRRORD_OPERATOR_CACHE/kube"
   (
     exec 9>"$MIRRORD_OPERATOR_CACHE/kube/.build.lock"
     log "waiting for the build lock ($MIRRORD_OPERATOR_CACHE/kube/.build.lock)"
     flock -w 1800 9 || die "could not take the build lock within 30 min"
-    if [[ -x "$KUBE_BIN_DIR/kube-apiserver" && -x "$KUBE_BIN_DIR/kube-controller-manager" ]]; then
-      exit 0 # another run built it while we waited
-    fi
+    _cp_binaries_ready && exit 0 # another run built it while we waited
     _cp_build
   )
 }
@@ -91,6 +85,22 @@ _cp_build() {
   ln -s "$work/tree" "$work/gopath/src/k8s.io/kubernetes"
   export GOPATH="$work/gopath" GO111MODULE=off GOFLAGS="" CGO_ENABLED=0
   local pkgroot="$work/gopath/src/k8s.io/kubernetes"
+
+  # The vendored reflect2 1.0.1 iterates maps through runtime internals that changed in Go 1.18: built
+  # with Debian's Go 1.19 the apiserver segfaults (aeshashbody) as soon as a webhook returns a patch.
+  # Debian's reflect2 1.0.2 and the json-iterator release made for it (1.1.12) fix that.
+  log "replacing vendored reflect2/json-iterator with Debian's"
+  mkdir -p "$work/debs" "$work/gocode"
+  (cd "$work/debs" && apt-get "${apt_opts[@]}" download golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev) >>"$work/build.log" 2>&1 ||
+    { tail -20 "$work/build.log" >&2; die "apt-get download of reflect2/json-iterator failed"; }
+  local deb lib
+  for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$work/gocode"; done
+  for lib in github.com/modern-go/reflect2 github.com/json-iterator/go; do
+    [[ -d "$work/gocode/usr/share/gocode/src/$lib" ]] || die "Debian package lacks $lib"
+    rm -rf "$work/tree/vendor/$lib"
+    cp -r "$work/gocode/usr/share/gocode/src/$lib" "$work/tree/vendor/$lib"
+    find "$work/tree/vendor/$lib" -name '*_test.go' -delete
+  done
 
   # 3. The one generated file the tarball lacks: pkg/generated/openapi/zz_generated.openapi.go.
   log "generating openapi definitions"
@@ -123,6 +133,8 @@ _cp_build() {
       { tail -30 "$work/build.log" >&2; die "go build $bin failed"; }
   done
   "$work/out/kube-apiserver" --version | grep -qx "Kubernetes $KUBE_VERSION" || die "built kube-apiserver reports: $("$work/out/kube-apiserver" --version)"
+
+  echo "$KUBE_RECIPE" >"$work/out/.recipe"
 
   # 5. Publish atomically.
   rm -rf "$KUBE_BIN_DIR.old"

@@ -29,13 +29,17 @@ _op_mode_values() {
   if [[ "$E2E_MODE" == local ]]; then
     printf '%s\n' --set "webhook.url=https://127.0.0.1:$WH_PORT/mutate" --set replicaCount=0
   else
-    local img
-    for img in ${MIRRORD_E2E_IMAGE:+"$MIRRORD_E2E_IMAGE"}; do
-      printf '%s\n' --set "image.registry=${img%%/*}" --set "image.repository=$(_op_repo "$img")" --set "image.tag=${img##*:}"
-    done
+    # One replica: metrics and logs are read from it.
+    printf '%s\n' --set replicaCount=1
+    # MIRRORD_E2E_IMAGE=REGISTRY/REPOSITORY:TAG, the image loaded into the cluster (the agent uses it too).
+    local img="${MIRRORD_E2E_IMAGE:-}" rest
+    if [[ -n "$img" ]]; then
+      [[ "$img" == */*:* ]] || die "MIRRORD_E2E_IMAGE must be REGISTRY/REPOSITORY:TAG, got '$img'"
+      rest="${img#*/}"
+      printf '%s\n' --set "image.registry=${img%%/*}" --set "image.repository=${rest%:*}" --set "image.tag=${rest##*:}"
+    fi
   fi
 }
-_op_repo() { local r="${1#*/}"; echo "${r%:*}"; }
 
 # op_helm install|upgrade [helm args...]: installs/upgrades the release with the mode's values plus the
 # given ones (no --reuse-values: each call states the whole configuration), then (re)starts the webhook.
@@ -76,8 +80,11 @@ op_webhook_start() {
   local args=() line
   mapfile -t args < <(k -n "$OP_NS" get deploy "$OP_RELEASE" -o json |
     python3 -c 'import json,sys; [print(a) for a in json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0].get("args", ["webhook"])]')
-  WH_RUNS=$((${WH_RUNS:-0} + 1))
-  WH_LOG="$E2E_DIR/logs/webhook.$WH_RUNS.log"
+  # Numbered across the whole run (tests run in subshells, so the counter lives in a file).
+  local runs
+  runs=$(($(cat "$E2E_DIR/webhook.runs" 2>/dev/null || echo 0) + 1))
+  echo "$runs" >"$E2E_DIR/webhook.runs"
+  WH_LOG="$E2E_DIR/logs/webhook.$runs.log"
   (
     while IFS= read -r line; do export "${line?}"; done <"$E2E_DIR/webhook.env"
     exec nohup "$OPERATOR_BIN" "${args[@]}" >"$WH_LOG" 2>&1 </dev/null

@@ -30,6 +30,7 @@ e2e_setup_cluster() {
     k get --raw /version >/dev/null || die "cannot reach the cluster named by KUBECONFIG"
     return
   fi
+  cp_ensure_deps
   cp_ensure_binaries
   if [[ -z "${MIRRORD_OPERATOR_BIN:-}" ]]; then
     log "cargo build (the webhook runs on the host)"

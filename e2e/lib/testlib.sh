@@ -167,3 +167,8 @@ for line in sys.stdin:
 print(int(total) if total.is_integer() else total)
 ' "$1"
 }
+
+# The server's minor version (e.g. 20), digits only (some distributions append "+").
+server_minor() {
+  k version -o json | python3 -c 'import json,re,sys; print(re.match(r"\d+", json.load(sys.stdin)["serverVersion"]["minor"]).group())'
+}
