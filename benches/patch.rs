@@ -1,74 +1,109 @@
-//! The pure patch builder and the whole admission decision (parse + patch + serialize), per fixture.
-//! `cargo bench --bench patch`.
+//! Cost of the webhook's pure part: `decide` on real fixture pods and on a large synthetic pod,
+//! with and without serializing the patch as the handler does.
 
-use std::hint::black_box;
+use std::{collections::BTreeMap, hint::black_box, path::Path};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Pod;
 use mirrord_operator::webhook::{
     admission,
-    patch::{self, AgentDefaults, InjectorConfig, PodContext},
+    patch::{AgentDefaults, Decision, InjectorConfig, PodContext, decide},
 };
+use serde_json::{Value, json};
 
 fn config() -> InjectorConfig {
     InjectorConfig {
-        agent_image: "ghcr.io/mirrord-operator/mirrord-operator:0.1.0".into(),
+        agent_image: "ghcr.io/mirrord-operator/mirrord-operator:0.1.0".to_owned(),
         native_sidecar: true,
         defaults: AgentDefaults::default(),
-        coordinator_url: "wss://mirrord-operator.mirrord.svc:443/agents/connect".into(),
-        coordinator_ca_bundle: None,
+        coordinator_url: "wss://mirrord-operator.mirrord.svc:443/agents/connect".to_owned(),
+        coordinator_ca_bundle: Some(
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_owned(),
+        ),
         agent_group_id: 30777,
-        excluded_namespaces: ["kube-system", "kube-public", "kube-node-lease", "mirrord"]
-            .map(String::from)
-            .into(),
-        operator_version: "0.1.0".into(),
+        excluded_namespaces: ["kube-system".to_owned()].into(),
+        operator_version: "0.1.0".to_owned(),
     }
 }
 
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/data/{name}/review.json",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("fixture")
+fn fixture_pod(name: &str) -> Pod {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+        .join("review.json");
+    let review: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_value(review["request"]["object"].clone()).unwrap()
 }
 
-fn benches(c: &mut Criterion) {
+/// 8 containers with 100 env entries (half with references) and 20 mounts each, 40 annotations.
+fn large_pod() -> Pod {
+    let containers: Vec<Value> = (0..8)
+        .map(|c| {
+            let env: Vec<Value> = (0..100)
+                .map(|i| json!({ "name": format!("VAR_{i}"), "value": format!("x-$(VAR_{})-$$(VAR_0)", i / 2) }))
+                .collect();
+            let mounts: Vec<Value> =
+                (0..20).map(|i| json!({ "name": format!("vol-{i}"), "mountPath": format!("/data/{i}") })).collect();
+            json!({ "name": format!("c{c}"), "image": "app:1", "env": env, "volumeMounts": mounts,
+                    "ports": [{ "containerPort": 8080 + c }] })
+        })
+        .collect();
+    let volumes: Vec<Value> = (0..20)
+        .map(|i| json!({ "name": format!("vol-{i}"), "emptyDir": {} }))
+        .collect();
+    let annotations: BTreeMap<String, String> = (0..40)
+        .map(|i| (format!("example.com/a{i}"), "v".repeat(64)))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": { "generateName": "big-", "annotations": annotations },
+        "spec": { "containers": containers, "volumes": volumes }
+    }))
+    .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
     let cfg = config();
-    let mut group = c.benchmark_group("patch");
-    group.throughput(Throughput::Elements(1));
-    for name in [
-        "deployment-pod",
-        "all-knobs",
-        "env-references",
-        "istio-proxy-first",
+    let ctx = PodContext {
+        namespace: "shop",
+        namespace_annotations: None,
+        namespace_labels: None,
+    };
+    for (name, pod) in [
+        ("deployment-pod", fixture_pod("deployment-pod")),
+        ("env-references", fixture_pod("env-references")),
+        ("large-pod", large_pod()),
     ] {
-        let body = fixture(name);
-        let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let pod: Pod = serde_json::from_value(review["request"]["object"].clone()).unwrap();
-        let namespace = review["request"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        group.bench_function(format!("decide/{name}"), |b| {
-            b.iter(|| {
-                patch::decide(
-                    black_box(&pod),
-                    &PodContext {
-                        namespace: &namespace,
-                        namespace_annotations: None,
-                        namespace_labels: None,
-                    },
-                    &cfg,
-                )
+        assert!(matches!(decide(&pod, &ctx, &cfg), Decision::Inject { .. }));
+        c.bench_function(&format!("decide/{name}"), |b| {
+            b.iter(|| decide(black_box(&pod), &ctx, &cfg))
+        });
+        c.bench_function(&format!("decide+serialize/{name}"), |b| {
+            b.iter(|| match decide(black_box(&pod), &ctx, &cfg) {
+                Decision::Inject { patch, .. } => serde_json::to_vec(&patch).unwrap(),
+                Decision::Skip(_) => Vec::new(),
             })
         });
-        group.bench_function(format!("review/{name}"), |b| {
+    }
+}
+
+/// The whole admission decision as the HTTP handler runs it: parse the AdmissionReview body, decide,
+/// serialize the response.
+fn review(c: &mut Criterion) {
+    let cfg = config();
+    for name in ["deployment-pod", "env-references"] {
+        let body = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data")
+                .join(name)
+                .join("review.json"),
+        )
+        .unwrap();
+        assert_eq!(admission::review(&body, &cfg, |_| None).result, "injected");
+        c.bench_function(&format!("review/{name}"), |b| {
             b.iter(|| admission::review(black_box(&body), &cfg, |_| None))
         });
     }
-    group.finish();
 }
 
-criterion_group!(patch_benches, benches);
-criterion_main!(patch_benches);
+criterion_group!(benches, bench, review);
+criterion_main!(benches);

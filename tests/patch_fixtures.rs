@@ -458,7 +458,7 @@ fn check_injected(
     let root = !added.is_empty();
     assert_eq!(sc.run_as_user, Some(if root { 0 } else { 65532 }), "{name}");
     assert_eq!(sc.run_as_non_root, Some(!root), "{name}");
-    if proc {
+    if proc && b.host_pid != Some(true) {
         assert_eq!(
             a.share_process_namespace,
             Some(true),
@@ -670,6 +670,11 @@ fn skip_order_follows_the_brief() {
         "spec": { "containers": [{ "name": "app" }] }
     }));
     assert_eq!(skip(&opted_in, "shop"), SkipReason::HostNetwork);
+    let windows = pod(json!({
+        "metadata": { "annotations": null, "labels": null },
+        "spec": { "hostNetwork": false, "os": { "name": "windows" }, "containers": [{ "name": "app" }] }
+    }));
+    assert_eq!(skip(&windows, "shop"), SkipReason::WindowsPod);
     // The request namespace wins; an empty one falls back to the pod's own.
     let in_system = pod(json!({ "metadata": { "namespace": "kube-system" } }));
     assert_eq!(skip(&in_system, ""), SkipReason::ExcludedNamespace);
@@ -862,6 +867,7 @@ fn random_pod() -> impl Strategy<Value = RandomPod> {
         )),
         prop::option::of(any::<bool>()),
         prop::option::of(any::<bool>()),
+        prop::bool::weighted(0.05),
     );
     let meta = (
         annotations_json(),
@@ -882,7 +888,7 @@ fn random_pod() -> impl Strategy<Value = RandomPod> {
         any::<bool>(),
     )
         .prop_map(
-            |((containers, init, volumes, host_network, share_pid), (annotations, labels, job, no_meta), ns, ns_ann, pss, native)| {
+            |((containers, init, volumes, host_network, share_pid, windows), (annotations, labels, job, no_meta), ns, ns_ann, pss, native)| {
                 let mut spec = json!({ "containers": containers });
                 if let Some(init) = init {
                     spec["initContainers"] = Value::Array(init);
@@ -894,7 +900,15 @@ fn random_pod() -> impl Strategy<Value = RandomPod> {
                     spec["hostNetwork"] = json!(h);
                 }
                 if let Some(s) = share_pid {
-                    spec["shareProcessNamespace"] = json!(s);
+                    // The apiserver refuses both together; draw one or the other.
+                    if s {
+                        spec["shareProcessNamespace"] = json!(true);
+                    } else {
+                        spec["hostPID"] = json!(true);
+                    }
+                }
+                if windows {
+                    spec["os"] = json!({ "name": "windows" });
                 }
                 let mut pod = json!({ "apiVersion": "v1", "kind": "Pod", "spec": spec });
                 if !no_meta {

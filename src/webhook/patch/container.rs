@@ -81,19 +81,34 @@ fn references_any(value: &str, declared: impl Fn(&str) -> bool) -> bool {
     rewrite_references(value, declared) != value
 }
 
-/// Copies of the target's `env`: prefixed names, references to earlier-declared variables rewritten
-/// (the kubelet only expands variables defined earlier in the list, so later ones stay literal in both
-/// containers), and `resourceFieldRef`s pinned to the target, since without a container name they
-/// would describe the agent's own resources.
+/// Whether a reference to `name` that the target's `env` does not (yet) define may come from its
+/// `envFrom`: then the agent's prefixed `envFrom` copy defines `MIRRORD_TARGET_ENV_<name>` too, so
+/// the rewritten reference resolves to the same value. Service-link variables (`*_SERVICE_HOST`,
+/// `*_SERVICE_PORT*`) are the same in every container of the pod and keep their name. Remaining
+/// gap: a reference to a service link's `<SVC>_PORT*` variable in a container with `envFrom`.
+fn may_come_from_env_from(target: &Container, name: &str) -> bool {
+    target.env_from.as_ref().is_some_and(|f| !f.is_empty())
+        // What an env var name can be at all (relaxed validation: printable ASCII without `=`).
+        && !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'=')
+        && !name.ends_with("_SERVICE_HOST")
+        && !name.contains("_SERVICE_PORT")
+}
+
+/// Copies of the target's `env`: prefixed names, references rewritten to the copies where the
+/// kubelet would resolve them in the target (variables defined earlier in the list, or possibly by
+/// `envFrom`; a later one stays literal in both containers), and `resourceFieldRef`s pinned to the
+/// target, since without a container name they would describe the agent's own resources.
 fn copy_env(target: &Container) -> Vec<EnvVar> {
     let env = target.env.as_deref().unwrap_or_default();
     let mut seen: BTreeSet<&str> = BTreeSet::new();
     env.iter()
         .map(|var| {
-            let value = var
-                .value
-                .as_deref()
-                .map(|v| rewrite_references(v, |name| seen.contains(name)));
+            let value = var.value.as_deref().map(|v| {
+                rewrite_references(v, |name| {
+                    seen.contains(name) || may_come_from_env_from(target, name)
+                })
+            });
             let value_from = var.value_from.clone().map(|mut source| {
                 if let Some(field) = source.resource_field_ref.as_mut() {
                     field
@@ -137,18 +152,20 @@ fn copy_mounts(
     env_copied: bool,
     warnings: &mut Vec<String>,
 ) -> Vec<VolumeMount> {
-    let declared: BTreeSet<&str> = target
+    // subPathExpr sees the container's complete environment.
+    let env_names: BTreeSet<&str> = target
         .env
         .as_deref()
         .unwrap_or_default()
         .iter()
         .map(|v| v.name.as_str())
         .collect();
+    let declared = |name: &str| env_names.contains(name) || may_come_from_env_from(target, name);
     let mut mounts = Vec::new();
     for mount in target.volume_mounts.as_deref().unwrap_or_default() {
         let sub_path_expr = match mount.sub_path_expr.as_deref() {
-            Some(expr) if env_copied => Some(rewrite_references(expr, |n| declared.contains(n))),
-            Some(expr) if references_any(expr, |n| declared.contains(n)) => {
+            Some(expr) if env_copied => Some(rewrite_references(expr, declared)),
+            Some(expr) if references_any(expr, declared) => {
                 warnings.push(format!(
                     "volumeMount {:?} of container {:?} not given to the agent: its subPathExpr uses env that is not copied (env knob is not spec)",
                     mount.mount_path, target.name
@@ -431,6 +448,45 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(field.container_name.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn env_from_names_are_rewritten_but_not_service_links() {
+        let mut target = container("app");
+        target.env = Some(vec![
+            plain(
+                "URL",
+                "http://$(USER):$(PASS)@$(DB_SERVICE_HOST):$(DB_SERVICE_PORT_SQL)/",
+            ),
+            plain("USER", "me"),
+        ]);
+        let values = |t: &Container| {
+            copy_env(t)
+                .into_iter()
+                .map(|v| v.value.unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Without envFrom, USER is not defined yet when URL expands and PASS nowhere: both literal.
+        assert_eq!(
+            values(&target)[0],
+            "http://$(USER):$(PASS)@$(DB_SERVICE_HOST):$(DB_SERVICE_PORT_SQL)/"
+        );
+        // With envFrom both may come from it; the service links keep their names.
+        target.env_from = Some(vec![EnvFromSource {
+            secret_ref: Some(k8s_openapi::api::core::v1::SecretEnvSource {
+                name: "db".to_owned(),
+                optional: None,
+            }),
+            ..Default::default()
+        }]);
+        assert_eq!(
+            values(&target)[0],
+            "http://$(MIRRORD_TARGET_ENV_USER):$(MIRRORD_TARGET_ENV_PASS)@$(DB_SERVICE_HOST):$(DB_SERVICE_PORT_SQL)/"
+        );
+        assert_eq!(
+            copy_env_from(&target)[0].prefix.as_deref(),
+            Some("MIRRORD_TARGET_ENV_")
+        );
     }
 
     #[test]

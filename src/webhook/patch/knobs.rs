@@ -718,6 +718,17 @@ mod tests {
     }
 
     #[test]
+    fn every_knob_is_recorded_in_the_status() {
+        let (k, _) = run(&[("cpu-limit", "1")], &[]);
+        let map = k.as_map();
+        for knob in Knob::ALL {
+            assert!(map.contains_key(knob.name()), "{}", knob.name());
+            assert!(knob.annotation().starts_with(KNOB_PREFIX));
+        }
+        assert_eq!(map.len(), Knob::ALL.len());
+    }
+
+    #[test]
     fn pod_overrides_namespace_overrides_default() {
         let (k, r) = run(
             &[("log-level", "debug")],

@@ -1,7 +1,24 @@
 //! Pure patch builder: pod + namespace defaults + injector config -> RFC 6902 patch or a skip reason.
 //!
 //! No I/O, no clock, no Kubernetes client: the same inputs always give the same bytes, so dry-run,
-//! reinvocation and golden fixtures are safe. The contract is `injection.md`.
+//! reinvocation and golden fixtures are safe. The contract is `injection.md`; choices made here:
+//!
+//! - Skips are checked in this order: excluded namespace (the request's, else the pod's), no
+//!   containers, already injected, opted out, host network, Windows pod (an addition to the
+//!   contract: injecting would get the pod rejected).
+//! - Knobs: pod annotation, else namespace annotation, else operator default; an invalid value is
+//!   skipped with a warning (at most 256 characters, value quoted and shortened). A request above its
+//!   limit would be refused by the apiserver: the value from the more specific source wins and the
+//!   other is moved to it (on a tie the limit wins).
+//! - Under an enforced Pod Security level other than `privileged`, modes needing a capability fall
+//!   back (redirect iptables -> off, env/fs proc -> spec/volumes) so the pod is not rejected.
+//! - The agent runs as uid 0 exactly when it adds a capability (non-root users do not get added
+//!   capabilities), otherwise as 65532 with `runAsNonRoot`.
+//! - env=spec copies follow the kubelet's expansion rules: a `$(NAME)` is rewritten to the prefixed
+//!   copy when NAME is declared earlier in `env`, or may come from `envFrom` (whose copies carry the
+//!   prefix too); `$$` escapes and service-link names are kept. Gap: a reference to a service
+//!   link's `<SVC>_PORT*` variable in a container that has `envFrom` is rewritten and then unresolved.
+//! - Pods are read through k8s-openapi types, so fields newer than its API version are not copied.
 
 mod container;
 mod knobs;
@@ -85,6 +102,9 @@ pub enum SkipReason {
     OptedOut,
     ExcludedNamespace,
     NoContainers,
+    /// `spec.os.name: windows`: the agent is a Linux program, and the apiserver rejects Linux-only
+    /// securityContext fields (runAsGroup, capabilities, seccomp) on Windows pods.
+    WindowsPod,
 }
 
 impl SkipReason {
@@ -96,6 +116,7 @@ impl SkipReason {
             SkipReason::OptedOut => "opted-out",
             SkipReason::ExcludedNamespace => "excluded-namespace",
             SkipReason::NoContainers => "no-containers",
+            SkipReason::WindowsPod => "windows-pod",
         }
     }
 
@@ -109,6 +130,7 @@ impl SkipReason {
             SkipReason::OptedOut => format!("the pod is labelled {INJECT_LABEL}=false"),
             SkipReason::ExcludedNamespace => "the namespace is excluded from injection".to_owned(),
             SkipReason::NoContainers => "the pod has no containers".to_owned(),
+            SkipReason::WindowsPod => "the pod runs on Windows; the agent is Linux-only".to_owned(),
         };
         format!("{AGENT_CONTAINER_NAME} not injected: {why}")
     }
@@ -173,6 +195,9 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
     }
     if spec.host_network == Some(true) {
         return Decision::Skip(SkipReason::HostNetwork);
+    }
+    if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
+        return Decision::Skip(SkipReason::WindowsPod);
     }
 
     let container_names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
@@ -266,8 +291,10 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
     // Reading another container's /proc needs a shared PID namespace. Trade-off: every container of
     // the pod then sees the others' processes (and their /proc/<pid>/environ with SYS_PTRACE), and
     // the pause process becomes PID 1, so an app relying on being PID 1 for signal handling changes.
+    // With hostPID the processes are visible already, and the apiserver refuses both together.
     if (knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc)
         && spec.share_process_namespace != Some(true)
+        && spec.host_pid != Some(true)
     {
         if spec.share_process_namespace == Some(false) {
             warnings.push(
@@ -402,6 +429,7 @@ mod tests {
             SkipReason::OptedOut,
             SkipReason::ExcludedNamespace,
             SkipReason::NoContainers,
+            SkipReason::WindowsPod,
         ] {
             assert!(
                 reason
