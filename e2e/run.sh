@@ -53,6 +53,7 @@ passed=0 failed=0
 for t in "${TESTS[@]}"; do
   log "=== $t"
   started=$SECONDS
+  : >"$E2E_DIR/logs/$t.log"
   # In the background, so that a TERM/INT reaches our trap at once (bash defers traps while a foreground
   # job runs); the trap stops the test (its deferred cleanup runs) before tearing down.
   (
