@@ -273,7 +273,8 @@ cp_reap_stale() {
   for d in "${TMPDIR:-/tmp}"/mirrord-e2e.*; do
     [[ -d "$d" && -f "$d/owner" ]] || continue
     owner="$(cat "$d/owner")"
-    kill -0 "$owner" 2>/dev/null && continue
+    # Alive and not a zombie (a killed owner can linger as one until its parent reaps it).
+    [[ -r "/proc/$owner/stat" && "$(cut -d' ' -f3 "/proc/$owner/stat")" != Z ]] && continue
     log "reaping stale e2e state $d (owner $owner is gone)"
     cp_stop "$d"
     rm -rf "$d"
