@@ -31,6 +31,11 @@ _op_mode_values() {
   else
     # One replica: metrics and logs are read from it.
     printf '%s\n' --set replicaCount=1
+    # "Webhook down" scales the Deployment with kubectl; Helm 4's server-side apply must take
+    # spec.replicas back on the next upgrade.
+    if "$HELM" upgrade --help 2>/dev/null | grep -q -e '--force-conflicts'; then
+      printf '%s\n' --force-conflicts
+    fi
     # MIRRORD_E2E_IMAGE=REGISTRY/REPOSITORY:TAG, the image loaded into the cluster (the agent uses it too).
     local img="${MIRRORD_E2E_IMAGE:-}" rest
     if [[ -n "$img" ]]; then
