@@ -1,0 +1,211 @@
+# shellcheck shell=bash
+# Installing the operator with Helm and running its webhook, in one of two modes:
+#   local   — our own control plane (no kubelet): the chart is installed with webhook.url pointing at the
+#             host and the webhook binary runs on the host with exactly the env the chart rendered for its
+#             Deployment, under the chart's own ServiceAccount (so the chart's RBAC is what is tested).
+#   cluster — $KUBECONFIG names a real cluster (kind, k3d, ...): the chart's Deployment serves in-cluster.
+# Sourced, never executed. Requires lib/common.sh; E2E_DIR (state dir), KUBECTL and HELM set.
+
+OP_NS="${MIRRORD_E2E_OPERATOR_NAMESPACE:-mirrord}"
+OP_RELEASE="mirrord-operator"
+OP_CHART="${MIRRORD_E2E_CHART:-$REPO_ROOT/charts/mirrord-operator}"
+OP_MWC="mirrord-operator"
+OP_TLS_SECRET="mirrord-operator-tls"
+
+k() { "$KUBECTL" --request-timeout=30s "$@"; }
+
+# Paths of helm and kubectl (the chart helper's ensure-helm.sh caches them outside the repo).
+op_ensure_tools() {
+  local ensure="$E2E_ROOT/tools/ensure-helm.sh"
+  [[ -x "$ensure" ]] || die "$ensure is missing (it comes with the Helm chart)"
+  HELM="${HELM:-$("$ensure" helm)}"
+  KUBECTL="${KUBECTL:-$("$ensure" kubectl)}"
+  export HELM KUBECTL
+}
+
+# The values every install carries in local mode: the apiserver calls the host webhook by URL and no
+# in-cluster replica is wanted (there is no kubelet to run it anyway).
+_op_mode_values() {
+  if [[ "$E2E_MODE" == local ]]; then
+    printf '%s\n' --set "webhook.url=https://127.0.0.1:$WH_PORT/mutate" --set replicaCount=0
+  else
+    # One replica: metrics and logs are read from it.
+    printf '%s\n' --set replicaCount=1
+    # "Webhook down" scales the Deployment with kubectl; Helm 4's server-side apply must take
+    # spec.replicas back on the next upgrade.
+    if "$HELM" upgrade --help 2>/dev/null | grep -q -e '--force-conflicts'; then
+      printf '%s\n' --force-conflicts
+    fi
+    # MIRRORD_E2E_IMAGE=REGISTRY/REPOSITORY:TAG, the image loaded into the cluster (the agent uses it too).
+    local img="${MIRRORD_E2E_IMAGE:-}" rest
+    if [[ -n "$img" ]]; then
+      [[ "$img" == */*:* ]] || die "MIRRORD_E2E_IMAGE must be REGISTRY/REPOSITORY:TAG, got '$img'"
+      rest="${img#*/}"
+      printf '%s\n' --set "image.registry=${img%%/*}" --set "image.repository=${rest%:*}" --set "image.tag=${rest##*:}"
+    fi
+  fi
+}
+
+# op_helm install|upgrade [helm args...]: installs/upgrades the release with the mode's values plus the
+# given ones (no --reuse-values: each call states the whole configuration), then (re)starts the webhook.
+op_helm() {
+  local verb="$1"
+  shift
+  local mode_values=()
+  mapfile -t mode_values < <(_op_mode_values)
+  [[ "$verb" == install ]] && mode_values+=(--create-namespace)
+  log "helm $verb $* "
+  [[ "$E2E_MODE" == local ]] && op_webhook_stop
+  "$HELM" "$verb" "$OP_RELEASE" "$OP_CHART" --namespace "$OP_NS" --timeout 60s "${mode_values[@]}" "$@" >"$E2E_DIR/logs/helm-$verb.log" 2>&1 ||
+    { cat "$E2E_DIR/logs/helm-$verb.log" >&2; return 1; }
+  op_webhook_start
+}
+
+op_uninstall() {
+  [[ "$E2E_MODE" == local ]] && op_webhook_stop
+  "$HELM" uninstall "$OP_RELEASE" --namespace "$OP_NS" --timeout 60s >"$E2E_DIR/logs/helm-uninstall.log" 2>&1 ||
+    { cat "$E2E_DIR/logs/helm-uninstall.log" >&2; return 1; }
+}
+
+op_installed() { "$HELM" status "$OP_RELEASE" --namespace "$OP_NS" >/dev/null 2>&1; }
+
+# ---- the webhook process (local mode) or Deployment (cluster mode) ------------------------------------
+
+# Starts the webhook and waits for /readyz (self-managed TLS: certificate served and caBundle in place).
+op_webhook_start() {
+  if [[ "$E2E_MODE" == cluster ]]; then
+    local n
+    n="$(k -n "$OP_NS" get deploy "$OP_RELEASE" -o jsonpath='{.spec.replicas}')"
+    ((n > 0)) || k -n "$OP_NS" scale deploy "$OP_RELEASE" --replicas 1 >/dev/null
+    k -n "$OP_NS" rollout status deploy "$OP_RELEASE" --timeout 120s >&2
+    wait_for "caBundle in $OP_MWC" 60 _op_cabundle_set
+    return
+  fi
+  _op_host_env >"$E2E_DIR/webhook.env" || return 1
+  local args=() line
+  mapfile -t args < <(k -n "$OP_NS" get deploy "$OP_RELEASE" -o json |
+    python3 -c 'import json,sys; [print(a) for a in json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0].get("args", ["webhook"])]')
+  # Numbered across the whole run (tests run in subshells, so the counter lives in a file).
+  local runs
+  runs=$(($(cat "$E2E_DIR/webhook.runs" 2>/dev/null || echo 0) + 1))
+  echo "$runs" >"$E2E_DIR/webhook.runs"
+  WH_LOG="$E2E_DIR/logs/webhook.$runs.log"
+  (
+    while IFS= read -r line; do export "${line?}"; done <"$E2E_DIR/webhook.env"
+    exec nohup "$OPERATOR_BIN" "${args[@]}" >"$WH_LOG" 2>&1 </dev/null
+  ) &
+  WH_PID=$!
+  echo "$WH_PID $OPERATOR_BIN" >>"$E2E_DIR/pids"
+  echo "$WH_PID" >"$E2E_DIR/webhook.pid"
+  if ! wait_for "webhook /readyz on 127.0.0.1:$WH_HEALTH_PORT" 60 curl -sf "http://127.0.0.1:$WH_HEALTH_PORT/readyz"; then
+    log "webhook log ($WH_LOG):"
+    tail -30 "$WH_LOG" >&2
+    return 1
+  fi
+}
+
+op_webhook_stop() {
+  if [[ "$E2E_MODE" == cluster ]]; then
+    k -n "$OP_NS" scale deploy "$OP_RELEASE" --replicas 0 >/dev/null
+    wait_for "webhook pods gone" 120 _op_no_webhook_pods
+    return
+  fi
+  local pid
+  pid="$(cat "$E2E_DIR/webhook.pid" 2>/dev/null || true)"
+  [[ -n "$pid" ]] && kill_pid "$pid"
+  rm -f "$E2E_DIR/webhook.pid"
+}
+
+_op_no_webhook_pods() {
+  [[ -z "$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator -o name)" ]]
+}
+
+_op_cabundle_set() {
+  [[ -n "$(k get mutatingwebhookconfiguration "$OP_MWC" -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" ]]
+}
+
+# The env of the chart's Deployment container, as NAME=VALUE lines, made to work on the host:
+# listen addresses on this run's loopback ports, 127.0.0.1 in the certificate, the release namespace for
+# fieldRefs, and a kubeconfig holding the chart's ServiceAccount token.
+_op_host_env() {
+  local deploy sa
+  deploy="$(k -n "$OP_NS" get deploy "$OP_RELEASE" -o json)" || return 1
+  sa="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["spec"]["template"]["spec"].get("serviceAccountName") or "default")' <<<"$deploy")"
+  _op_sa_kubeconfig "$sa" >"$E2E_DIR/webhook.kubeconfig" || return 1
+  OP_NS="$OP_NS" WH_PORT="$WH_PORT" WH_HEALTH_PORT="$WH_HEALTH_PORT" KCFG="$E2E_DIR/webhook.kubeconfig" \
+    python3 -c '
+import json, os, sys
+c = json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0]
+env = {}
+for e in c.get("env", []):
+    if "value" in e:
+        env[e["name"]] = e["value"]
+    elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+        env[e["name"]] = os.environ["OP_NS"]
+    elif "valueFrom" in e:
+        sys.exit("cannot replay env %s on the host: %s" % (e["name"], e["valueFrom"]))
+    else:
+        env[e["name"]] = ""
+env["MIRRORD_OPERATOR_LISTEN"] = "127.0.0.1:" + os.environ["WH_PORT"]
+env["MIRRORD_OPERATOR_HEALTH_LISTEN"] = "127.0.0.1:" + os.environ["WH_HEALTH_PORT"]
+sans = [s for s in env.get("MIRRORD_OPERATOR_TLS_EXTRA_SANS", "").split(",") if s]
+if "127.0.0.1" not in sans:
+    sans.append("127.0.0.1")
+env["MIRRORD_OPERATOR_TLS_EXTRA_SANS"] = ",".join(sans)
+env["KUBECONFIG"] = os.environ["KCFG"]
+for k, v in env.items():
+    if "\n" in v:
+        sys.exit(f"env {k} has a newline; cannot replay")
+    print(f"{k}={v}")
+' <<<"$deploy"
+}
+
+# A kubeconfig for ServiceAccount NS/SA: the webhook on the host gets exactly the chart's RBAC.
+_op_sa_kubeconfig() {
+  local sa="$1" secret token server ca
+  wait_for "token of ServiceAccount $OP_NS/$sa" 60 _op_sa_secret "$sa" || return 1
+  secret="$(_op_sa_secret "$sa")"
+  token="$(k -n "$OP_NS" get secret "$secret" -o jsonpath='{.data.token}' | base64 -d)"
+  server="$(k config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+  ca="$(k config view --minify --raw -o jsonpath='{.clusters[0].cluster.certificate-authority}')"
+  cat <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster: {server: "$server", certificate-authority: "$ca"}
+users:
+- name: $sa
+  user: {token: "$token"}
+contexts:
+- name: e2e
+  context: {cluster: e2e, user: $sa, namespace: $OP_NS}
+current-context: e2e
+KCFG
+}
+
+_op_sa_secret() {
+  local s
+  s="$(k -n "$OP_NS" get serviceaccount "$1" -o jsonpath='{.secrets[0].name}')" && [[ -n "$s" ]] && echo "$s"
+}
+
+# The webhook's Prometheus metrics text.
+op_metrics() {
+  if [[ "$E2E_MODE" == local ]]; then
+    curl -sf "http://127.0.0.1:$WH_HEALTH_PORT/metrics"
+  else
+    local pod port
+    pod="$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}')"
+    port="$(k -n "$OP_NS" get deploy "$OP_RELEASE" -o jsonpath='{.spec.template.spec.containers[0].ports[?(@.name=="health")].containerPort}')"
+    k get --raw "/api/v1/namespaces/$OP_NS/pods/$pod:${port:-9443}/proxy/metrics"
+  fi
+}
+
+# The webhook's log (all runs in local mode).
+op_logs() {
+  if [[ "$E2E_MODE" == local ]]; then
+    cat "$E2E_DIR"/logs/webhook.*.log 2>/dev/null
+  else
+    k -n "$OP_NS" logs deploy/"$OP_RELEASE" --all-containers 2>/dev/null
+  fi
+}
