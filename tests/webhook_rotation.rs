@@ -238,7 +238,7 @@ fn webhook_configuration(ca_bundle: Option<&str>) -> Value {
         .collect();
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "mirrord-operator", "resourceVersion": "7"},
+        "metadata": {"name": "mirrord-operator", "resourceVersion": "7", "uid": "mwc-uid"},
         "webhooks": webhooks
     })
 }
@@ -275,8 +275,11 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
     let manager = SelfManaged::new(client, cfg, resolver.clone());
     let t0 = OffsetDateTime::now_utc();
 
-    // 1. First start: no Secret → create one, serve it, apply the caBundle.
+    // 1. First start: no Secret → create one (owned by the configuration, so uninstalling removes it),
+    // serve it, apply the caBundle.
     let script = async {
+        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
+        ApiServer::respond(send, 200, webhook_configuration(None)).await;
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
         ApiServer::respond(send, 404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})).await;
         let (request, send) = api
@@ -284,10 +287,13 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
             .await;
         let mut secret = ApiServer::body(request).await;
         assert_eq!(secret["type"], "kubernetes.io/tls");
+        let owner = &secret["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].as_str()),
+            (Some("MutatingWebhookConfiguration"), Some("mwc-uid"))
+        );
         secret["metadata"]["resourceVersion"] = json!("1");
         ApiServer::respond(send, 201, secret.clone()).await;
-        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(None)).await;
         let (request, send) = api.expect(Method::PATCH, MWC_PATH).await;
         assert_eq!(
             request.headers()["content-type"],
@@ -334,10 +340,10 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
 
     // 2. Later, within its first two thirds of life: nothing to do, nothing written.
     let script = async {
-        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, secret.clone()).await;
         let (_, send) = api.expect(Method::GET, MWC_PATH).await;
         ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
+        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
+        ApiServer::respond(send, 200, secret.clone()).await;
     };
     let (quiet, ()) = tokio::join!(manager.reconcile(t0 + time::Duration::minutes(2)), script);
     let quiet = quiet.unwrap();
@@ -346,6 +352,8 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
     // 3. Past two thirds: a new serving certificate from the same CA, written with the resourceVersion
     // read (optimistic concurrency); the first attempt loses a race to another replica.
     let script = async {
+        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
         ApiServer::respond(send, 200, secret.clone()).await;
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
@@ -363,10 +371,9 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
             pem_field(&rotated, "tls.crt"),
             pem_field(&secret, "tls.crt")
         );
+        assert_eq!(rotated["metadata"]["ownerReferences"][0]["uid"], "mwc-uid");
         rotated["metadata"]["resourceVersion"] = json!("2");
         ApiServer::respond(send, 200, rotated).await;
-        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
     };
     let (rotated, ()) = tokio::join!(manager.reconcile(t0 + time::Duration::seconds(270)), script);
     let rotated = rotated.unwrap();

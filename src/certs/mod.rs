@@ -16,7 +16,7 @@ use rcgen::{
 use time::OffsetDateTime;
 
 /// Certificates are back-dated so a clock a little behind the issuer's still accepts them.
-const BACKDATE: time::Duration = time::Duration::minutes(5);
+pub const BACKDATE: time::Duration = time::Duration::minutes(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {

@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use k8s_openapi::{
     ByteString,
     api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{
     Api, Client,
@@ -102,11 +103,13 @@ fn validity(cert_pem: &str) -> Option<(i64, i64)> {
     ))
 }
 
-/// Past two thirds of its life (or unreadable): time to replace it.
+/// Past two thirds of its life (or unreadable): time to replace it. The life counts from issuance,
+/// not from the back-dated `notBefore`, or a short-lived certificate would be due at once.
 fn needs_rotation(cert_pem: &str, now: OffsetDateTime) -> bool {
     match validity(cert_pem) {
         Some((not_before, not_after)) => {
-            now.unix_timestamp() >= not_before + (not_after - not_before) * 2 / 3
+            let issued = (not_before + certs::BACKDATE.whole_seconds()).min(not_after);
+            now.unix_timestamp() >= issued + (not_after - issued) * 2 / 3
         }
         None => true,
     }
@@ -240,6 +243,18 @@ impl Material {
     }
 }
 
+/// The Secret is a dependent of the configuration: uninstalling (deleting the configuration) lets the
+/// garbage collector remove the Secret the webhook created at run time, so nothing is left behind.
+fn owner_reference(config: &MutatingWebhookConfiguration) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "admissionregistration.k8s.io/v1".into(),
+        kind: "MutatingWebhookConfiguration".into(),
+        name: config.metadata.name.clone()?,
+        uid: config.metadata.uid.clone()?,
+        ..Default::default()
+    })
+}
+
 /// Keeps the Secret, the served certificate and the caBundle in line.
 pub struct SelfManaged {
     cfg: SelfManagedConfig,
@@ -260,7 +275,9 @@ impl SelfManaged {
 
     /// One pass: make sure the Secret holds valid, current material; serve it; sync the caBundle.
     pub async fn reconcile(&self, now: OffsetDateTime) -> Result<Reconciled, SelfManagedError> {
-        let (material, secret_written) = self.ensure_secret(now).await?;
+        let config = self.webhooks.get_opt(&self.cfg.webhook_config_name).await?;
+        let owner = config.as_ref().and_then(owner_reference);
+        let (material, secret_written) = self.ensure_secret(now, owner.as_ref()).await?;
         let serving = ServingCert::from_pem(
             material.serving.cert_pem.as_bytes(),
             material.serving.key_pem.as_bytes(),
@@ -275,7 +292,13 @@ impl SelfManaged {
             self.resolver.swap(serving);
         }
         let trust_bundle = material.trust_bundle(now);
-        let (ca_bundle_synced, ca_bundle_patched) = self.sync_ca_bundle(&trust_bundle).await?;
+        let (ca_bundle_synced, ca_bundle_patched) = match config {
+            Some(config) => self.sync_ca_bundle(config, &trust_bundle).await?,
+            None => {
+                tracing::warn!(name = %self.cfg.webhook_config_name, "MutatingWebhookConfiguration not found; caBundle not synced");
+                (false, false)
+            }
+        };
         Ok(Reconciled {
             trust_bundle,
             serial,
@@ -288,6 +311,7 @@ impl SelfManaged {
     async fn ensure_secret(
         &self,
         now: OffsetDateTime,
+        owner: Option<&OwnerReference>,
     ) -> Result<(Material, bool), SelfManagedError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let existing = self.secrets.get_opt(&self.cfg.secret_name).await?;
@@ -295,7 +319,7 @@ impl SelfManaged {
                 let material = Material::fresh(&self.cfg, now)?;
                 match self
                     .secrets
-                    .create(&PostParams::default(), &self.secret(&material, None))
+                    .create(&PostParams::default(), &self.secret(&material, None, owner))
                     .await
                 {
                     Ok(_) => {
@@ -310,20 +334,34 @@ impl SelfManaged {
             let current = Material::from_secret(&secret);
             let renewed = match &current {
                 Some(material) => material.renewed(&self.cfg, now)?,
-                None => Some(Material::fresh(&self.cfg, now)?),
+                None => None,
             };
-            let Some(renewed) = renewed else {
-                return Ok((current.expect("present when not renewed"), false));
+            // A Secret from before the configuration existed gains its owner on the next pass.
+            let owned = owner.is_none_or(|o| {
+                let refs = secret.metadata.owner_references.iter().flatten();
+                refs.into_iter().any(|r| r.uid == o.uid)
+            });
+            let (renewed, rotated) = match (current, renewed) {
+                (_, Some(renewed)) => (renewed, true),
+                (Some(current), None) if owned => return Ok((current, false)),
+                (Some(current), None) => (current, false),
+                // Unreadable material (edited by hand?): start over.
+                (None, None) => (Material::fresh(&self.cfg, now)?, true),
             };
-            let replacement = self.secret(&renewed, secret.metadata.resource_version.clone());
+            let replacement =
+                self.secret(&renewed, secret.metadata.resource_version.clone(), owner);
             match self
                 .secrets
                 .replace(&self.cfg.secret_name, &PostParams::default(), &replacement)
                 .await
             {
-                Ok(_) => {
+                Ok(_) if rotated => {
                     tracing::info!(secret = %self.cfg.secret_name, "rotated the self-managed certificate");
                     return Ok((renewed, true));
+                }
+                Ok(_) => {
+                    tracing::info!(secret = %self.cfg.secret_name, "TLS Secret now owned by the webhook configuration");
+                    return Ok((renewed, false));
                 }
                 // Another replica rotated first (resourceVersion moved): read theirs.
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -333,12 +371,18 @@ impl SelfManaged {
         Err(SelfManagedError::Conflicts)
     }
 
-    fn secret(&self, material: &Material, resource_version: Option<String>) -> Secret {
+    fn secret(
+        &self,
+        material: &Material,
+        resource_version: Option<String>,
+        owner: Option<&OwnerReference>,
+    ) -> Secret {
         Secret {
             metadata: ObjectMeta {
                 name: Some(self.cfg.secret_name.clone()),
                 namespace: Some(self.cfg.namespace.clone()),
                 resource_version,
+                owner_references: owner.map(|o| vec![o.clone()]),
                 labels: Some(BTreeMap::from([(
                     "app.kubernetes.io/managed-by".to_string(),
                     FIELD_MANAGER.to_string(),
@@ -351,13 +395,13 @@ impl SelfManaged {
         }
     }
 
-    /// Returns (synced, patched). A configuration that does not exist yet is not created here: it is
+    /// Returns (synced, patched). A configuration that does not exist yet is never created here: it is
     /// the installer's, and an apply of only caBundle would create a broken one.
-    async fn sync_ca_bundle(&self, bundle: &str) -> Result<(bool, bool), SelfManagedError> {
-        let Some(config) = self.webhooks.get_opt(&self.cfg.webhook_config_name).await? else {
-            tracing::warn!(name = %self.cfg.webhook_config_name, "MutatingWebhookConfiguration not found; caBundle not synced");
-            return Ok((false, false));
-        };
+    async fn sync_ca_bundle(
+        &self,
+        config: MutatingWebhookConfiguration,
+        bundle: &str,
+    ) -> Result<(bool, bool), SelfManagedError> {
         let webhooks = config.webhooks.unwrap_or_default();
         if webhooks.is_empty() {
             return Ok((false, false));
@@ -391,5 +435,38 @@ impl SelfManaged {
             .await?;
         tracing::info!(name = %self.cfg.webhook_config_name, "caBundle updated by server-side apply");
         Ok((true, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_is_due_after_two_thirds_of_the_issued_life() {
+        let now = OffsetDateTime::now_utc();
+        let ca = certs::generate_ca("ca", now, Duration::from_secs(300)).unwrap();
+        let sans = [San::Dns("a.test".into())];
+        // Short lives are where the 5-minute back-dating would otherwise dominate.
+        let short = certs::issue_serving(&ca, &sans, now, Duration::from_secs(30)).unwrap();
+        assert!(!needs_rotation(&short.cert_pem, now));
+        assert!(!needs_rotation(
+            &short.cert_pem,
+            now + time::Duration::seconds(19)
+        ));
+        assert!(needs_rotation(
+            &short.cert_pem,
+            now + time::Duration::seconds(21)
+        ));
+        let long = certs::issue_serving(&ca, &sans, now, Duration::from_secs(3 * 3600)).unwrap();
+        assert!(!needs_rotation(
+            &long.cert_pem,
+            now + time::Duration::minutes(119)
+        ));
+        assert!(needs_rotation(
+            &long.cert_pem,
+            now + time::Duration::minutes(121)
+        ));
+        assert!(needs_rotation("not a certificate", now));
     }
 }
