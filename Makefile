@@ -33,10 +33,11 @@ clippy:
 unit: deps ## unit and integration tests (the agent's need root for network namespaces)
 	$(CARGO) test --locked
 
-bench: deps ## criterion benches and the webhook load test; results go to docs/benchmarks.md by hand
-	$(CARGO) bench --locked --bench patch
-	$(CARGO) build --release --locked --bench webhook_load
+bench: deps ## every benchmark (agent ones need root); results are written into docs/benchmarks.md by hand
+	$(CARGO) bench --locked --bench patch --bench protocol --bench filter
 	$(CARGO) bench --locked --bench webhook_load
+	$(CARGO) bench --locked --bench agent_load
+	$(CARGO) bench --locked --bench agent_process
 
 certs: ## development certificates in webhook-certs/ for localhost and 127.0.0.1
 	$(CARGO) run --quiet --locked -- certs --out-dir webhook-certs --dns-name localhost --ip 127.0.0.1
