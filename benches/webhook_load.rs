@@ -259,11 +259,15 @@ struct Run {
     errors: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
+    /// Open loop only: how late each request started against its schedule.
+    lag: Histogram<u64>,
 }
 
 /// Closed loop: `connections` keep-alive connections, each sending back to back for `duration`.
-/// With `rate`, open loop instead: each connection sends on a fixed schedule and latency counts from
-/// the scheduled time, so a stall is not hidden (no coordinated omission).
+/// With `rate`, open loop instead: each connection sends on a fixed schedule. Latency counts from the
+/// moment a request is sent; how late the client started requests against the schedule is recorded
+/// separately (`lag`), so a stall cannot hide (coordinated omission) without tokio's 1 ms timer
+/// granularity being counted as server latency.
 async fn load(
     client: &Client,
     addr: SocketAddr,
@@ -278,6 +282,7 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut sender = client.connect(addr).await;
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let (mut requests, mut errors) = (0u64, 0u64);
             let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r as f64));
             let begin = Instant::now();
@@ -286,11 +291,10 @@ async fn load(
                 if interval.is_some() {
                     tokio::time::sleep_until(next.into()).await;
                 }
-                let sent = if interval.is_some() {
-                    next
-                } else {
-                    Instant::now()
-                };
+                let sent = Instant::now();
+                if interval.is_some() {
+                    lag.saturating_record(sent.saturating_duration_since(next).as_micros() as u64);
+                }
                 if !client.send(&mut sender).await {
                     errors += 1;
                     sender = client.connect(addr).await;
@@ -301,20 +305,23 @@ async fn load(
                     next += interval;
                 }
             }
-            (requests, errors, latency)
+            (requests, errors, latency, lag)
         }));
     }
+    let histogram = || Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut run = Run {
         requests: 0,
         errors: 0,
         elapsed: Duration::ZERO,
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+        latency: histogram(),
+        lag: histogram(),
     };
     for task in tasks {
-        let (requests, errors, latency) = task.await.unwrap();
+        let (requests, errors, latency, lag) = task.await.unwrap();
         run.requests += requests;
         run.errors += errors;
         run.latency.add(latency).unwrap();
+        run.lag.add(lag).unwrap();
     }
     run.elapsed = started.elapsed();
     run
@@ -363,9 +370,9 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let idle: Vec<_> = servers.iter().map(|s| s.memory_kib()).collect();
     println!(
-        "\n| server | mode | req/s | p50 ms | p99 ms | max ms | errors | RSS idle → after (KiB) |"
+        "\n| server | mode | req/s | p50 ms | p99 ms | max ms | errors | schedule lag p99 ms | RSS idle → after (KiB) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut throughput = Vec::new();
     for (server, idle) in servers.iter().zip(&idle) {
         runtime.block_on(async {
@@ -402,7 +409,7 @@ fn main() {
                 (format!("{rate} req/s"), &open),
             ] {
                 println!(
-                    "| {} | {} | {:.0} | {} | {} | {} | {} | {} → {} |",
+                    "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} → {} |",
                     server.name,
                     mode,
                     run.requests as f64 / run.elapsed.as_secs_f64(),
@@ -410,6 +417,11 @@ fn main() {
                     ms(run.latency.value_at_quantile(0.99)),
                     ms(run.latency.max()),
                     run.errors,
+                    if run.lag.is_empty() {
+                        "—".to_string()
+                    } else {
+                        ms(run.lag.value_at_quantile(0.99))
+                    },
                     idle.0,
                     after.0
                 );
