@@ -159,26 +159,9 @@ where
         Ok(review) => review,
         Err(pod_error) => return review_untyped(body, pod_error),
     };
-    if let Some(outcome) = envelope_error(&review.types) {
-        return outcome;
-    }
-    let Ok(req): Result<AdmissionRequest<Pod>, _> = review.try_into() else {
-        return Outcome::rejected(
-            StatusCode::BAD_REQUEST,
-            "no-request",
-            "AdmissionReview has no request".into(),
-        );
-    };
-    let (namespace, pod_name) = identify(&req, req.object.as_ref().map(|p| &p.metadata));
-    let mut outcome = Outcome {
-        status: StatusCode::OK,
-        body: vec![],
-        result: "allowed",
-        skip: None,
-        error: None,
-        invalid_knobs: vec![],
-        namespace,
-        pod: pod_name,
+    let (req, mut outcome) = match open(review, |pod| &pod.metadata) {
+        Ok(opened) => opened,
+        Err(rejected) => return *rejected,
     };
     if let Err(warning) = is_pod_create(&req) {
         outcome.body = allowed_with_warning(&req, warning);
@@ -231,6 +214,36 @@ where
     outcome
 }
 
+/// Checks the envelope and takes the request out of the review; the outcome starts as "admitted
+/// unchanged" and names the pod for logs.
+fn open<T: Resource>(
+    review: AdmissionReview<T>,
+    metadata: impl Fn(&T) -> &kube::core::ObjectMeta,
+) -> Result<(AdmissionRequest<T>, Outcome), Box<Outcome>> {
+    if let Some(rejected) = envelope_error(&review.types) {
+        return Err(Box::new(rejected));
+    }
+    let Ok(req): Result<AdmissionRequest<T>, _> = review.try_into() else {
+        return Err(Box::new(Outcome::rejected(
+            StatusCode::BAD_REQUEST,
+            "no-request",
+            "AdmissionReview has no request".into(),
+        )));
+    };
+    let (namespace, pod) = identify(&req, req.object.as_ref().map(metadata));
+    let outcome = Outcome {
+        status: StatusCode::OK,
+        body: vec![],
+        result: "allowed",
+        skip: None,
+        error: None,
+        invalid_knobs: vec![],
+        namespace,
+        pod,
+    };
+    Ok((req, outcome))
+}
+
 /// The rejection for a review of another kind or version, if it is one.
 fn envelope_error(types: &kube::core::TypeMeta) -> Option<Outcome> {
     if types.api_version != REVIEW_API_VERSION || types.kind != REVIEW_KIND {
@@ -262,26 +275,9 @@ fn review_untyped(body: &[u8], pod_error: serde_json::Error) -> Outcome {
             );
         }
     };
-    if let Some(outcome) = envelope_error(&review.types) {
-        return outcome;
-    }
-    let Ok(req): Result<AdmissionRequest<DynamicObject>, _> = review.try_into() else {
-        return Outcome::rejected(
-            StatusCode::BAD_REQUEST,
-            "no-request",
-            "AdmissionReview has no request".into(),
-        );
-    };
-    let (namespace, pod) = identify(&req, req.object.as_ref().map(|o| &o.metadata));
-    let mut outcome = Outcome {
-        status: StatusCode::OK,
-        body: vec![],
-        result: "allowed",
-        skip: None,
-        error: None,
-        invalid_knobs: vec![],
-        namespace,
-        pod,
+    let (req, mut outcome) = match open(review, |object| &object.metadata) {
+        Ok(opened) => opened,
+        Err(rejected) => return *rejected,
     };
     match is_pod_create(&req) {
         Err(warning) => outcome.body = allowed_with_warning(&req, warning),
