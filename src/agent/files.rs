@@ -40,25 +40,6 @@ impl OpenFlags {
     }
 }
 
-/// `stat` in the protocol's `MetadataInternal` field order; times are full nanoseconds since
-/// the epoch (the client reads them that way; see docs/agent.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Metadata {
-    pub device_id: u64,
-    pub inode: u64,
-    pub mode: u32,
-    pub hard_links: u64,
-    pub user_id: u32,
-    pub group_id: u32,
-    pub rdevice_id: u64,
-    pub size: u64,
-    pub access_time: i64,
-    pub modification_time: i64,
-    pub creation_time: i64,
-    pub block_size: u64,
-    pub blocks: u64,
-}
-
 /// `statfs`, with the V2 extras (the V1 answer uses the first seven fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsMetadata {
@@ -247,7 +228,7 @@ impl FileService {
         path: Option<&Path>,
         fd: Option<u64>,
         follow_symlink: bool,
-    ) -> FsResult<Metadata> {
+    ) -> FsResult<MetadataInternal> {
         let nofollow = if follow_symlink {
             OFlags::empty()
         } else {
@@ -366,26 +347,6 @@ fn erofs<T>() -> RemoteResult<T> {
     Err(ResponseError::from(read_only_error()))
 }
 
-impl From<Metadata> for MetadataInternal {
-    fn from(m: Metadata) -> Self {
-        MetadataInternal {
-            device_id: m.device_id,
-            inode: m.inode,
-            mode: m.mode,
-            hard_links: m.hard_links,
-            user_id: m.user_id,
-            group_id: m.group_id,
-            rdevice_id: m.rdevice_id,
-            size: m.size,
-            access_time: m.access_time,
-            modification_time: m.modification_time,
-            creation_time: m.creation_time,
-            block_size: m.block_size,
-            blocks: m.blocks,
-        }
-    }
-}
-
 impl From<FsMetadata> for FsMetadataInternal {
     fn from(m: FsMetadata) -> Self {
         FsMetadataInternal {
@@ -497,7 +458,7 @@ impl FileService {
             ),
             Rq::Xstat(r) => Rs::Xstat(
                 self.xstat(r.path.as_deref(), r.fd, r.follow_symlink)
-                    .map(|m| XstatResponse { metadata: m.into() })
+                    .map(|metadata| XstatResponse { metadata })
                     .map_err(Into::into),
             ),
             Rq::XstatFs(r) => Rs::XstatFs(
@@ -611,9 +572,10 @@ mod libc_errno {
     pub const ENOENT: i32 = 2;
 }
 
-fn metadata(m: &std::fs::Metadata) -> Metadata {
+/// Times are full nanoseconds since the epoch (the client reads them that way; see docs/agent.md).
+fn metadata(m: &std::fs::Metadata) -> MetadataInternal {
     let nanos = |secs: i64, nsec: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsec);
-    Metadata {
+    MetadataInternal {
         device_id: m.dev(),
         inode: m.ino(),
         mode: m.mode(),
