@@ -776,22 +776,7 @@ fn sigkill_mid_steal_then_restart_removes_stale_rules_and_the_app_answers() {
     use std::io::BufRead;
 
     let ns = NetNs::with_caller("kill");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("hello.txt"), "from the python app").unwrap();
-    let mut app = ns.command("python3");
-    app.args([
-        "-m",
-        "http.server",
-        &APP.to_string(),
-        "--bind",
-        "0.0.0.0",
-        "--directory",
-    ])
-    .arg(dir.path())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    ns.spawn(app);
-    ns.wait_for_port((POD_ADDR, APP).into(), WAIT);
+    let _site = ns.serve_hello(APP, "from the python app", WAIT);
     let url = format!("http://{POD_ADDR}:{APP}/hello.txt");
     let caller_curl = |url: &str| {
         ns.caller_command("curl")

@@ -783,22 +783,7 @@ fn start_steal_agent(ns: &NetNs, root: &Path) -> u32 {
 #[test]
 fn header_filtered_steal_through_the_agent_process_and_sigkill_restart() {
     let ns = NetNs::with_caller("steal");
-    let site = tempfile::tempdir().unwrap();
-    std::fs::write(site.path().join("hello.txt"), "from the app").unwrap();
-    let mut app = ns.command("python3");
-    app.args([
-        "-m",
-        "http.server",
-        &APP.to_string(),
-        "--bind",
-        "0.0.0.0",
-        "--directory",
-    ])
-    .arg(site.path())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    ns.spawn(app);
-    ns.wait_for_port(SocketAddr::from((netns::POD_ADDR, APP)), TIMEOUT);
+    let _site = ns.serve_hello(APP, "from the app", TIMEOUT);
     assert_eq!(curl(&ns, None).stdout, b"from the app");
 
     let (_tmp, root) = target_root();
@@ -985,22 +970,7 @@ fn sigterm_with_subscriptions_removes_every_rule() {
 #[test]
 fn mirror_through_the_agent_process_while_the_app_answers() {
     let ns = NetNs::with_caller("mirror");
-    let site = tempfile::tempdir().unwrap();
-    std::fs::write(site.path().join("hello.txt"), "from the app").unwrap();
-    let mut app = ns.command("python3");
-    app.args([
-        "-m",
-        "http.server",
-        &APP.to_string(),
-        "--bind",
-        "0.0.0.0",
-        "--directory",
-    ])
-    .arg(site.path())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    ns.spawn(app);
-    ns.wait_for_port(SocketAddr::from((netns::POD_ADDR, APP)), TIMEOUT);
+    let _site = ns.serve_hello(APP, "from the app", TIMEOUT);
     let (_tmp, root) = target_root();
     ns.spawn(agent_command(
         &ns,

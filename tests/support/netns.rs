@@ -212,6 +212,28 @@ impl NetNs {
             .collect()
     }
 
+    /// A real HTTP app in the pod namespace: python3's http.server on `port` serving `hello.txt`
+    /// with `body`. Returns once it accepts connections; the directory lives as long as the guard.
+    pub fn serve_hello(&self, port: u16, body: &str, timeout: Duration) -> tempfile::TempDir {
+        let site = tempfile::tempdir().expect("app directory");
+        std::fs::write(site.path().join("hello.txt"), body).expect("write hello.txt");
+        let mut app = self.command("python3");
+        app.args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+        ])
+        .arg(site.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.spawn(app);
+        self.wait_for_port(std::net::SocketAddr::from((POD_ADDR, port)), timeout);
+        site
+    }
+
     /// Waits (bounded) until a TCP port accepts connections on `addr` inside the main namespace.
     pub fn wait_for_port(&self, addr: std::net::SocketAddr, timeout: Duration) {
         self.run_in(|| {
