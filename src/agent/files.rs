@@ -40,22 +40,6 @@ impl OpenFlags {
     }
 }
 
-/// `statfs`, with the V2 extras (the V1 answer uses the first seven fields).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FsMetadata {
-    pub filesystem_type: i64,
-    pub block_size: i64,
-    pub blocks: u64,
-    pub blocks_free: u64,
-    pub blocks_available: u64,
-    pub files: u64,
-    pub files_free: u64,
-    pub filesystem_id: [i32; 2],
-    pub name_len: i64,
-    pub fragment_size: i64,
-    pub flags: i64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
     pub inode: u64,
@@ -256,7 +240,7 @@ impl FileService {
         Ok(metadata(&meta))
     }
 
-    pub fn fstatfs(&self, fd: u64) -> FsResult<FsMetadata> {
+    pub fn fstatfs(&self, fd: u64) -> FsResult<FsMetadataInternalV2> {
         match self.handles.get(&fd) {
             Some(Handle::File { file }) | Some(Handle::Dir { file, .. }) => fs_metadata(file),
             Some(Handle::Stream { .. }) => Err(FsError::NotFile(fd)),
@@ -264,7 +248,7 @@ impl FileService {
         }
     }
 
-    pub fn statfs(&self, path: &Path) -> FsResult<FsMetadata> {
+    pub fn statfs(&self, path: &Path) -> FsResult<FsMetadataInternalV2> {
         fs_metadata(&self.resolve(path, OFlags::PATH)?)
     }
 
@@ -347,35 +331,16 @@ fn erofs<T>() -> RemoteResult<T> {
     Err(ResponseError::from(read_only_error()))
 }
 
-impl From<FsMetadata> for FsMetadataInternal {
-    fn from(m: FsMetadata) -> Self {
-        FsMetadataInternal {
-            filesystem_type: m.filesystem_type,
-            block_size: m.block_size,
-            blocks: m.blocks,
-            blocks_free: m.blocks_free,
-            blocks_available: m.blocks_available,
-            files: m.files,
-            files_free: m.files_free,
-        }
-    }
-}
-
-impl From<FsMetadata> for FsMetadataInternalV2 {
-    fn from(m: FsMetadata) -> Self {
-        FsMetadataInternalV2 {
-            filesystem_type: m.filesystem_type,
-            block_size: m.block_size,
-            blocks: m.blocks,
-            blocks_free: m.blocks_free,
-            blocks_available: m.blocks_available,
-            files: m.files,
-            files_free: m.files_free,
-            filesystem_id: m.filesystem_id,
-            name_len: m.name_len,
-            fragment_size: m.fragment_size,
-            flags: m.flags,
-        }
+/// The V1 `statfs` answer is the first seven fields of the V2 one.
+fn statfs_v1(m: FsMetadataInternalV2) -> FsMetadataInternal {
+    FsMetadataInternal {
+        filesystem_type: m.filesystem_type,
+        block_size: m.block_size,
+        blocks: m.blocks,
+        blocks_free: m.blocks_free,
+        blocks_available: m.blocks_available,
+        files: m.files,
+        files_free: m.files_free,
     }
 }
 
@@ -463,22 +428,26 @@ impl FileService {
             ),
             Rq::XstatFs(r) => Rs::XstatFs(
                 self.fstatfs(r.fd)
-                    .map(|m| XstatFsResponse { metadata: m.into() })
+                    .map(|m| XstatFsResponse {
+                        metadata: statfs_v1(m),
+                    })
                     .map_err(Into::into),
             ),
             Rq::StatFs(r) => Rs::XstatFs(
                 self.statfs(&r.path)
-                    .map(|m| XstatFsResponse { metadata: m.into() })
+                    .map(|m| XstatFsResponse {
+                        metadata: statfs_v1(m),
+                    })
                     .map_err(Into::into),
             ),
             Rq::XstatFsV2(r) => Rs::XstatFsV2(
                 self.fstatfs(r.fd)
-                    .map(|m| XstatFsResponseV2 { metadata: m.into() })
+                    .map(|metadata| XstatFsResponseV2 { metadata })
                     .map_err(Into::into),
             ),
             Rq::StatFsV2(r) => Rs::XstatFsV2(
                 self.statfs(&r.path)
-                    .map(|m| XstatFsResponseV2 { metadata: m.into() })
+                    .map(|metadata| XstatFsResponseV2 { metadata })
                     .map_err(Into::into),
             ),
             Rq::FdOpenDir(r) => Rs::OpenDir(
@@ -594,10 +563,10 @@ fn metadata(m: &std::fs::Metadata) -> MetadataInternal {
 
 // The statfs field widths differ per architecture; on x86_64 some casts are no-ops.
 #[allow(clippy::unnecessary_cast)]
-fn fs_metadata(fd: impl AsFd) -> FsResult<FsMetadata> {
+fn fs_metadata(fd: impl AsFd) -> FsResult<FsMetadataInternalV2> {
     let s = rustix::fs::fstatfs(&fd)?;
     let v = rustix::fs::fstatvfs(&fd)?;
-    Ok(FsMetadata {
+    Ok(FsMetadataInternalV2 {
         filesystem_type: s.f_type as i64,
         block_size: s.f_bsize as i64,
         blocks: s.f_blocks as u64,
