@@ -11,7 +11,7 @@ TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip
 .PHONY: help build test lint fmt-check clippy unit bench certs chart-lint e2e demo demo-down deps run-local
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 build: ## release binary: target/release/mirrord-operator
 	$(CARGO) build --release --locked
