@@ -49,7 +49,7 @@ run-local: certs ## the webhook on webhook-certs/ (files mode, no cluster), on 1
 chart-lint: deps ## helm lint + helm template of every certificate mode, rendered objects validated
 	e2e/tools/chart-lint.sh
 
-e2e: deps ## end to end against a local etcd + kube-apiserver + controller-manager (or $$KUBECONFIG)
+e2e: deps ## end to end against a local etcd + kube-apiserver + controller-manager (or the cluster named by KUBECONFIG)
 	e2e/run.sh
 
 demo: deps ## the main job: local control plane, operator installed, labelled namespace, injected pod
