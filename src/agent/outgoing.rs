@@ -277,14 +277,7 @@ async fn relay_stream<S, M>(
             },
         }
     };
-    if let Err(e) = outcome {
-        let _ = events
-            .send(M::from(Event::Warn(format!(
-                "outgoing {kind:?} connection {id} failed: {e}"
-            ))))
-            .await;
-    }
-    let _ = events.send(M::from(Event::Close { kind, id })).await;
+    finish(&events, kind, id, outcome).await;
 }
 
 async fn relay_udp<M: From<Event>>(
@@ -320,12 +313,23 @@ async fn relay_udp<M: From<Event>>(
             },
         }
     };
+    finish(&events, kind, id, outcome).await;
+}
+
+/// The end of a relay: a warning to the client when it failed, then its Close.
+async fn finish<M: From<Event>>(
+    events: &mpsc::Sender<M>,
+    kind: Kind,
+    id: u64,
+    outcome: io::Result<()>,
+) {
     if let Err(e) = outcome {
-        let _ = events
-            .send(M::from(Event::Warn(format!(
-                "outgoing UDP connection {id} failed: {e}"
-            ))))
-            .await;
+        let label = match kind {
+            Kind::Stream => "Stream",
+            Kind::Udp => "UDP",
+        };
+        let message = format!("outgoing {label} connection {id} failed: {e}");
+        let _ = events.send(M::from(Event::Warn(message))).await;
     }
     let _ = events.send(M::from(Event::Close { kind, id })).await;
 }
