@@ -4,10 +4,9 @@
 use std::{collections::BTreeMap, hint::black_box, path::Path};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use k8s_openapi::api::core::v1::Pod;
 use mirrord_operator::webhook::{
     admission,
-    patch::{AgentDefaults, Decision, InjectorConfig, PodContext, decide},
+    patch::{AgentDefaults, Decision, InjectorConfig, PodContext, PodView, decide},
 };
 use serde_json::{Value, json};
 
@@ -26,7 +25,7 @@ fn config() -> InjectorConfig {
     }
 }
 
-fn fixture_pod(name: &str) -> Pod {
+fn fixture_pod(name: &str) -> PodView {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name)
@@ -36,7 +35,7 @@ fn fixture_pod(name: &str) -> Pod {
 }
 
 /// 8 containers with 100 env entries (half with references) and 20 mounts each, 40 annotations.
-fn large_pod() -> Pod {
+fn large_pod() -> PodView {
     let containers: Vec<Value> = (0..8)
         .map(|c| {
             let env: Vec<Value> = (0..100)

@@ -10,8 +10,8 @@ use std::{
 use k8s_openapi::api::core::v1::{Container, Pod};
 use mirrord_operator::webhook::patch::{
     AGENT_CONTAINER_NAME, AgentDefaults, Decision, InjectorConfig, KNOB_PREFIX,
-    POD_SECURITY_ENFORCE_LABEL, PodContext, STATUS_ANNOTATION, SkipReason, TARGET_ENV_PREFIX,
-    TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_PATH, decide,
+    POD_SECURITY_ENFORCE_LABEL, PatchOp, PodContext, PodView, STATUS_ANNOTATION, SkipReason,
+    TARGET_ENV_PREFIX, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_PATH, decide,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -147,7 +147,7 @@ fn fixtures_match_expectations() {
         }
         assert_eq!(request["operation"], "CREATE", "{name}");
         assert_eq!(request["kind"]["kind"], "Pod", "{name}");
-        let pod: Pod = serde_json::from_value(request["object"].clone())
+        let pod: PodView = serde_json::from_value(request["object"].clone())
             .unwrap_or_else(|e| panic!("{name}: pod does not deserialize: {e}"));
         let namespace = request["namespace"].as_str().unwrap_or_default();
         let ns_annotations = fixture.namespace_map("namespaceAnnotations");
@@ -198,7 +198,7 @@ fn check_handler_only(name: &str, kind: &str, request: &Value) {
         "undecodable-pod" => {
             assert_eq!(request["kind"]["kind"], "Pod", "{name}");
             assert!(
-                serde_json::from_value::<Pod>(request["object"].clone()).is_err(),
+                serde_json::from_value::<PodView>(request["object"].clone()).is_err(),
                 "{name}"
             );
         }
@@ -248,10 +248,13 @@ fn env_field<'a>(agent: &'a Container, name: &str) -> Option<&'a str> {
 fn check_injected(
     name: &str,
     original: &Value,
-    patch: &json_patch::Patch,
+    patch: &[PatchOp],
     ctx: &PodContext<'_>,
     cfg: &InjectorConfig,
 ) {
+    // Read back by another RFC 6902 implementation: what the API server will apply.
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::to_value(patch).unwrap())
+        .unwrap_or_else(|e| panic!("{name}: not an RFC 6902 patch: {e}"));
     for op in &patch.0 {
         let json = serde_json::to_value(op).unwrap();
         assert_eq!(json["op"], "add", "{name}: only adds: {json}");
@@ -550,7 +553,7 @@ fn check_injected(
 
     // Idempotent: the webhook applied to its own output yields no patch.
     assert_eq!(
-        decide(&after, ctx, cfg),
+        decide(&serde_json::from_value(doc).unwrap(), ctx, cfg),
         Decision::Skip(SkipReason::AlreadyInjected),
         "{name}: second pass"
     );
@@ -638,7 +641,7 @@ async fn fixtures_through_the_admission_handler() {
 #[test]
 fn skip_order_follows_the_brief() {
     let cfg = base_config();
-    let pod = |extra: Value| -> Pod {
+    let pod = |extra: Value| -> PodView {
         let mut base = json!({
             "metadata": {
                 "labels": { "mirrord.metalbear.co/inject": "false" },
@@ -654,7 +657,7 @@ fn skip_order_follows_the_brief() {
         namespace_annotations: None,
         namespace_labels: None,
     };
-    let skip = |p: &Pod, ns| match decide(p, &ctx(ns), &cfg) {
+    let skip = |p: &PodView, ns| match decide(p, &ctx(ns), &cfg) {
         Decision::Skip(reason) => reason,
         other => panic!("expected a skip, got {other:?}"),
     };
@@ -943,7 +946,7 @@ proptest! {
 
     #[test]
     fn random_pods_patch_cleanly_and_once(input in random_pod()) {
-        let pod: Pod = serde_json::from_value(input.pod.clone()).unwrap();
+        let pod: PodView = serde_json::from_value(input.pod.clone()).unwrap();
         let mut cfg = base_config();
         cfg.native_sidecar = input.native_sidecar;
         let ctx = PodContext {

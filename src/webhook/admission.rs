@@ -1,18 +1,20 @@
 //! AdmissionReview in, AdmissionReview (or an HTTP error) out. Pure: no I/O, no clock, no kube client,
 //! so dry-run and reinvocation are safe and every path is testable with fixtures.
+//!
+//! The review is read in two steps: the envelope with the object left as raw JSON, then, only for a
+//! Pod CREATE, the few pod fields the patch needs ([`PodView`]). The answer is written directly as
+//! bytes, the patch base64-encoded into it as it is serialized. This is the webhook's hot path.
 
 use std::sync::Arc;
 
-use base64::Engine;
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use http::StatusCode;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::core::{
-    DynamicObject, Resource,
-    admission::{AdmissionRequest, AdmissionReview, Operation},
-};
-use serde::Serialize;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::{GroupVersionKind, admission::Operation};
+use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde_json::value::RawValue;
 
-use super::patch::{self, Decision, InjectorConfig, PodContext, SkipReason};
+use super::patch::{self, Decision, InjectorConfig, MetadataView, PodContext, PodView, SkipReason};
 
 const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 const REVIEW_KIND: &str = "AdmissionReview";
@@ -63,87 +65,173 @@ impl Outcome {
     }
 }
 
-/// The request fields that identify a pod in logs, whatever shape the object had.
-fn identify<T: Resource>(
-    req: &AdmissionRequest<T>,
-    object_meta: Option<&kube::core::ObjectMeta>,
-) -> (String, String) {
-    let namespace = req
-        .namespace
-        .clone()
-        .or_else(|| object_meta.and_then(|m| m.namespace.clone()))
-        .unwrap_or_default();
-    let pod = object_meta
-        .and_then(|m| m.name.clone().or_else(|| m.generate_name.clone()))
-        .or_else(|| (!req.name.is_empty()).then(|| req.name.clone()))
-        .unwrap_or_default();
-    (namespace, pod)
-}
-
-/// The AdmissionReview we answer with. Written here rather than with kube's `AdmissionResponse`
-/// because that one encodes the patch as a JSON array of numbers: four times the bytes of the
-/// base64 string the API documents, and most of the handler's serialization time.
-#[derive(Serialize)]
+/// `admission.k8s.io/v1` AdmissionReview as the API server sends it, with the same required fields
+/// as kube's `AdmissionReview`. The object is read as `O`: first straight as a [`PodView`] (one pass,
+/// the common case), and only if that fails as raw JSON, to tell why.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewReply<'a> {
-    api_version: &'static str,
-    kind: &'static str,
-    response: Answer<'a>,
+struct Envelope<O> {
+    api_version: String,
+    kind: String,
+    #[serde(default = "Option::default")]
+    request: Option<Request<O>>,
 }
 
-#[derive(Serialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Answer<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    /// Base64 of the RFC 6902 patch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<String>,
+struct Request<O> {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(rename = "resource")]
+    _resource: IgnoredAny,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(rename = "userInfo")]
+    _user_info: IgnoredAny,
+    #[serde(default = "Option::default")]
+    object: Option<O>,
 }
 
-fn respond(uid: &str, patch: Option<&[u8]>, warnings: Vec<String>) -> Vec<u8> {
-    let reply = ReviewReply {
-        api_version: REVIEW_API_VERSION,
-        kind: REVIEW_KIND,
-        response: Answer {
-            uid,
-            allowed: true,
-            patch_type: patch.map(|_| "JSONPatch"),
-            patch: patch.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
-            warnings,
-        },
-    };
-    serde_json::to_vec(&reply).expect("an AdmissionReview always serializes")
+/// The review's object, as far as it could be read.
+enum Object {
+    Pod(PodView),
+    /// Not readable as a Pod: why, and its metadata if that part was readable.
+    Unreadable {
+        error: serde_json::Error,
+        metadata: Option<MetadataView>,
+    },
 }
 
-fn allowed_with_warning<T: Resource>(req: &AdmissionRequest<T>, warning: String) -> Vec<u8> {
-    respond(&req.uid, None, vec![warning])
+impl Object {
+    fn from_raw(raw: &RawValue) -> Self {
+        match serde_json::from_str::<PodView>(raw.get()) {
+            Ok(pod) => Object::Pod(pod),
+            Err(error) => Object::Unreadable {
+                error,
+                metadata: serde_json::from_str::<AnyObject>(raw.get())
+                    .ok()
+                    .and_then(|o| o.metadata),
+            },
+        }
+    }
+
+    fn metadata(&self) -> Option<&MetadataView> {
+        match self {
+            Object::Pod(pod) => pod.metadata.as_ref(),
+            Object::Unreadable { metadata, .. } => metadata.as_ref(),
+        }
+    }
 }
 
-fn is_pod_create<T: Resource>(req: &AdmissionRequest<T>) -> Result<(), String> {
-    let is_pod = req.kind.group.is_empty() && req.kind.version == "v1" && req.kind.kind == "Pod";
-    if !is_pod || req.sub_resource.as_deref().is_some_and(|s| !s.is_empty()) {
-        let sub = req
-            .sub_resource
-            .as_deref()
-            .map(|s| format!("/{s}"))
+/// Any object's metadata, for naming it in logs when it is not a Pod we can read.
+#[derive(Deserialize)]
+struct AnyObject {
+    #[serde(default)]
+    metadata: Option<MetadataView>,
+}
+
+impl<O> Request<O> {
+    fn map_object<P>(self, f: impl FnOnce(O) -> P) -> Request<P> {
+        Request {
+            uid: self.uid,
+            kind: self.kind,
+            _resource: self._resource,
+            sub_resource: self.sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            _user_info: self._user_info,
+            object: self.object.map(f),
+        }
+    }
+
+    /// The namespace and name that identify the object in logs, whatever shape it had.
+    fn identify(&self, metadata: Option<&MetadataView>) -> (String, String) {
+        let namespace = self
+            .namespace
+            .clone()
+            .or_else(|| metadata.and_then(|m| m.namespace.clone()))
             .unwrap_or_default();
-        return Err(format!(
-            "mirrord-operator only injects Pods on CREATE; {}/{}{sub} was admitted unchanged",
-            req.kind.kind, req.kind.version
-        ));
+        let name = metadata
+            .and_then(|m| m.name.clone().or_else(|| m.generate_name.clone()))
+            .or_else(|| (!self.name.is_empty()).then(|| self.name.clone()))
+            .unwrap_or_default();
+        (namespace, name)
     }
-    if req.operation != Operation::Create {
-        return Err(format!(
-            "mirrord-operator only injects Pods on CREATE; {:?} was admitted unchanged",
-            req.operation
-        ));
+
+    fn is_pod_create(&self) -> Result<(), String> {
+        let kind = &self.kind;
+        let is_pod = kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod";
+        let sub = self.sub_resource.as_deref().unwrap_or_default();
+        if !is_pod || !sub.is_empty() {
+            let sub = if sub.is_empty() {
+                String::new()
+            } else {
+                format!("/{sub}")
+            };
+            return Err(format!(
+                "mirrord-operator only injects Pods on CREATE; {}/{}{sub} was admitted unchanged",
+                kind.kind, kind.version
+            ));
+        }
+        if self.operation != Operation::Create {
+            return Err(format!(
+                "mirrord-operator only injects Pods on CREATE; {:?} was admitted unchanged",
+                self.operation
+            ));
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// Appends `value` as JSON. Writing to a `Vec` cannot fail, and these values (strings, lists of
+/// strings) always serialize.
+fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("strings always serialize into a Vec");
+}
+
+/// The AdmissionReview we answer with, written directly rather than through kube's
+/// `AdmissionResponse` (which encodes the patch as a JSON array of numbers, four times the bytes of
+/// the base64 string the API documents) or a `serde_json::Value`.
+struct Reply {
+    out: Vec<u8>,
+}
+
+impl Reply {
+    fn start(uid: &str, capacity: usize) -> Self {
+        let mut out = Vec::with_capacity(capacity + uid.len() + 128);
+        out.extend_from_slice(
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
+        );
+        push_json(&mut out, uid);
+        out.extend_from_slice(br#","allowed":true"#);
+        Reply { out }
+    }
+
+    fn patch(&mut self, patch: &[u8]) {
+        self.out
+            .extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+        self.out.extend_from_slice(BASE64.encode(patch).as_bytes());
+        self.out.push(b'"');
+    }
+
+    fn finish(mut self, warnings: &[String]) -> Vec<u8> {
+        if !warnings.is_empty() {
+            self.out.extend_from_slice(br#","warnings":"#);
+            push_json(&mut self.out, warnings);
+        }
+        self.out.extend_from_slice(b"}}");
+        self.out
+    }
+}
+
+fn allowed_with_warning<O>(req: &Request<O>, warning: String) -> Vec<u8> {
+    Reply::start(&req.uid, warning.len()).finish(&[warning])
 }
 
 /// Handles one AdmissionReview body. `namespace` looks a Namespace up in an in-memory cache (never an
@@ -152,29 +240,56 @@ pub fn review<F>(body: &[u8], cfg: &InjectorConfig, lookup_namespace: F) -> Outc
 where
     F: Fn(&str) -> Option<Arc<Namespace>>,
 {
-    // Fast path: a well-formed Pod review in one parse. Anything else is parsed again loosely to tell
-    // "not a review" (400) from "a review of something that is not a valid Pod" (admitted).
-    let typed: Result<AdmissionReview<Pod>, _> = serde_json::from_slice(body);
-    let review = match typed {
-        Ok(review) => review,
-        Err(pod_error) => return review_untyped(body, pod_error),
+    let req = match serde_json::from_slice::<Envelope<PodView>>(body) {
+        Ok(envelope) => open(envelope).map(|req| req.map_object(Object::Pod)),
+        Err(_) => match serde_json::from_slice::<Envelope<&RawValue>>(body) {
+            Ok(envelope) => open(envelope).map(|req| req.map_object(Object::from_raw)),
+            Err(error) => Err(Box::new(not_a_review(body, error))),
+        },
     };
-    let (req, mut outcome) = match open(review, |pod| &pod.metadata) {
-        Ok(opened) => opened,
+    let req = match req {
+        Ok(req) => req,
         Err(rejected) => return *rejected,
     };
-    if let Err(warning) = is_pod_create(&req) {
+    let (namespace, pod) = req.identify(req.object.as_ref().and_then(Object::metadata));
+    let mut outcome = Outcome {
+        status: StatusCode::OK,
+        body: vec![],
+        result: "allowed",
+        skip: None,
+        error: None,
+        invalid_knobs: vec![],
+        namespace,
+        pod,
+    };
+    if let Err(warning) = req.is_pod_create() {
         outcome.body = allowed_with_warning(&req, warning);
         return outcome;
     }
-    let Some(pod) = req.object.as_ref() else {
-        outcome.body = allowed_with_warning(
-            &req,
-            "mirrord-operator: the review carries no Pod object; admitted without injection".into(),
-        );
-        outcome.result = "error";
-        outcome.error = Some("missing-object");
-        return outcome;
+    let pod = match &req.object {
+        Some(Object::Pod(pod)) => pod,
+        Some(Object::Unreadable { error, .. }) => {
+            // A Pod the API server accepted but we cannot read: never block a deploy over our own parser.
+            outcome.body = allowed_with_warning(
+                &req,
+                format!(
+                    "mirrord-operator could not read this Pod ({error}); admitted without injection"
+                ),
+            );
+            outcome.result = "error";
+            outcome.error = Some("bad-pod");
+            return outcome;
+        }
+        None => {
+            outcome.body = allowed_with_warning(
+                &req,
+                "mirrord-operator: the review carries no Pod object; admitted without injection"
+                    .into(),
+            );
+            outcome.result = "error";
+            outcome.error = Some("missing-object");
+            return outcome;
+        }
     };
     let ns = lookup_namespace(&outcome.namespace);
     let ns_meta = ns.as_ref().map(|ns| &ns.metadata);
@@ -193,9 +308,11 @@ where
             patch,
             warnings,
             invalid_knobs,
-        } => match serde_json::to_vec(&patch) {
+        } => match patch::to_json(&patch) {
             Ok(patch) => {
-                outcome.body = respond(&req.uid, Some(&patch), warnings);
+                let mut reply = Reply::start(&req.uid, patch.len() * 4 / 3 + 64);
+                reply.patch(&patch);
+                outcome.body = reply.finish(&warnings);
                 outcome.result = "injected";
                 outcome.invalid_knobs = invalid_knobs;
             }
@@ -214,86 +331,39 @@ where
     outcome
 }
 
-/// Checks the envelope and takes the request out of the review; the outcome starts as "admitted
-/// unchanged" and names the pod for logs.
-fn open<T: Resource>(
-    review: AdmissionReview<T>,
-    metadata: impl Fn(&T) -> &kube::core::ObjectMeta,
-) -> Result<(AdmissionRequest<T>, Outcome), Box<Outcome>> {
-    if let Some(rejected) = envelope_error(&review.types) {
-        return Err(Box::new(rejected));
-    }
-    let Ok(req): Result<AdmissionRequest<T>, _> = review.try_into() else {
-        return Err(Box::new(Outcome::rejected(
-            StatusCode::BAD_REQUEST,
-            "no-request",
-            "AdmissionReview has no request".into(),
-        )));
+/// The 400 for a body that is not JSON, or JSON of another shape.
+fn not_a_review(body: &[u8], error: serde_json::Error) -> Outcome {
+    let reason = if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
+        "not-admission-review"
+    } else {
+        "not-json"
     };
-    let (namespace, pod) = identify(&req, req.object.as_ref().map(metadata));
-    let outcome = Outcome {
-        status: StatusCode::OK,
-        body: vec![],
-        result: "allowed",
-        skip: None,
-        error: None,
-        invalid_knobs: vec![],
-        namespace,
-        pod,
-    };
-    Ok((req, outcome))
+    Outcome::rejected(
+        StatusCode::BAD_REQUEST,
+        reason,
+        format!("body is not an AdmissionReview v1: {error}"),
+    )
 }
 
-/// The rejection for a review of another kind or version, if it is one.
-fn envelope_error(types: &kube::core::TypeMeta) -> Option<Outcome> {
-    if types.api_version != REVIEW_API_VERSION || types.kind != REVIEW_KIND {
-        return Some(Outcome::rejected(
+/// Checks the envelope: a clear 400 for another kind or version, or a review without a request.
+fn open<O>(envelope: Envelope<O>) -> Result<Request<O>, Box<Outcome>> {
+    if envelope.api_version != REVIEW_API_VERSION || envelope.kind != REVIEW_KIND {
+        return Err(Box::new(Outcome::rejected(
             StatusCode::BAD_REQUEST,
             "not-admission-review",
             format!(
                 "expected {REVIEW_KIND} {REVIEW_API_VERSION}, got {:?} {:?}",
-                types.kind, types.api_version
+                envelope.kind, envelope.api_version
             ),
-        ));
+        )));
     }
-    None
-}
-
-fn review_untyped(body: &[u8], pod_error: serde_json::Error) -> Outcome {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
-        Ok(review) => review,
-        Err(error) => {
-            let reason = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-                "not-admission-review"
-            } else {
-                "not-json"
-            };
-            return Outcome::rejected(
-                StatusCode::BAD_REQUEST,
-                reason,
-                format!("body is not an AdmissionReview v1: {error}"),
-            );
-        }
-    };
-    let (req, mut outcome) = match open(review, |object| &object.metadata) {
-        Ok(opened) => opened,
-        Err(rejected) => return *rejected,
-    };
-    match is_pod_create(&req) {
-        Err(warning) => outcome.body = allowed_with_warning(&req, warning),
-        Ok(()) => {
-            // A Pod the API server accepted but we cannot read: never block a deploy over our own parser.
-            outcome.body = allowed_with_warning(
-                &req,
-                format!(
-                    "mirrord-operator could not read this Pod ({pod_error}); admitted without injection"
-                ),
-            );
-            outcome.result = "error";
-            outcome.error = Some("bad-pod");
-        }
-    }
-    outcome
+    envelope.request.ok_or_else(|| {
+        Box::new(Outcome::rejected(
+            StatusCode::BAD_REQUEST,
+            "no-request",
+            "AdmissionReview has no request".into(),
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use k8s_openapi::{
 };
 
 use super::{
-    AGENT_CONTAINER_NAME, InjectorConfig, TARGET_ENV_PREFIX, TARGET_ROOT, TOKEN_DIR, TOKEN_PATH,
+    AGENT_CONTAINER_NAME, ContainerView, InjectorConfig, TARGET_ENV_PREFIX, TARGET_ROOT, TOKEN_DIR,
+    TOKEN_PATH,
     knobs::{EnvMode, FsMode, Knobs, Redirect},
 };
 
@@ -29,7 +30,7 @@ pub const NON_ROOT_UID: i64 = 65532;
 
 /// The first container that is not a known proxy; if all are proxies, the first container.
 /// Callers guarantee `containers` is not empty.
-pub(crate) fn auto_target(containers: &[Container]) -> &str {
+pub(crate) fn auto_target(containers: &[ContainerView]) -> &str {
     containers
         .iter()
         .find(|c| !PROXY_CONTAINERS.contains(&c.name.as_str()))
@@ -86,7 +87,7 @@ fn references_any(value: &str, declared: impl Fn(&str) -> bool) -> bool {
 /// the rewritten reference resolves to the same value. Service-link variables (`*_SERVICE_HOST`,
 /// `*_SERVICE_PORT*`) are the same in every container of the pod and keep their name. Remaining
 /// gap: a reference to a service link's `<SVC>_PORT*` variable in a container with `envFrom`.
-fn may_come_from_env_from(target: &Container, name: &str) -> bool {
+fn may_come_from_env_from(target: &ContainerView, name: &str) -> bool {
     target.env_from.as_ref().is_some_and(|f| !f.is_empty())
         // What an env var name can be at all (relaxed validation: printable ASCII without `=`).
         && !name.is_empty()
@@ -99,7 +100,7 @@ fn may_come_from_env_from(target: &Container, name: &str) -> bool {
 /// kubelet would resolve them in the target (variables defined earlier in the list, or possibly by
 /// `envFrom`; a later one stays literal in both containers), and `resourceFieldRef`s pinned to the
 /// target, since without a container name they would describe the agent's own resources.
-fn copy_env(target: &Container) -> Vec<EnvVar> {
+fn copy_env(target: &ContainerView) -> Vec<EnvVar> {
     let env = target.env.as_deref().unwrap_or_default();
     let mut seen: BTreeSet<&str> = BTreeSet::new();
     env.iter()
@@ -128,7 +129,7 @@ fn copy_env(target: &Container) -> Vec<EnvVar> {
 }
 
 /// Copies of the target's `envFrom`, with the prefix in front of the original one.
-fn copy_env_from(target: &Container) -> Vec<EnvFromSource> {
+fn copy_env_from(target: &ContainerView) -> Vec<EnvFromSource> {
     target
         .env_from
         .as_deref()
@@ -148,7 +149,7 @@ fn copy_env_from(target: &Container) -> Vec<EnvFromSource> {
 /// container's env, so its references follow the env copies; without those copies (env knob not
 /// `spec`) a mount whose `subPathExpr` names a target variable cannot be reproduced and is left out.
 fn copy_mounts(
-    target: &Container,
+    target: &ContainerView,
     env_copied: bool,
     warnings: &mut Vec<String>,
 ) -> Vec<VolumeMount> {
@@ -216,7 +217,7 @@ fn field(name: &str, path: &str) -> EnvVar {
 /// Everything `agent_container` needs besides the config.
 pub(crate) struct AgentInputs<'a> {
     pub knobs: &'a Knobs,
-    pub target: &'a Container,
+    pub target: &'a ContainerView,
     pub token_volume: &'a str,
 }
 
@@ -352,10 +353,10 @@ fn security_context(knobs: &Knobs, gid: i64) -> SecurityContext {
 mod tests {
     use super::*;
 
-    fn container(name: &str) -> Container {
-        Container {
+    fn container(name: &str) -> ContainerView {
+        ContainerView {
             name: name.to_owned(),
-            ..Container::default()
+            ..ContainerView::default()
         }
     }
 
@@ -460,7 +461,7 @@ mod tests {
             ),
             plain("USER", "me"),
         ]);
-        let values = |t: &Container| {
+        let values = |t: &ContainerView| {
             copy_env(t)
                 .into_iter()
                 .map(|v| v.value.unwrap())

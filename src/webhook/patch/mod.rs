@@ -18,19 +18,21 @@
 //!   copy when NAME is declared earlier in `env`, or may come from `envFrom` (whose copies carry the
 //!   prefix too); `$$` escapes and service-link names are kept. Gap: a reference to a service
 //!   link's `<SVC>_PORT*` variable in a container that has `envFrom` is rewritten and then unresolved.
-//! - Pods are read through k8s-openapi types, so fields newer than its API version are not copied.
+//! - Only the pod fields the patch reads are parsed ([`PodView`]); the target's `env`, `envFrom` and
+//!   `volumeMounts` entries are k8s-openapi types, so their fields newer than its API version are not
+//!   copied.
 
 mod container;
 mod knobs;
 mod quantity;
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::core::v1::{
-    Pod, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
+    Container, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
 };
-use serde::Serialize;
+use serde::{Serialize, ser::SerializeStruct};
 use serde_json::{Value, json};
 
 pub use container::{NON_ROOT_UID, PROXY_CONTAINERS};
@@ -39,6 +41,9 @@ pub use knobs::{
     UnknownValue, validate_image,
 };
 pub use quantity::{Quantity, QuantityError};
+pub use view::{
+    ContainerView, MetadataView, Named, OsView, OwnerView, PodView, PortView, SpecView,
+};
 
 pub const AGENT_CONTAINER_NAME: &str = "mirrord-agent";
 pub const STATUS_ANNOTATION: &str = "agent.mirrord.metalbear.co/status";
@@ -86,7 +91,7 @@ pub struct PodContext<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Inject {
-        patch: Patch,
+        patch: Vec<PatchOp>,
         /// Admission warnings: invalid knobs and their fallbacks, degraded features.
         warnings: Vec<String>,
         /// Knob names (as in the annotation key) whose value was rejected, once each.
@@ -148,7 +153,7 @@ struct Status<'a> {
 }
 
 /// Decides whether to inject the agent into `pod` and, if so, builds the patch.
-pub fn decide(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision {
+pub fn decide(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision {
     let decision = decide_inner(pod, ctx, cfg);
     match &decision {
         Decision::Skip(reason) => tracing::debug!(reason = reason.as_label(), "injection skipped"),
@@ -157,7 +162,7 @@ pub fn decide(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision
             invalid_knobs,
             ..
         } => tracing::debug!(
-            operations = patch.0.len(),
+            operations = patch.len(),
             ?invalid_knobs,
             "injection patch built"
         ),
@@ -165,9 +170,12 @@ pub fn decide(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision
     decision
 }
 
-fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision {
+fn decide_inner(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision {
+    let metadata = pod.metadata.as_ref();
     let namespace = if ctx.namespace.is_empty() {
-        pod.metadata.namespace.as_deref().unwrap_or_default()
+        metadata
+            .and_then(|m| m.namespace.as_deref())
+            .unwrap_or_default()
     } else {
         ctx.namespace
     };
@@ -177,16 +185,17 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
     let Some(spec) = pod.spec.as_ref().filter(|s| !s.containers.is_empty()) else {
         return Decision::Skip(SkipReason::NoContainers);
     };
-    let annotations = pod.metadata.annotations.as_ref();
+    let annotations = metadata.and_then(|m| m.annotations.as_ref());
     let has_agent = spec
         .containers
         .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == AGENT_CONTAINER_NAME);
+        .map(|c| &c.name)
+        .chain(spec.init_containers.iter().flatten().map(|c| &c.name))
+        .any(|name| name == AGENT_CONTAINER_NAME);
     if has_agent || annotations.is_some_and(|a| a.contains_key(STATUS_ANNOTATION)) {
         return Decision::Skip(SkipReason::AlreadyInjected);
     }
-    let labels = pod.metadata.labels.as_ref();
+    let labels = metadata.and_then(|m| m.labels.as_ref());
     if labels
         .and_then(|l| l.get(INJECT_LABEL))
         .is_some_and(|v| v == "false")
@@ -272,20 +281,20 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
     let mut ops = Vec::new();
     // A pod decoded without metadata cannot tell an absent `metadata` from an empty one; adding the
     // whole object is right for both.
-    if pod.metadata == Default::default() {
+    if metadata.is_none() {
         ops.push(add(
             &["metadata"],
-            json!({ "annotations": { STATUS_ANNOTATION: status } }),
+            PatchValue::Json(json!({ "annotations": { STATUS_ANNOTATION: status } })),
         ));
     } else if annotations.is_none() {
         ops.push(add(
             &["metadata", "annotations"],
-            json!({ STATUS_ANNOTATION: status }),
+            PatchValue::Json(json!({ STATUS_ANNOTATION: status })),
         ));
     } else {
         ops.push(add(
             &["metadata", "annotations", STATUS_ANNOTATION],
-            Value::String(status),
+            PatchValue::Json(Value::String(status)),
         ));
     }
     // Reading another container's /proc needs a shared PID namespace. Trade-off: every container of
@@ -302,32 +311,45 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
                     .to_owned(),
             );
         }
-        ops.push(add(&["spec", "shareProcessNamespace"], Value::Bool(true)));
+        ops.push(add(
+            &["spec", "shareProcessNamespace"],
+            PatchValue::Json(Value::Bool(true)),
+        ));
     }
-    let volume = to_value(&token_volume_source(&token_volume));
+    let volume = token_volume_source(&token_volume);
     ops.push(match spec.volumes {
-        Some(_) => add(&["spec", "volumes", "-"], volume),
-        None => add(&["spec", "volumes"], Value::Array(vec![volume])),
+        Some(_) => add(
+            &["spec", "volumes", "-"],
+            PatchValue::Volume(Box::new(volume)),
+        ),
+        None => add(&["spec", "volumes"], PatchValue::Volumes(vec![volume])),
     });
-    let agent = to_value(&agent);
     ops.push(match (knobs.native_sidecar, &spec.init_containers) {
-        (true, Some(_)) => add(&["spec", "initContainers", "0"], agent),
-        (true, None) => add(&["spec", "initContainers"], Value::Array(vec![agent])),
-        (false, _) => add(&["spec", "containers", "-"], agent),
+        (true, Some(_)) => add(
+            &["spec", "initContainers", "0"],
+            PatchValue::Container(Box::new(agent)),
+        ),
+        (true, None) => add(
+            &["spec", "initContainers"],
+            PatchValue::Containers(vec![agent]),
+        ),
+        (false, _) => add(
+            &["spec", "containers", "-"],
+            PatchValue::Container(Box::new(agent)),
+        ),
     });
 
     Decision::Inject {
-        patch: Patch(ops),
+        patch: ops,
         warnings,
         invalid_knobs: report.invalid_knobs,
     }
 }
 
-fn owned_by_job(pod: &Pod) -> bool {
+fn owned_by_job(pod: &PodView) -> bool {
     pod.metadata
-        .owner_references
         .iter()
-        .flatten()
+        .flat_map(|m| m.owner_references.iter().flatten())
         .any(|o| o.kind == "Job" && o.api_version.starts_with("batch/"))
 }
 
@@ -360,31 +382,55 @@ fn token_volume_source(name: &str) -> Volume {
     }
 }
 
-/// k8s-openapi types always serialize (string keys, no non-finite floats).
-fn to_value<T: Serialize>(value: &T) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
-}
-
 /// RFC 6901 reference token escaping: `~` first, then `/`.
 pub fn escape_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
-fn pointer(tokens: &[&str]) -> PointerBuf {
+/// One RFC 6902 `add` operation. The webhook only ever adds, and serializes the typed value straight
+/// into the response instead of through a `serde_json::Value` tree (most of the patch's cost).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchOp {
+    /// An RFC 6901 JSON Pointer, tokens escaped.
+    pub path: String,
+    pub value: PatchValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum PatchValue {
+    Container(Box<Container>),
+    Containers(Vec<Container>),
+    Volume(Box<Volume>),
+    Volumes(Vec<Volume>),
+    Json(Value),
+}
+
+impl Serialize for PatchOp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut op = serializer.serialize_struct("PatchOp", 3)?;
+        op.serialize_field("op", "add")?;
+        op.serialize_field("path", &self.path)?;
+        op.serialize_field("value", &self.value)?;
+        op.end()
+    }
+}
+
+/// The patch as the JSON text the API server applies.
+pub fn to_json(patch: &[PatchOp]) -> Result<Vec<u8>, serde_json::Error> {
+    // About the size of the agent container with its env and mount copies.
+    let mut out = Vec::with_capacity(4096);
+    serde_json::to_writer(&mut out, patch)?;
+    Ok(out)
+}
+
+fn add(tokens: &[&str], value: PatchValue) -> PatchOp {
     let mut path = String::new();
     for token in tokens {
         path.push('/');
         path.push_str(&escape_token(token));
     }
-    // Every token is escaped, so only a bug could make this fail; fall back to the library's builder.
-    PointerBuf::parse(path).unwrap_or_else(|_| PointerBuf::from_tokens(tokens.iter().copied()))
-}
-
-fn add(tokens: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: pointer(tokens),
-        value,
-    })
+    PatchOp { path, value }
 }
 
 #[cfg(test)]
@@ -401,12 +447,18 @@ mod tests {
         assert_eq!(escape_token("~1"), "~01");
         assert_eq!(escape_token("/~"), "~1~0");
         assert_eq!(
-            pointer(&["metadata", "annotations", STATUS_ANNOTATION]).as_str(),
+            add(
+                &["metadata", "annotations", STATUS_ANNOTATION],
+                PatchValue::Json(Value::Null)
+            )
+            .path,
             "/metadata/annotations/agent.mirrord.metalbear.co~1status"
         );
-        // The escaped pointer addresses exactly the key it was built from.
+        // The escaped pointer addresses exactly the key it was built from, read by another library.
         let mut doc = json!({ "m": { "a/b~c": 1, "a": { "b~c": 2 } } });
-        let op = add(&["m", "a/b~c"], json!(3));
+        let op = add(&["m", "a/b~c"], PatchValue::Json(json!(3)));
+        let op: json_patch::PatchOperation =
+            serde_json::from_value(serde_json::to_value(op).unwrap()).unwrap();
         json_patch::patch(&mut doc, &[op]).unwrap();
         assert_eq!(doc, json!({ "m": { "a/b~c": 3, "a": { "b~c": 2 } } }));
     }
