@@ -12,6 +12,9 @@
 //!   other is moved to it (on a tie the limit wins).
 //! - Under an enforced Pod Security level other than `privileged`, modes needing a capability fall
 //!   back (redirect iptables -> off, env/fs proc -> spec/volumes) so the pod is not rejected.
+//! - env/fs proc: the agent gets `MIRRORD_AGENT_TARGET_MATCH`, fingerprints (command, args, env
+//!   names no other container declares) of the target and of the other long-running containers,
+//!   to find the target's process in the shared PID namespace.
 //! - The agent runs as uid 0 exactly when it adds a capability (non-root users do not get added
 //!   capabilities), otherwise as 65532 with `runAsNonRoot`.
 //! - env=spec copies follow the kubelet's expansion rules: a `$(NAME)` is rewritten to the prefixed
@@ -28,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::core::v1::{
-    Pod, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
+    Container, Pod, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -229,6 +232,19 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
         .find(|c| c.name == knobs.target_container)
         .unwrap_or(&spec.containers[0]);
 
+    // Containers that run next to the target: the other regular ones and native sidecars.
+    let neighbours: Vec<&Container> = spec
+        .containers
+        .iter()
+        .filter(|c| c.name != target.name)
+        .chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always")),
+        )
+        .collect();
+
     let existing_volumes: BTreeSet<&str> = spec
         .volumes
         .iter()
@@ -240,6 +256,7 @@ fn decide_inner(pod: &Pod, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decisi
         &container::AgentInputs {
             knobs: &knobs,
             target,
+            neighbours: &neighbours,
             token_volume: &token_volume,
         },
         cfg,
