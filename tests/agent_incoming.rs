@@ -7,6 +7,7 @@ mod netns;
 use std::{
     convert::Infallible,
     io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -28,7 +29,7 @@ use mirrord_operator::{
         ResponseError, StealType, TcpClose, TcpData,
     },
 };
-use netns::{CALLER_ADDR, NetNs, POD_ADDR};
+use netns::{CALLER_ADDR, CALLER_ADDR6, NetNs, POD_ADDR, POD_ADDR6};
 use tokio::sync::mpsc;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -159,11 +160,14 @@ fn cfg(prefix: &str) -> IncomingConfig {
 }
 
 /// The "app": HTTP/1.1 and h2c on `APP`, answering `app <method> <path> <body>`; an `Upgrade`
-/// request is switched to a raw echo. A raw TCP echo server on `RAW`.
+/// request is switched to a raw echo. A raw TCP echo server on `RAW`. Both on `0.0.0.0`.
 async fn start_apps() {
-    let http = tokio::net::TcpListener::bind(("0.0.0.0", APP))
-        .await
-        .unwrap();
+    start_apps_on(Ipv4Addr::UNSPECIFIED.into()).await;
+}
+
+/// `start_apps` bound to `ip` (`::` serves IPv6, and IPv4 too unless the host sets bindv6only).
+async fn start_apps_on(ip: IpAddr) {
+    let http = tokio::net::TcpListener::bind((ip, APP)).await.unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = http.accept().await else {
@@ -207,9 +211,7 @@ async fn start_apps() {
             });
         }
     });
-    let raw = tokio::net::TcpListener::bind(("0.0.0.0", RAW))
-        .await
-        .unwrap();
+    let raw = tokio::net::TcpListener::bind((ip, RAW)).await.unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = raw.accept().await else {
@@ -440,6 +442,73 @@ fn header_filtered_steal_from_caller_host_and_loopback_others_reach_the_app() {
     assert!(
         ns.nat_rules_with("STEAL-").is_empty(),
         "shutdown removes the rules"
+    );
+}
+
+/// The same filtered steal over IPv6: ip6tables `nat` REDIRECT, the `[::]` listener and
+/// `IP6T_SO_ORIGINAL_DST`, from another host (PREROUTING) and over `::1` (OUTPUT).
+#[test]
+fn header_filtered_steal_over_ipv6_others_reach_the_app() {
+    let ns = NetNs::with_caller_v6("steal6");
+    let caller = ns.caller_name().unwrap().to_owned();
+    let pod = ns.name().to_owned();
+    let url = format!("http://[{POD_ADDR6}]:{APP}/hello");
+    let nat6 = ns.output("ip6tables", &["-w", "-t", "nat", "-S"]);
+    assert!(
+        nat6.status.success(),
+        "this kernel has no IPv6 nat table (ip6tables -t nat: {})",
+        String::from_utf8_lossy(&nat6.stderr).trim()
+    );
+    ns.run_in(|| {
+        mt_rt().block_on(async {
+            start_apps_on(Ipv6Addr::UNSPECIFIED.into()).await;
+            let incoming = Incoming::start(cfg("STEAL6")).await.unwrap();
+            let mut alice = Client::new(&incoming);
+            let filter = StealType::FilteredHttpEx(APP, header_filter("^x-user: alice$"));
+            assert_eq!(alice.steal(filter).await, Ok(APP));
+            let v6_rules = ns.nat6_rules_with("STEAL6-");
+            assert!(
+                v6_rules.iter().any(|r| r.starts_with("-A STEAL6-IN") && r.contains("--dport 8080")),
+                "{v6_rules:#?}"
+            );
+
+            let req = tokio::spawn({
+                let (caller, url) = (caller.clone(), url.clone());
+                async move { curl(&caller, &["-g", "-H", "X-User: alice", &url]).await }
+            });
+            let (start, _) = alice.request(true).await;
+            assert_eq!(start.request.uri.path(), "/hello");
+            let HttpRequestMetadata::V1 { source, destination } = start.metadata;
+            assert_eq!(source.ip(), IpAddr::from(CALLER_ADDR6));
+            assert_eq!(destination, SocketAddr::from((POD_ADDR6, APP)));
+            alice.respond(start.connection_id, 200, &[], "stolen over v6").await;
+            assert_eq!(req.await.unwrap(), "stolen over v6");
+            assert!(matches!(alice.next_steal().await, DaemonTcp::Close(TcpClose { connection_id: id }) if id == start.connection_id));
+
+            // Not matching: passed through to the original IPv6 destination.
+            assert_eq!(curl(&caller, &["-g", "-H", "x-user: bob", &url]).await, "app GET /hello ");
+
+            // The pod to itself over ::1.
+            let local = format!("http://[::1]:{APP}/local");
+            let req = tokio::spawn({
+                let (pod, local) = (pod.clone(), local.clone());
+                async move { curl(&pod, &["-g", "-H", "x-user: alice", &local]).await }
+            });
+            let (start, _) = alice.request(true).await;
+            assert_eq!(start.request.uri.path(), "/local");
+            let HttpRequestMetadata::V1 { destination, .. } = start.metadata;
+            assert_eq!(destination, SocketAddr::from((Ipv6Addr::LOCALHOST, APP)));
+            alice.respond(start.connection_id, 200, &[], "local v6 stolen").await;
+            assert_eq!(req.await.unwrap(), "local v6 stolen");
+            assert!(matches!(alice.next_steal().await, DaemonTcp::Close(_)));
+            assert_eq!(curl(&pod, &["-g", &local]).await, "app GET /local ");
+            assert!(alice.rx.try_recv().is_err(), "unmatched requests are not seen by the session");
+            incoming.shutdown().await;
+        })
+    });
+    assert!(
+        ns.nat6_rules_with("STEAL6-").is_empty() && ns.nat_rules_with("STEAL6-").is_empty(),
+        "shutdown removes the rules of both families"
     );
 }
 

@@ -8,6 +8,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Container, Pod};
+use mirrord_operator::agent::target::parse_match;
 use mirrord_operator::webhook::patch::{
     AGENT_CONTAINER_NAME, AgentDefaults, Decision, InjectorConfig, KNOB_PREFIX,
     POD_SECURITY_ENFORCE_LABEL, PatchOp, PodContext, PodView, STATUS_ANNOTATION, SkipReason,
@@ -437,6 +438,40 @@ fn check_injected(
         );
     }
 
+    // env/fs proc: how the agent finds the target's process among the pod's containers.
+    let proc = knobs["env"] == "proc" || knobs["fs"] == "proc";
+    match env_value(agent, "MIRRORD_AGENT_TARGET_MATCH") {
+        Some(json) => {
+            assert!(proc, "{name}: target match without a proc mode");
+            let matcher = parse_match(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                matcher.target.command,
+                target.command.clone().unwrap_or_default(),
+                "{name}"
+            );
+            assert_eq!(
+                matcher.target.args,
+                target.args.clone().unwrap_or_default(),
+                "{name}"
+            );
+            let declared: BTreeSet<String> = target
+                .env
+                .iter()
+                .flatten()
+                .map(|e| e.name.clone())
+                .collect();
+            assert!(matcher.target.env_names.is_subset(&declared), "{name}");
+            let neighbours = b.containers.len() - 1
+                + b.init_containers
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                    .count();
+            assert_eq!(matcher.others.len(), neighbours, "{name}: others");
+        }
+        None => assert!(!proc, "{name}: proc mode without a target match"),
+    }
+
     let sc = agent.security_context.as_ref().unwrap();
     let caps = sc.capabilities.as_ref().unwrap();
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]), "{name}");
@@ -446,7 +481,6 @@ fn check_injected(
         knobs["redirect"] == "iptables",
         "{name}: NET_ADMIN"
     );
-    let proc = knobs["env"] == "proc" || knobs["fs"] == "proc";
     assert_eq!(added.contains(&"SYS_PTRACE"), proc, "{name}: SYS_PTRACE");
     assert!(
         added

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use super::error::AgentError;
+use super::target::{self, TargetMatch};
 
 /// Prefix under which the webhook copies the target container's declared env onto the agent.
 pub const TARGET_ENV_PREFIX: &str = "MIRRORD_TARGET_ENV_";
@@ -115,9 +116,16 @@ pub struct AgentArgs {
     /// The target container's declared ports, comma-separated (reported to the coordinator).
     #[arg(long, env = "MIRRORD_AGENT_TARGET_PORTS", value_delimiter = ',')]
     pub target_ports: Vec<u16>,
-    /// PID of the target's main process, for env=proc and fs=proc.
+    /// PID of the target's main process, for env=proc and fs=proc; without it the agent finds
+    /// the process itself (shared process namespace).
     #[arg(long, env = "MIRRORD_AGENT_TARGET_PID")]
     pub target_pid: Option<u32>,
+    /// What the target's main process and those of the pod's other containers look like, to
+    /// find the target when `--target-pid` is not set: JSON `{"target": F, "others": [F, ..]}`
+    /// with `F = {"command": [..], "args": [..], "envNames": [..]}` (the webhook sets it from
+    /// the pod spec).
+    #[arg(long, env = "MIRRORD_AGENT_TARGET_MATCH", value_parser = target::parse_match)]
+    pub target_match: Option<TargetMatch>,
     /// Group id the agent runs as; its traffic is exempted from the redirect rules.
     #[arg(long, env = "MIRRORD_AGENT_GROUP_ID", default_value_t = 30777)]
     pub agent_group_id: u32,
@@ -159,12 +167,6 @@ impl AgentArgs {
                     .into(),
             ));
         }
-        let needs_pid = self.env_mode == EnvMode::Proc || self.fs_mode == FsMode::Proc;
-        if needs_pid && self.target_pid.is_none() {
-            return Err(AgentError::Config(
-                "env=proc and fs=proc need --target-pid (MIRRORD_AGENT_TARGET_PID)".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -183,17 +185,6 @@ impl AgentArgs {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
         format!("MRD{:08X}", hash as u32)
-    }
-
-    /// Root of the target's filesystem as the file service sees it, or `None` for fs=off.
-    pub fn fs_root(&self) -> Option<PathBuf> {
-        match self.fs_mode {
-            FsMode::Volumes => Some(self.target_root.clone()),
-            FsMode::Proc => self
-                .target_pid
-                .map(|pid| PathBuf::from(format!("/proc/{pid}/root"))),
-            FsMode::Off => None,
-        }
     }
 }
 
@@ -232,9 +223,10 @@ mod tests {
     }
 
     #[test]
-    fn proc_modes_need_a_pid() {
+    fn proc_modes_take_a_pid_or_a_match() {
         let args = parse(&["--listen", "127.0.0.1:1", "--env-mode", "proc"]);
-        assert!(args.validate().is_err());
+        args.validate().expect("the target is found at run time");
+        assert_eq!(args.target_match, None);
         let args = parse(&[
             "--listen",
             "127.0.0.1:1",
@@ -242,9 +234,14 @@ mod tests {
             "proc",
             "--target-pid",
             "42",
+            "--target-match",
+            r#"{"target":{"envNames":["PORT"]}}"#,
         ]);
         args.validate().expect("valid");
-        assert_eq!(args.fs_root(), Some(PathBuf::from("/proc/42/root")));
+        assert_eq!(args.target_pid, Some(42));
+        assert_eq!(args.target_match.unwrap().target.env_names.len(), 1);
+        let bad = Wrap::try_parse_from(["agent", "--target-match", "PORT"]);
+        assert!(bad.is_err(), "not JSON");
     }
 
     #[test]

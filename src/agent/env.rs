@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::io;
-use std::path::Path;
+use std::sync::Arc;
 
 use super::config::{EnvMode, TARGET_ENV_PREFIX};
+use super::target::Target;
+use crate::protocol::ResponseError;
 
 /// Names the reference agent never returns, whatever the client asks for.
 const ALWAYS_EXCLUDED: &[&str] = &[
@@ -124,33 +125,32 @@ pub fn parse_environ(bytes: &[u8]) -> BTreeMap<String, String> {
 
 /// Where GetEnvVars reads from. `Spec` is captured once at start (the agent's own env never
 /// changes); `Proc` is re-read per request because the target may restart.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum EnvSource {
     Spec(BTreeMap<String, String>),
-    Proc(std::path::PathBuf),
+    Proc(Arc<Target>),
     Off,
 }
 
 impl EnvSource {
-    pub fn new(mode: EnvMode, target_pid: Option<u32>) -> Self {
-        match (mode, target_pid) {
-            (EnvMode::Spec, _) => EnvSource::Spec(from_prefixed(std::env::vars_os())),
-            (EnvMode::Proc, Some(pid)) => EnvSource::Proc(format!("/proc/{pid}/environ").into()),
-            (EnvMode::Proc, None) | (EnvMode::Off, _) => EnvSource::Off,
+    pub fn new(mode: EnvMode, target: &Arc<Target>) -> Self {
+        match mode {
+            EnvMode::Spec => EnvSource::Spec(from_prefixed(std::env::vars_os())),
+            EnvMode::Proc => EnvSource::Proc(target.clone()),
+            EnvMode::Off => EnvSource::Off,
         }
     }
 
-    pub fn read(&self) -> io::Result<BTreeMap<String, String>> {
+    pub fn read(&self) -> Result<BTreeMap<String, String>, ResponseError> {
         match self {
             EnvSource::Spec(env) => Ok(env.clone()),
-            EnvSource::Proc(path) => read_environ(path),
+            EnvSource::Proc(target) => {
+                let path = target.path("environ").map_err(|e| e.to_response())?;
+                Ok(parse_environ(&std::fs::read(path)?))
+            }
             EnvSource::Off => Ok(BTreeMap::new()),
         }
     }
-}
-
-fn read_environ(path: &Path) -> io::Result<BTreeMap<String, String>> {
-    Ok(parse_environ(&std::fs::read(path)?))
 }
 
 /// Builds the `OsString` pairs of a test environment.
@@ -239,12 +239,19 @@ mod tests {
     #[test]
     fn proc_source_reads_a_real_environ_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("environ");
-        std::fs::write(&path, b"K=v\0").expect("write");
-        let env = EnvSource::Proc(path).read().expect("read");
+        std::fs::create_dir(dir.path().join("7")).expect("mkdir");
+        std::fs::write(dir.path().join("7/environ"), b"K=v\0").expect("write");
+        let target = |pid| {
+            Arc::new(Target::new(
+                Some(pid),
+                Default::default(),
+                dir.path().into(),
+            ))
+        };
+        let env = EnvSource::Proc(target(7)).read().expect("read");
         assert_eq!(env["K"], "v");
         assert!(
-            EnvSource::Proc(dir.path().join("missing")).read().is_err(),
+            EnvSource::Proc(target(8)).read().is_err(),
             "a missing environ is an error, not an empty env"
         );
     }

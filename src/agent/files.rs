@@ -13,8 +13,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use super::target::Target;
 
 use crate::protocol::*;
 
@@ -90,26 +93,57 @@ enum Handle {
     },
 }
 
+/// Where the target's filesystem is.
+#[derive(Clone)]
+pub enum FsRoot {
+    /// A directory (fs=volumes: the target's volumes are mounted below it).
+    Dir(PathBuf),
+    /// `/proc/<pid>/root` of the target process (fs=proc), looked up for every path since the
+    /// process may have been replaced (container restart).
+    Process(Arc<Target>),
+    /// fs=off: every lookup fails with ENOENT.
+    Off,
+}
+
+impl FsRoot {
+    /// Opens `path` (absolute) inside the root treated as `/`; `O_PATH` when `path_only`.
+    pub fn resolve(&self, path: &Path, path_only: bool) -> io::Result<OwnedFd> {
+        let flags = if path_only {
+            OFlags::PATH
+        } else {
+            OFlags::RDONLY
+        };
+        openat_in_root(self.open()?, path, flags)
+    }
+
+    /// The root directory (`O_PATH`). Without a target process: ESRCH (the reason is logged by
+    /// the discovery).
+    fn open(&self) -> io::Result<OwnedFd> {
+        let dir = match self {
+            FsRoot::Dir(dir) => dir.clone(),
+            FsRoot::Process(target) => target
+                .path("root")
+                .map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?,
+            FsRoot::Off => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        Ok(rustix::fs::open(
+            &dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+}
+
 /// One session's open files. fds come from one counter starting at 0 and are never reused.
 pub struct FileService {
-    root: Result<OwnedFd, i32>,
+    root: FsRoot,
     handles: HashMap<u64, Handle>,
     next_fd: u64,
 }
 
 impl FileService {
-    /// `root = None` (fs=off) makes every lookup fail with ENOENT. A root that cannot be opened
-    /// behaves the same, with that error's errno.
-    pub fn new(root: Option<&Path>) -> Self {
-        let root = match root {
-            None => Err(libc_errno::ENOENT),
-            Some(path) => rustix::fs::open(
-                path,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| e.raw_os_error()),
-        };
+    /// A root that cannot be opened (fs=off included) makes every lookup fail with that errno.
+    pub fn new(root: FsRoot) -> Self {
         FileService {
             root,
             handles: HashMap::new(),
@@ -118,11 +152,7 @@ impl FileService {
     }
 
     fn resolve(&self, path: &Path, flags: OFlags) -> FsResult<OwnedFd> {
-        let root = self
-            .root
-            .as_ref()
-            .map_err(|errno| io::Error::from_raw_os_error(*errno))?;
-        Ok(openat_in_root(root, path, flags)?)
+        Ok(openat_in_root(self.root.open()?, path, flags)?)
     }
 
     fn insert(&mut self, handle: Handle) -> u64 {
@@ -498,21 +528,6 @@ impl FileService {
     }
 }
 
-/// Opens `path` (absolute) inside the directory `root` treated as `/`; `O_PATH` when `path_only`.
-pub fn resolve_in_root(root: &Path, path: &Path, path_only: bool) -> io::Result<OwnedFd> {
-    let root = rustix::fs::open(
-        root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let flags = if path_only {
-        OFlags::PATH
-    } else {
-        OFlags::RDONLY
-    };
-    openat_in_root(&root, path, flags)
-}
-
 /// Relative paths are refused: a session has no working directory.
 fn openat_in_root(root: impl AsFd, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
     if !path.is_absolute() {
@@ -534,11 +549,6 @@ fn openat_in_root(root: impl AsFd, path: &Path, flags: OFlags) -> io::Result<Own
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )?)
-}
-
-/// Errno values this module names (Linux).
-mod libc_errno {
-    pub const ENOENT: i32 = 2;
 }
 
 /// Times are full nanoseconds since the epoch (the client reads them that way; see docs/agent.md).
@@ -669,7 +679,7 @@ mod tests {
     #[test]
     fn reads_and_seeks() {
         let (_tmp, root) = fixture();
-        let mut svc = FileService::new(Some(&root));
+        let mut svc = FileService::new(FsRoot::Dir(root.clone()));
         let fd = svc.open(Path::new("/etc/app.conf"), RO).unwrap();
         assert_eq!(fd, 0);
         assert_eq!(svc.read(fd, 5).unwrap(), b"hello");
@@ -694,7 +704,7 @@ mod tests {
     #[test]
     fn never_escapes_the_root() {
         let (_tmp, root) = fixture();
-        let mut svc = FileService::new(Some(&root));
+        let mut svc = FileService::new(FsRoot::Dir(root.clone()));
         for path in [
             "/../secret",
             "/etc/../../secret",
@@ -718,7 +728,7 @@ mod tests {
     #[test]
     fn writes_and_relative_paths_are_refused() {
         let (_tmp, root) = fixture();
-        let mut svc = FileService::new(Some(&root));
+        let mut svc = FileService::new(FsRoot::Dir(root.clone()));
         let write = OpenFlags { write: true, ..RO };
         let err = svc.open(Path::new("/etc/new"), write).unwrap_err();
         assert!(
@@ -733,7 +743,7 @@ mod tests {
     #[test]
     fn stat_access_readlink() {
         let (_tmp, root) = fixture();
-        let mut svc = FileService::new(Some(&root));
+        let mut svc = FileService::new(FsRoot::Dir(root.clone()));
         let m = svc
             .xstat(Some(Path::new("/etc/app.conf")), None, true)
             .unwrap();
@@ -778,7 +788,7 @@ mod tests {
     #[test]
     fn directories() {
         let (_tmp, root) = fixture();
-        let mut svc = FileService::new(Some(&root));
+        let mut svc = FileService::new(FsRoot::Dir(root.clone()));
         let dir = svc.open(Path::new("/etc"), RO).unwrap();
         let stream = svc.fdopendir(dir).unwrap();
         assert_ne!(stream, dir);
@@ -818,10 +828,10 @@ mod tests {
 
     #[test]
     fn off_and_missing_root_fail_cleanly() {
-        let mut off = FileService::new(None);
+        let mut off = FileService::new(FsRoot::Off);
         let e = off.open(Path::new("/etc/hosts"), RO).unwrap_err();
         assert!(matches!(e, FsError::Io(e) if e.raw_os_error() == Some(2)));
-        let missing = FileService::new(Some(Path::new("/definitely/not/here")));
+        let missing = FileService::new(FsRoot::Dir("/definitely/not/here".into()));
         assert!(missing.statfs(Path::new("/")).is_err());
     }
 }

@@ -15,6 +15,7 @@ pub mod listen;
 pub mod metrics;
 pub mod outgoing;
 pub mod session;
+pub mod target;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -26,10 +27,13 @@ use tracing::{error, info};
 pub use config::AgentArgs;
 pub use error::AgentError;
 
+use self::config::FsMode;
 use self::env::EnvSource;
+use self::files::FsRoot;
 use self::incoming::{Incoming, IncomingConfig};
 use self::metrics::Metrics;
 use self::session::AgentState;
+use self::target::Target;
 
 /// Worker threads: the agent is a small sidecar; two keep one slow session from stalling others.
 const WORKER_THREADS: usize = 2;
@@ -99,9 +103,20 @@ async fn serve_sessions(
     metrics: Arc<Metrics>,
     mut signals: Signals,
 ) -> Result<(), AgentError> {
+    // Shared by env=proc and fs=proc, so both follow the same process.
+    let target = Arc::new(Target::new(
+        args.target_pid,
+        args.target_match.clone().unwrap_or_default(),
+        "/proc".into(),
+    ));
+    let fs_root = match args.fs_mode {
+        FsMode::Volumes => FsRoot::Dir(args.target_root.clone()),
+        FsMode::Proc => FsRoot::Process(target.clone()),
+        FsMode::Off => FsRoot::Off,
+    };
     let state = Arc::new(AgentState::new(
-        EnvSource::new(args.env_mode, args.target_pid),
-        args.fs_root(),
+        EnvSource::new(args.env_mode, &target),
+        fs_root,
         Some(incoming),
         metrics.clone(),
     ));

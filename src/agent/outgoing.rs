@@ -9,7 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,7 +17,7 @@ use tokio::net::{TcpStream, UdpSocket, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::files;
+use super::files::FsRoot;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,14 +71,14 @@ pub struct Dialed {
 
 /// Connects to `target` from the agent's network namespace; unix paths are resolved inside
 /// `fs_root` (the target's filesystem), never outside it.
-pub async fn dial(kind: Kind, target: &Address, fs_root: Option<&Path>) -> io::Result<Dialed> {
+pub async fn dial(kind: Kind, target: &Address, fs_root: &FsRoot) -> io::Result<Dialed> {
     match tokio::time::timeout(CONNECT_TIMEOUT, dial_inner(kind, target, fs_root)).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
 }
 
-async fn dial_inner(kind: Kind, target: &Address, fs_root: Option<&Path>) -> io::Result<Dialed> {
+async fn dial_inner(kind: Kind, target: &Address, fs_root: &FsRoot) -> io::Result<Dialed> {
     match (kind, target) {
         (Kind::Stream, Address::Ip(addr)) => {
             let stream = TcpStream::connect(addr).await?;
@@ -106,8 +106,7 @@ async fn dial_inner(kind: Kind, target: &Address, fs_root: Option<&Path>) -> io:
             })
         }
         (Kind::Stream, Address::UnixPath(path)) => {
-            let root = fs_root.ok_or_else(|| io::Error::from_raw_os_error(2))?;
-            let fd = files::resolve_in_root(root, path, true)?;
+            let fd = fs_root.resolve(path, true)?;
             // The fd's /proc entry is the socket inode found inside the root.
             let stream = UnixStream::connect(format!("/proc/self/fd/{}", fd.as_raw_fd())).await?;
             let local = unix_address(&stream.local_addr()?.into());
@@ -360,7 +359,9 @@ mod tests {
         });
         let (tx, mut rx) = mpsc::channel(16);
         let mut out: Outgoing<Event> = Outgoing::new(tx);
-        let dialed = dial(Kind::Stream, &Address::Ip(addr), None).await.unwrap();
+        let dialed = dial(Kind::Stream, &Address::Ip(addr), &FsRoot::Off)
+            .await
+            .unwrap();
         let (id, peer, _local) = out.register(dialed);
         assert_eq!(id, 0);
         assert_eq!(peer, Address::Ip(addr));
@@ -382,7 +383,7 @@ mod tests {
         }
         assert_eq!(echoed, b"ping");
         server.await.unwrap();
-        let again = dial(Kind::Stream, &Address::Ip(addr), None).await;
+        let again = dial(Kind::Stream, &Address::Ip(addr), &FsRoot::Off).await;
         assert!(again.is_err(), "listener is gone");
         let refused = again.err().unwrap();
         assert_eq!(refused.raw_os_error(), Some(111));
@@ -402,7 +403,11 @@ mod tests {
         });
         let (tx, mut rx) = mpsc::channel(16);
         let mut out: Outgoing<Event> = Outgoing::new(tx);
-        let (id, ..) = out.register(dial(Kind::Stream, &Address::Ip(addr), None).await.unwrap());
+        let (id, ..) = out.register(
+            dial(Kind::Stream, &Address::Ip(addr), &FsRoot::Off)
+                .await
+                .unwrap(),
+        );
         assert_eq!(
             next(&mut rx).await,
             Event::Read {
@@ -437,7 +442,11 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let mut out: Outgoing<Event> = Outgoing::new(tx);
-        let (udp_id, ..) = out.register(dial(Kind::Udp, &Address::Ip(addr), None).await.unwrap());
+        let (udp_id, ..) = out.register(
+            dial(Kind::Udp, &Address::Ip(addr), &FsRoot::Off)
+                .await
+                .unwrap(),
+        );
         assert_eq!(udp_id, 0, "UDP has its own counter");
         out.write(Kind::Udp, udp_id, b"one".to_vec()).await;
         let mut buf = [0u8; 16];
@@ -467,7 +476,9 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let mut out: Outgoing<Event> = Outgoing::new(tx);
         let target = Address::UnixPath("/run/app.sock".into());
-        let dialed = dial(Kind::Stream, &target, Some(&root)).await.unwrap();
+        let dialed = dial(Kind::Stream, &target, &FsRoot::Dir(root.clone()))
+            .await
+            .unwrap();
         let (id, peer, _) = out.register(dialed);
         assert_eq!(peer, target);
         let (mut accepted, _) = listener.accept().await.unwrap();
@@ -481,9 +492,13 @@ mod tests {
             }
         );
         let escape = Address::UnixPath("/run/escape.sock".into());
-        assert!(dial(Kind::Stream, &escape, Some(&root)).await.is_err());
+        assert!(
+            dial(Kind::Stream, &escape, &FsRoot::Dir(root.clone()))
+                .await
+                .is_err()
+        );
         drop(outside);
-        let unnamed = dial(Kind::Udp, &Address::UnixUnnamed, None).await;
+        let unnamed = dial(Kind::Udp, &Address::UnixUnnamed, &FsRoot::Off).await;
         assert!(unnamed.is_err());
     }
 }

@@ -4,7 +4,6 @@
 //! Transports (`--listen` TCP, coordinator WebSocket) only turn bytes into `ClientMessage`s and
 //! `DaemonMessage`s into bytes; [`run`] is the same for both.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -17,7 +16,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::dns::{self, DnsFailure, Family};
 use super::env::{EnvSource, select_env};
 use super::error::AgentError;
-use super::files::FileService;
+use super::files::{FileService, FsRoot};
 use super::incoming::{Incoming, IncomingSession};
 use super::metrics::Metrics;
 use super::outgoing::{self, Address, Dialed, Event, Kind, Outgoing};
@@ -34,7 +33,7 @@ const DNS_CONCURRENCY: usize = 16;
 /// only in tests of the other features) and the process metrics.
 pub struct AgentState {
     pub env: EnvSource,
-    pub fs_root: Option<PathBuf>,
+    pub fs_root: FsRoot,
     pub incoming: Option<Arc<Incoming>>,
     pub metrics: Arc<Metrics>,
     next_session: AtomicU64,
@@ -43,7 +42,7 @@ pub struct AgentState {
 impl AgentState {
     pub fn new(
         env: EnvSource,
-        fs_root: Option<PathBuf>,
+        fs_root: FsRoot,
         incoming: Option<Arc<Incoming>>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -318,14 +317,13 @@ impl Session {
                 None
             }
             ClientMessage::GetEnvVarsRequest(request) => {
-                let response = match self.state.env.read() {
-                    Ok(env) => Ok(RemoteEnvVars(select_env(
+                let response = self.state.env.read().map(|env| {
+                    RemoteEnvVars(select_env(
                         &env,
                         &request.env_vars_filter,
                         &request.env_vars_select,
-                    ))),
-                    Err(e) => Err(ResponseError::from(e)),
-                };
+                    ))
+                });
                 self.reply(DaemonMessage::GetEnvVarsResponse(response))
                     .await
             }
@@ -420,7 +418,7 @@ impl Session {
                 let internal = self.internal_tx.clone();
                 let root = self.state.fs_root.clone();
                 self.helpers.push(tokio::spawn(async move {
-                    let result = outgoing::dial(kind, &address(addr), root.as_deref()).await;
+                    let result = outgoing::dial(kind, &address(addr), &root).await;
                     let _ = internal
                         .send(Internal::Connected {
                             kind,
@@ -525,11 +523,11 @@ fn socket_address(addr: Address) -> SocketAddress {
 async fn legacy_connector(
     kind: Kind,
     mut requests: mpsc::Receiver<Address>,
-    fs_root: Option<PathBuf>,
+    fs_root: FsRoot,
     internal: mpsc::Sender<Internal>,
 ) {
     while let Some(addr) = requests.recv().await {
-        let result = outgoing::dial(kind, &addr, fs_root.as_deref()).await;
+        let result = outgoing::dial(kind, &addr, &fs_root).await;
         let done = Internal::Connected {
             kind,
             uid: None,
@@ -542,12 +540,8 @@ async fn legacy_connector(
 }
 
 /// File requests of one session, in order, each on the blocking pool (file systems may stall).
-async fn file_worker(
-    fs_root: Option<PathBuf>,
-    mut requests: mpsc::Receiver<FileRequest>,
-    out: Outbound,
-) {
-    let mut service = Some(FileService::new(fs_root.as_deref()));
+async fn file_worker(fs_root: FsRoot, mut requests: mpsc::Receiver<FileRequest>, out: Outbound) {
+    let mut service = Some(FileService::new(fs_root));
     while let Some(request) = requests.recv().await {
         let Some(svc) = service.take() else { return };
         let joined = tokio::task::spawn_blocking(move || {
@@ -647,7 +641,7 @@ mod tests {
         std::fs::write(root.path().join("f"), b"data").unwrap();
         let state = Arc::new(AgentState::new(
             EnvSource::Off,
-            Some(root.path().to_owned()),
+            FsRoot::Dir(root.path().to_owned()),
             None,
             Arc::new(Metrics::new()),
         ));

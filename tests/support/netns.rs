@@ -5,12 +5,13 @@
 //! namespace through `PREROUTING` like traffic from another pod. Everything the harness created —
 //! namespaces, the processes it started, and any process still living in its namespaces — is
 //! removed on `Drop`, also when the test panics. Nothing outside the created namespaces is touched
-//! (the veth ends are created directly inside them).
+//! (the veth ends are created directly inside them). `with_caller_v6` adds IPv6 ULA addresses to the
+//! same link.
 #![allow(dead_code)] // Each test binary uses a different subset of the harness.
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -25,6 +26,10 @@ use std::{
 pub const POD_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// Address of the caller namespace on the veth link (the "other pod").
 pub const CALLER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// IPv6 (ULA) address of the main namespace on the veth link (`with_caller_v6`).
+pub const POD_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
+/// IPv6 (ULA) address of the caller namespace on the veth link (`with_caller_v6`).
+pub const CALLER_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -90,6 +95,29 @@ impl NetNs {
         ]);
         ip(&["-n", &ns.name, "link", "set", "vpod", "up"]);
         ip(&["-n", &caller, "link", "set", "vcaller", "up"]);
+        ns
+    }
+
+    /// Like `with_caller`, plus `POD_ADDR6` <-> `CALLER_ADDR6` (/64) on the same veth pair.
+    /// `nodad`: the addresses are usable at once instead of after duplicate address detection.
+    pub fn with_caller_v6(tag: &str) -> NetNs {
+        let ns = NetNs::with_caller(tag);
+        let caller = ns.caller.clone().expect("caller namespace");
+        for (name, dev, addr) in [
+            (ns.name.as_str(), "vpod", POD_ADDR6),
+            (caller.as_str(), "vcaller", CALLER_ADDR6),
+        ] {
+            ip(&[
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+        }
         ns
     }
 
@@ -205,11 +233,14 @@ impl NetNs {
 
     /// Lines of `iptables-save -t nat` mentioning `needle`, without the counters and comments.
     pub fn nat_rules_with(&self, needle: &str) -> Vec<String> {
-        self.iptables_save()
-            .lines()
-            .filter(|l| l.contains(needle) && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect()
+        rules_with(&self.iptables_save(), needle)
+    }
+
+    /// `nat_rules_with` for IPv6 (`ip6tables-save -t nat`).
+    pub fn nat6_rules_with(&self, needle: &str) -> Vec<String> {
+        let out = self.output("ip6tables-save", &["-t", "nat"]);
+        assert!(out.status.success(), "ip6tables-save failed");
+        rules_with(&String::from_utf8(out.stdout).expect("utf-8"), needle)
     }
 
     /// A real HTTP app in the pod namespace: python3's http.server on `port` serving `hello.txt`
@@ -250,6 +281,13 @@ impl NetNs {
             }
         })
     }
+}
+
+fn rules_with(save: &str, needle: &str) -> Vec<String> {
+    save.lines()
+        .filter(|l| l.contains(needle) && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 impl Drop for NetNs {

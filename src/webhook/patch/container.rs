@@ -9,6 +9,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::api::resource::Quantity as K8sQuantity,
 };
+use serde::Serialize;
 
 use super::{
     AGENT_CONTAINER_NAME, ContainerView, InjectorConfig, TARGET_ENV_PREFIX, TARGET_ROOT, TOKEN_DIR,
@@ -218,7 +219,55 @@ fn field(name: &str, path: &str) -> EnvVar {
 pub(crate) struct AgentInputs<'a> {
     pub knobs: &'a Knobs,
     pub target: &'a ContainerView,
+    /// The pod's other long-running containers (regular ones and native sidecars).
+    pub neighbours: &'a [&'a ContainerView],
     pub token_volume: &'a str,
+}
+
+/// What the agent matches in `/proc` to tell containers' main processes apart (the agent's
+/// `--target-match`, see `agent::target`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Fingerprint<'a> {
+    command: &'a [String],
+    args: &'a [String],
+    env_names: BTreeSet<&'a str>,
+}
+
+#[derive(Serialize)]
+struct TargetMatch<'a> {
+    target: Fingerprint<'a>,
+    others: Vec<Fingerprint<'a>>,
+}
+
+/// The target's fingerprint and its neighbours'. Env names that more than one container declares
+/// are left out: they cannot tell those containers apart.
+fn target_match(target: &ContainerView, neighbours: &[&ContainerView]) -> String {
+    fn names(c: &ContainerView) -> BTreeSet<&str> {
+        c.env.iter().flatten().map(|v| v.name.as_str()).collect()
+    }
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for name in std::iter::once(target)
+        .chain(neighbours.iter().copied())
+        .flat_map(names)
+    {
+        *count.entry(name).or_default() += 1;
+    }
+    fn fingerprint<'a>(c: &'a ContainerView, count: &BTreeMap<&str, usize>) -> Fingerprint<'a> {
+        Fingerprint {
+            command: c.command.as_deref().unwrap_or_default(),
+            args: c.args.as_deref().unwrap_or_default(),
+            env_names: names(c)
+                .into_iter()
+                .filter(|n| count.get(n) == Some(&1))
+                .collect(),
+        }
+    }
+    let matcher = TargetMatch {
+        target: fingerprint(target, &count),
+        others: neighbours.iter().map(|c| fingerprint(c, &count)).collect(),
+    };
+    serde_json::to_string(&matcher).unwrap_or_default()
 }
 
 pub(crate) fn agent_container(
@@ -229,6 +278,7 @@ pub(crate) fn agent_container(
     let AgentInputs {
         knobs,
         target,
+        neighbours,
         token_volume,
     } = *inputs;
 
@@ -265,6 +315,12 @@ pub(crate) fn agent_container(
         plain("MIRRORD_AGENT_GROUP_ID", cfg.agent_group_id.to_string()),
         plain("MIRRORD_AGENT_TOKEN_FILE", TOKEN_PATH),
     ]);
+    if knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc {
+        env.push(plain(
+            "MIRRORD_AGENT_TARGET_MATCH",
+            target_match(target, neighbours),
+        ));
+    }
     if knobs.fs == FsMode::Volumes {
         env.push(plain("MIRRORD_AGENT_TARGET_ROOT", TARGET_ROOT));
     }
@@ -487,6 +543,24 @@ mod tests {
         assert_eq!(
             copy_env_from(&target)[0].prefix.as_deref(),
             Some("MIRRORD_TARGET_ENV_")
+        );
+    }
+
+    #[test]
+    fn target_match_leaves_out_shared_env_names() {
+        let mut target = container("app");
+        target.command = Some(vec!["/app".to_owned()]);
+        target.env = Some(vec![plain("PORT", "1"), plain("LOG_LEVEL", "x")]);
+        let mut proxy = container("proxy");
+        proxy.args = Some(vec!["proxy".to_owned()]);
+        proxy.env = Some(vec![plain("LOG_LEVEL", "y"), plain("ENVOY_UID", "0")]);
+        assert_eq!(
+            target_match(&target, &[&proxy]),
+            r#"{"target":{"command":["/app"],"args":[],"envNames":["PORT"]},"others":[{"command":[],"args":["proxy"],"envNames":["ENVOY_UID"]}]}"#
+        );
+        assert_eq!(
+            target_match(&target, &[]),
+            r#"{"target":{"command":["/app"],"args":[],"envNames":["LOG_LEVEL","PORT"]},"others":[]}"#
         );
     }
 

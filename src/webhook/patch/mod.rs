@@ -12,6 +12,9 @@
 //!   other is moved to it (on a tie the limit wins).
 //! - Under an enforced Pod Security level other than `privileged`, modes needing a capability fall
 //!   back (redirect iptables -> off, env/fs proc -> spec/volumes) so the pod is not rejected.
+//! - env/fs proc: the agent gets `MIRRORD_AGENT_TARGET_MATCH`, fingerprints (command, args, env
+//!   names no other container declares) of the target and of the other long-running containers,
+//!   to find the target's process in the shared PID namespace.
 //! - The agent runs as uid 0 exactly when it adds a capability (non-root users do not get added
 //!   capabilities), otherwise as 65532 with `runAsNonRoot`.
 //! - env=spec copies follow the kubelet's expansion rules: a `$(NAME)` is rewritten to the prefixed
@@ -42,7 +45,7 @@ pub use knobs::{
 };
 pub use quantity::{Quantity, QuantityError};
 pub use view::{
-    ContainerView, MetadataView, Named, OsView, OwnerView, PodView, PortView, SpecView,
+    ContainerView, MetadataView, OsView, OwnerView, PodView, PortView, SpecView, VolumeView,
 };
 
 pub const AGENT_CONTAINER_NAME: &str = "mirrord-agent";
@@ -189,9 +192,8 @@ fn decide_inner(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> De
     let has_agent = spec
         .containers
         .iter()
-        .map(|c| &c.name)
-        .chain(spec.init_containers.iter().flatten().map(|c| &c.name))
-        .any(|name| name == AGENT_CONTAINER_NAME);
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == AGENT_CONTAINER_NAME);
     if has_agent || annotations.is_some_and(|a| a.contains_key(STATUS_ANNOTATION)) {
         return Decision::Skip(SkipReason::AlreadyInjected);
     }
@@ -238,6 +240,19 @@ fn decide_inner(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> De
         .find(|c| c.name == knobs.target_container)
         .unwrap_or(&spec.containers[0]);
 
+    // Containers that run next to the target: the other regular ones and native sidecars.
+    let neighbours: Vec<&ContainerView> = spec
+        .containers
+        .iter()
+        .filter(|c| c.name != target.name)
+        .chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always")),
+        )
+        .collect();
+
     let existing_volumes: BTreeSet<&str> = spec
         .volumes
         .iter()
@@ -249,6 +264,7 @@ fn decide_inner(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> De
         &container::AgentInputs {
             knobs: &knobs,
             target,
+            neighbours: &neighbours,
             token_volume: &token_volume,
         },
         cfg,

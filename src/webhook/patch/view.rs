@@ -47,9 +47,9 @@ pub struct OwnerView {
 pub struct SpecView {
     pub containers: Vec<ContainerView>,
     #[serde(default)]
-    pub init_containers: Option<Vec<Named>>,
+    pub init_containers: Option<Vec<ContainerView>>,
     #[serde(default)]
-    pub volumes: Option<Vec<Named>>,
+    pub volumes: Option<Vec<VolumeView>>,
     #[serde(default)]
     pub host_network: Option<bool>,
     #[serde(default, rename = "hostPID")]
@@ -60,11 +60,19 @@ pub struct SpecView {
     pub os: Option<OsView>,
 }
 
-/// A container of the pod: what the agent copies from its target (env, mounts, ports).
+/// A container of the pod: what the agent copies from its target (env, mounts, ports), and what
+/// tells containers' processes apart in proc modes (command, args, env names).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerView {
     pub name: String,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// `Always` on an init container makes it a native sidecar.
+    #[serde(default)]
+    pub restart_policy: Option<String>,
     #[serde(default)]
     pub env: Option<Vec<EnvVar>>,
     #[serde(default)]
@@ -81,9 +89,9 @@ pub struct PortView {
     pub container_port: i32,
 }
 
-/// An init container or a volume: only the name matters here.
+/// A volume: only the name matters here.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct Named {
+pub struct VolumeView {
     pub name: String,
 }
 
