@@ -10,6 +10,10 @@ use mirrord_operator::webhook::{
 };
 use serde_json::{Value, json};
 
+/// The operator binary's allocator: the review allocates enough for it to matter.
+#[global_allocator]
+static ALLOCATOR: mirrord_operator::allocator::ByRole = mirrord_operator::allocator::ByRole;
+
 fn config() -> InjectorConfig {
     InjectorConfig {
         agent_image: "ghcr.io/mirrord-operator/mirrord-operator:0.1.0".to_owned(),

@@ -27,6 +27,11 @@ use tokio_rustls::TlsConnector;
 
 const BARE_FLAG: &str = "--bare-server";
 
+/// The bare endpoint runs in this binary: it gets the operator binary's allocator, so the two
+/// servers differ only in the admission work.
+#[global_allocator]
+static ALLOCATOR: mirrord_operator::allocator::ByRole = mirrord_operator::allocator::ByRole;
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()

@@ -4,6 +4,7 @@
 //! modules without I/O so it can be tested with fixtures.
 
 pub mod agent;
+pub mod allocator;
 pub mod certs;
 pub mod cli;
 pub mod protocol;

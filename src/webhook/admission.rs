@@ -216,7 +216,17 @@ impl Reply {
     fn patch(&mut self, patch: &[u8]) {
         self.out
             .extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-        self.out.extend_from_slice(BASE64.encode(patch).as_bytes());
+        // Encoded in place: the reply is sized for it, so this is one pass and no copy.
+        let start = self.out.len();
+        self.out.resize(start + patch.len().div_ceil(3) * 4, 0);
+        match BASE64.encode_slice(patch, &mut self.out[start..]) {
+            Ok(written) => self.out.truncate(start + written),
+            // Only if the size above were wrong: take the allocating path instead.
+            Err(_) => {
+                self.out.truncate(start);
+                self.out.extend_from_slice(BASE64.encode(patch).as_bytes());
+            }
+        }
         self.out.push(b'"');
     }
 

@@ -244,7 +244,7 @@ fn decide_inner(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> De
     let neighbours: Vec<&ContainerView> = spec
         .containers
         .iter()
-        .filter(|c| c.name != target.name)
+        .filter(|c| !std::ptr::eq(*c, target))
         .chain(
             spec.init_containers
                 .iter()
@@ -434,8 +434,8 @@ impl Serialize for PatchOp {
 
 /// The patch as the JSON text the API server applies.
 pub fn to_json(patch: &[PatchOp]) -> Result<Vec<u8>, serde_json::Error> {
-    // About the size of the agent container with its env and mount copies.
-    let mut out = Vec::with_capacity(4096);
+    // Room for the agent container with a typical target's env and mount copies (about 6 KB).
+    let mut out = Vec::with_capacity(8192);
     serde_json::to_writer(&mut out, patch)?;
     Ok(out)
 }
