@@ -125,7 +125,9 @@ pub struct WebhookArgs {
     )]
     pub webhook_config_name: String,
 
-    /// Lifetime of a self-managed serving certificate; it is replaced after two thirds of it.
+    /// Lifetime of a self-managed serving certificate; it is replaced after two thirds of it. The CA
+    /// lives ten times as long and is rotated in stages: the next CA is published in caBundle from
+    /// half of the CA's life and signs from two thirds.
     #[arg(long, env = "MIRRORD_OPERATOR_CERT_VALIDITY", default_value = "8760h", value_parser = duration)]
     pub cert_validity: Duration,
 

@@ -225,7 +225,7 @@ async fn keep_self_managed(
                 if let Some(cert) = state.resolver.current() {
                     state.metrics.served(&cert);
                 }
-                if done.secret_written {
+                if done.reloaded {
                     state.metrics.tls_reloads.inc();
                 }
                 state
