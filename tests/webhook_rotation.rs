@@ -1,5 +1,6 @@
 //! Certificate rotation while a client keeps sending: files replaced on disk, and the self-managed
-//! rotation against a mocked API server that asserts the exact calls. Zero failed requests allowed.
+//! rotations (serving certificate, staged CA) against a mocked API server that asserts the exact
+//! calls. Zero failed requests allowed.
 
 #[path = "support/webhook_client.rs"]
 mod client;
@@ -7,7 +8,7 @@ mod client;
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -18,13 +19,13 @@ use client::TlsClient;
 use http::{Method, Request, Response};
 use kube::client::Body;
 use mirrord_operator::{
-    certs::{self, San},
+    certs::{self, PemPair, San},
     shutdown,
     tls::{self, CertResolver, files::CertFiles},
     webhook::{
         metrics::Metrics,
         namespaces::NamespaceCache,
-        self_managed::{SelfManaged, SelfManagedConfig},
+        self_managed::{Reconciled, SelfManaged, SelfManagedConfig},
         server::{self, WebhookState},
     },
 };
@@ -78,29 +79,64 @@ async fn serve(resolver: Arc<CertResolver>) -> Served {
     }
 }
 
-/// Sends requests back to back on fresh connections until `stop`; returns (serials seen in order, failures).
-fn keep_sending(
-    client: TlsClient,
-    addr: SocketAddr,
+/// A client sending requests back to back on fresh connections.
+struct Sending {
+    /// Serials of the certificates answered with, in order, each once.
+    serials: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>)> {
-    tokio::spawn(async move {
-        let (mut serials, mut failures) = (Vec::<String>::new(), Vec::new());
-        // Bounded even if the test forgets to stop it.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            match client.post(addr, "/mutate", sample_review()).await {
-                Ok(reply) if reply.status == 200 => {
-                    if serials.last() != Some(&reply.serial) {
-                        serials.push(reply.serial);
+    /// Resolves to the failed requests.
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+fn keep_sending(client: TlsClient, addr: SocketAddr) -> Sending {
+    let serials = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let (serials, stop) = (Arc::clone(&serials), Arc::clone(&stop));
+        async move {
+            let mut failures = Vec::new();
+            // Bounded even if the test forgets to stop it.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match client.post(addr, "/mutate", sample_review()).await {
+                    Ok(reply) if reply.status == 200 => {
+                        let mut serials = serials.lock().unwrap();
+                        if serials.last() != Some(&reply.serial) {
+                            serials.push(reply.serial);
+                        }
                     }
+                    Ok(reply) => failures.push(format!("status {}", reply.status)),
+                    Err(error) => failures.push(error),
                 }
-                Ok(reply) => failures.push(format!("status {}", reply.status)),
-                Err(error) => failures.push(error),
             }
+            failures
         }
+    });
+    Sending {
+        serials,
+        stop,
+        task,
+    }
+}
+
+impl Sending {
+    /// Waits (bounded) until a request was answered with the certificate `serial`.
+    async fn answered_with(&self, serial: &str) {
+        wait_for(
+            &format!("a reply with certificate {serial}"),
+            Duration::from_secs(20),
+            || self.serials.lock().unwrap().iter().any(|s| s == serial),
+        )
+        .await;
+    }
+
+    /// Stops the client; returns (serials answered with, failures).
+    async fn finish(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.task.await.unwrap();
+        let serials = self.serials.lock().unwrap().clone();
         (serials, failures)
-    })
+    }
 }
 
 async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
@@ -145,13 +181,11 @@ async fn files_mode_swaps_a_replaced_certificate_without_failing_a_request() {
     ));
     let served = serve(resolver.clone()).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
     let sender = keep_sending(
         TlsClient::trusting(ca.cert_pem.as_bytes(), "localhost"),
         served.addr,
-        stop.clone(),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sender.answered_with(&first_serial).await;
     // Like a cert-manager renewal: same CA, new key; the key lands first, so for a moment the pair
     // does not match and the old certificate must stay in service.
     let second = certs::issue_serving(&ca, &sans, now, Duration::from_secs(600)).unwrap();
@@ -167,9 +201,10 @@ async fn files_mode_swaps_a_replaced_certificate_without_failing_a_request() {
         resolver.current().unwrap().serial != first_serial
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (serials, failures) = sender.await.unwrap();
+    sender
+        .answered_with(&resolver.current().unwrap().serial)
+        .await;
+    let (serials, failures) = sender.finish().await;
     trigger.trigger();
     assert!(
         failures.is_empty(),
@@ -253,90 +288,127 @@ fn pem_field(secret: &Value, key: &str) -> String {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
+const SANS: [&str; 2] = ["mirrord-operator.mirrord.svc", "127.0.0.1"];
+
+fn sans() -> Vec<San> {
+    SANS.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+/// A manager talking to a scripted API server.
+fn self_managed(validity: Duration) -> (SelfManaged, ApiServer, Arc<CertResolver>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let mut api = ApiServer(handle);
     let resolver = Arc::new(CertResolver::default());
-    // Short enough that "two thirds later" is within the 5-minute back-dating of new certificates, so
-    // certificates issued at a simulated future time are already valid for the real-time client.
-    let validity = Duration::from_secs(6 * 60);
     let cfg = SelfManagedConfig {
         namespace: "mirrord".into(),
         secret_name: "mirrord-operator-tls".into(),
         webhook_config_name: "mirrord-operator".into(),
-        sans: vec![
-            San::Dns("mirrord-operator.mirrord.svc".into()),
-            San::Ip([127, 0, 0, 1].into()),
-        ],
+        sans: sans(),
         validity,
     };
     let manager = SelfManaged::new(client, cfg, resolver.clone());
+    (manager, ApiServer(handle), resolver)
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+}
+
+fn conflict() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409})
+}
+
+fn b64(text: &str) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text)
+}
+
+/// Checks a server-side apply of the caBundle: only `name` and `clientConfig.caBundle` of both entries,
+/// under our field manager, forced.
+async fn expect_ca_bundle_apply(request: Request<Body>, bundle_b64: &str) {
+    assert_eq!(
+        request.headers()["content-type"],
+        "application/apply-patch+yaml"
+    );
+    let query = request.uri().query().unwrap_or_default().to_string();
+    assert!(
+        query.contains("fieldManager=mirrord-operator") && query.contains("force=true"),
+        "{query}"
+    );
+    let applied = ApiServer::body(request).await;
+    assert_eq!(applied["webhooks"].as_array().unwrap().len(), 2);
+    for webhook in applied["webhooks"].as_array().unwrap() {
+        assert_eq!(webhook["clientConfig"]["caBundle"], bundle_b64);
+        assert_eq!(
+            webhook.as_object().unwrap().len(),
+            2,
+            "only name and clientConfig.caBundle are applied: {webhook}"
+        );
+        assert_eq!(webhook["clientConfig"].as_object().unwrap().len(), 1);
+    }
+}
+
+/// First start: no Secret → create one (owned by the configuration, so uninstalling removes it) and
+/// apply the caBundle. Returns the Secret as created (resourceVersion 1) and the caBundle (base64).
+async fn expect_first_start(api: &mut ApiServer) -> (Value, String) {
+    let (_, send) = api.expect(Method::GET, MWC_PATH).await;
+    ApiServer::respond(send, 200, webhook_configuration(None)).await;
+    let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
+    ApiServer::respond(send, 404, not_found()).await;
+    let (request, send) = api
+        .expect(Method::POST, "/api/v1/namespaces/mirrord/secrets")
+        .await;
+    let mut secret = ApiServer::body(request).await;
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let owner = &secret["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["uid"].as_str()),
+        (Some("MutatingWebhookConfiguration"), Some("mwc-uid"))
+    );
+    secret["metadata"]["resourceVersion"] = json!("1");
+    ApiServer::respond(send, 201, secret.clone()).await;
+    let (request, send) = api.expect(Method::PATCH, MWC_PATH).await;
+    let ca_b64 = b64(&pem_field(&secret, "ca.crt"));
+    expect_ca_bundle_apply(request, &ca_b64).await;
+    ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
+    (secret, ca_b64)
+}
+
+/// One pass; bounded, as a pass that makes a call the script does not answer would wait forever.
+async fn reconcile(manager: &SelfManaged, now: OffsetDateTime) -> Reconciled {
+    tokio::time::timeout(Duration::from_secs(30), manager.reconcile(now))
+        .await
+        .expect("the reconcile made a call the script did not answer")
+        .unwrap()
+}
+
+/// No call was left unanswered or unexpected.
+async fn expect_no_more_calls(api: &mut ApiServer) {
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), api.0.next_request())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
+    // Short enough that "two thirds later" is within the 5-minute back-dating of new certificates, so
+    // certificates issued at a simulated future time are already valid for the real-time client.
+    let (manager, mut api, resolver) = self_managed(Duration::from_secs(6 * 60));
     let t0 = OffsetDateTime::now_utc();
 
-    // 1. First start: no Secret → create one (owned by the configuration, so uninstalling removes it),
-    // serve it, apply the caBundle.
-    let script = async {
-        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(None)).await;
-        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})).await;
-        let (request, send) = api
-            .expect(Method::POST, "/api/v1/namespaces/mirrord/secrets")
-            .await;
-        let mut secret = ApiServer::body(request).await;
-        assert_eq!(secret["type"], "kubernetes.io/tls");
-        let owner = &secret["metadata"]["ownerReferences"][0];
-        assert_eq!(
-            (owner["kind"].as_str(), owner["uid"].as_str()),
-            (Some("MutatingWebhookConfiguration"), Some("mwc-uid"))
-        );
-        secret["metadata"]["resourceVersion"] = json!("1");
-        ApiServer::respond(send, 201, secret.clone()).await;
-        let (request, send) = api.expect(Method::PATCH, MWC_PATH).await;
-        assert_eq!(
-            request.headers()["content-type"],
-            "application/apply-patch+yaml"
-        );
-        let query = request.uri().query().unwrap_or_default().to_string();
-        assert!(
-            query.contains("fieldManager=mirrord-operator") && query.contains("force=true"),
-            "{query}"
-        );
-        let applied = ApiServer::body(request).await;
-        let ca_b64 = base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            pem_field(&secret, "ca.crt"),
-        );
-        assert_eq!(applied["webhooks"].as_array().unwrap().len(), 2);
-        for webhook in applied["webhooks"].as_array().unwrap() {
-            assert_eq!(webhook["clientConfig"]["caBundle"], ca_b64);
-            assert_eq!(
-                webhook.as_object().unwrap().len(),
-                2,
-                "only name and clientConfig.caBundle are applied: {webhook}"
-            );
-            assert_eq!(webhook["clientConfig"].as_object().unwrap().len(), 1);
-        }
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
-        (secret, ca_b64)
-    };
-    let (first, (secret, ca_b64)) = tokio::join!(manager.reconcile(t0), script);
-    let first = first.unwrap();
+    // 1. First start: create the Secret, serve it, apply the caBundle.
+    let (first, (secret, ca_b64)) =
+        tokio::join!(reconcile(&manager, t0), expect_first_start(&mut api));
     assert!(first.secret_written && first.ca_bundle_synced && first.ca_bundle_patched);
+    assert!(!first.reloaded, "the first certificate replaces none");
     assert_eq!(resolver.current().unwrap().serial, first.serial);
 
     // Serve that certificate and keep a client (trusting only the CA) busy through the rotation.
     let served = serve(resolver.clone()).await;
     let ca_pem = pem_field(&secret, "ca.crt");
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = keep_sending(
-        TlsClient::trusting(ca_pem.as_bytes(), "mirrord-operator.mirrord.svc"),
-        served.addr,
-        stop.clone(),
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sender = keep_sending(TlsClient::trusting(ca_pem.as_bytes(), SANS[0]), served.addr);
+    sender.answered_with(&first.serial).await;
 
     // 2. Later, within its first two thirds of life: nothing to do, nothing written.
     let script = async {
@@ -345,9 +417,9 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
         ApiServer::respond(send, 200, secret.clone()).await;
     };
-    let (quiet, ()) = tokio::join!(manager.reconcile(t0 + time::Duration::minutes(2)), script);
-    let quiet = quiet.unwrap();
+    let (quiet, ()) = tokio::join!(reconcile(&manager, t0 + time::Duration::minutes(2)), script);
     assert!(!quiet.secret_written && !quiet.ca_bundle_patched && quiet.ca_bundle_synced);
+    assert!(!quiet.reloaded);
 
     // 3. Past two thirds: a new serving certificate from the same CA, written with the resourceVersion
     // read (optimistic concurrency); the first attempt loses a race to another replica.
@@ -361,7 +433,7 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
             ApiServer::body(request).await["metadata"]["resourceVersion"],
             "1"
         );
-        ApiServer::respond(send, 409, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409})).await;
+        ApiServer::respond(send, 409, conflict()).await;
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
         ApiServer::respond(send, 200, secret.clone()).await;
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
@@ -375,29 +447,196 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
         rotated["metadata"]["resourceVersion"] = json!("2");
         ApiServer::respond(send, 200, rotated).await;
     };
-    let (rotated, ()) = tokio::join!(manager.reconcile(t0 + time::Duration::seconds(270)), script);
-    let rotated = rotated.unwrap();
-    assert!(rotated.secret_written && !rotated.ca_bundle_patched);
+    let (rotated, ()) = tokio::join!(
+        reconcile(&manager, t0 + time::Duration::seconds(270)),
+        script
+    );
+    assert!(rotated.secret_written && rotated.reloaded && !rotated.ca_bundle_patched);
     assert_ne!(rotated.serial, first.serial);
-    let new_serial = rotated.serial.clone();
-    wait_for(
-        "the client to see the rotated certificate",
-        Duration::from_secs(10),
-        || resolver.current().is_some_and(|c| c.serial == new_serial),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (serials, failures) = sender.await.unwrap();
+    assert_eq!(resolver.current().unwrap().serial, rotated.serial);
+    sender.answered_with(&rotated.serial).await;
+    let (serials, failures) = sender.finish().await;
     assert!(
         failures.is_empty(),
         "failed requests during rotation: {failures:?}"
     );
     assert_eq!(serials, vec![first.serial.clone(), rotated.serial.clone()]);
-    // No call was left unanswered or unexpected.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), api.0.next_request())
-            .await
-            .is_err()
+    expect_no_more_calls(&mut api).await;
+}
+
+fn x509_of(pem: &str) -> x509_parser::pem::Pem {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1
+}
+
+fn serial_of(cert_pem: &str) -> String {
+    x509_of(cert_pem)
+        .parse_x509()
+        .unwrap()
+        .raw_serial_as_string()
+}
+
+fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let (cert, ca) = (x509_of(cert_pem), x509_of(ca_pem));
+    let ca = ca.parse_x509().unwrap();
+    let cert = cert.parse_x509().unwrap();
+    cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
+fn set_pem(secret: &mut Value, key: &str, pem: &str) {
+    secret["data"][key] = json!(b64(pem));
+}
+
+/// The staged CA rotation against the scripted API server: the next CA is published (current + next)
+/// while the current one keeps signing; it is promoted only once the configuration holds it, and the
+/// old CA stays trusted. A client that trusts only the caBundle published before the promotion — all
+/// the API server knows — keeps sending through it without one failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_managed_stages_the_next_ca_before_promoting_it() {
+    // The CA lives ten serving lifetimes, 300 s: its next CA is staged from 150 s and promoted from 200 s.
+    // Certificates are back-dated 5 minutes, so those issued at these simulated times are already
+    // valid for the real-time client.
+    let validity = Duration::from_secs(30);
+    let (manager, mut api, resolver) = self_managed(validity);
+    let t0 = OffsetDateTime::now_utc();
+    let at = |seconds| t0 + time::Duration::seconds(seconds);
+
+    let (first, (secret, ca_b64)) =
+        tokio::join!(reconcile(&manager, t0), expect_first_start(&mut api));
+    let ca = PemPair {
+        cert_pem: pem_field(&secret, "ca.crt"),
+        key_pem: pem_field(&secret, "ca.key"),
+    };
+
+    // 1. Past half: stage. Our write loses the race to another replica that staged its own next CA;
+    // we take theirs as it is and publish the current CA plus their next one.
+    let their_next = certs::generate_ca("their next CA", at(155), validity * 10).unwrap();
+    let their_serving = certs::issue_serving(&ca, &sans(), at(155), validity).unwrap();
+    let mut theirs = secret.clone();
+    set_pem(&mut theirs, "ca-next.crt", &their_next.cert_pem);
+    set_pem(&mut theirs, "ca-next.key", &their_next.key_pem);
+    set_pem(&mut theirs, "tls.crt", &their_serving.cert_pem);
+    set_pem(&mut theirs, "tls.key", &their_serving.key_pem);
+    theirs["metadata"]["resourceVersion"] = json!("2");
+    let staged_bundle = format!("{}{}", ca.cert_pem, their_next.cert_pem);
+    let staged_b64 = b64(&staged_bundle);
+    let script = async {
+        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
+        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
+        ApiServer::respond(send, 200, secret.clone()).await;
+        let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
+        let ours = ApiServer::body(request).await;
+        assert_eq!(ours["metadata"]["resourceVersion"], "1");
+        assert_eq!(
+            pem_field(&ours, "ca.crt"),
+            ca.cert_pem,
+            "the current CA is kept"
+        );
+        let our_next = pem_field(&ours, "ca-next.crt");
+        assert_ne!(our_next, ca.cert_pem);
+        assert!(x509_of(&our_next).parse_x509().unwrap().is_ca());
+        assert!(pem_field(&ours, "ca-next.key").contains("PRIVATE KEY"));
+        assert!(
+            signed_by(&pem_field(&ours, "tls.crt"), &ca.cert_pem),
+            "the current CA still signs"
+        );
+        assert!(ours["data"].get("ca-previous.crt").is_none());
+        ApiServer::respond(send, 409, conflict()).await;
+        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
+        ApiServer::respond(send, 200, theirs.clone()).await;
+        let (request, send) = api.expect(Method::PATCH, MWC_PATH).await;
+        expect_ca_bundle_apply(request, &staged_b64).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64))).await;
+    };
+    let (staged, ()) = tokio::join!(reconcile(&manager, at(160)), script);
+    assert!(!staged.secret_written && staged.ca_bundle_patched && staged.ca_bundle_synced);
+    assert_eq!(staged.trust_bundle, staged_bundle, "current + next");
+    assert_eq!(staged.serial, serial_of(&their_serving.cert_pem));
+    assert!(staged.reloaded && staged.serial != first.serial);
+
+    // What the API server holds from now on is all the client trusts.
+    let served = serve(resolver.clone()).await;
+    let sender = keep_sending(
+        TlsClient::trusting(staged_bundle.as_bytes(), SANS[0]),
+        served.addr,
     );
+    sender.answered_with(&staged.serial).await;
+
+    // 2. Past two thirds, but the configuration read back lacks the next CA (say, a replica of an older
+    // version applied its own bundle mid-upgrade): no promotion. The serving certificate, due, is
+    // renewed from the current CA, and current + next applied again.
+    let script = async {
+        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
+        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
+        ApiServer::respond(send, 200, theirs.clone()).await;
+        let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
+        let mut kept = ApiServer::body(request).await;
+        assert_eq!(kept["metadata"]["resourceVersion"], "2");
+        assert_eq!(pem_field(&kept, "ca.crt"), ca.cert_pem);
+        assert_eq!(pem_field(&kept, "ca-next.crt"), their_next.cert_pem);
+        assert_eq!(pem_field(&kept, "ca-next.key"), their_next.key_pem);
+        assert!(signed_by(&pem_field(&kept, "tls.crt"), &ca.cert_pem));
+        kept["metadata"]["resourceVersion"] = json!("3");
+        ApiServer::respond(send, 200, kept.clone()).await;
+        let (request, send) = api.expect(Method::PATCH, MWC_PATH).await;
+        expect_ca_bundle_apply(request, &staged_b64).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64))).await;
+        kept
+    };
+    let (held_back, kept) = tokio::join!(reconcile(&manager, at(205)), script);
+    assert!(held_back.secret_written && held_back.reloaded && held_back.ca_bundle_patched);
+    assert_eq!(held_back.serial, serial_of(&pem_field(&kept, "tls.crt")));
+    sender.answered_with(&held_back.serial).await;
+
+    // 3. The configuration holds the next CA: promotion. The bundle is already right, so nothing is
+    // applied; the old CA stays in it.
+    let script = async {
+        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64))).await;
+        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
+        ApiServer::respond(send, 200, kept.clone()).await;
+        let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
+        let mut promoted = ApiServer::body(request).await;
+        assert_eq!(promoted["metadata"]["resourceVersion"], "3");
+        assert_eq!(pem_field(&promoted, "ca.crt"), their_next.cert_pem);
+        assert_eq!(pem_field(&promoted, "ca.key"), their_next.key_pem);
+        assert_eq!(pem_field(&promoted, "ca-previous.crt"), ca.cert_pem);
+        let data = promoted["data"].as_object().unwrap();
+        assert!(!data.contains_key("ca-next.crt") && !data.contains_key("ca-next.key"));
+        let tls = pem_field(&promoted, "tls.crt");
+        assert!(signed_by(&tls, &their_next.cert_pem) && !signed_by(&tls, &ca.cert_pem));
+        promoted["metadata"]["resourceVersion"] = json!("4");
+        ApiServer::respond(send, 200, promoted).await;
+        tls
+    };
+    let (promoted, promoted_tls) = tokio::join!(reconcile(&manager, at(210)), script);
+    assert!(promoted.secret_written && promoted.reloaded);
+    assert!(promoted.ca_bundle_synced && !promoted.ca_bundle_patched);
+    assert_eq!(
+        promoted.trust_bundle, staged_bundle,
+        "the old CA is still trusted"
+    );
+    assert_eq!(promoted.serial, serial_of(&promoted_tls));
+    assert_eq!(resolver.current().unwrap().serial, promoted.serial);
+    sender.answered_with(&promoted.serial).await;
+    let (serials, failures) = sender.finish().await;
+    assert!(
+        failures.is_empty(),
+        "failed requests across the CA rotation: {failures:?}"
+    );
+    assert_eq!(serials, [staged.serial, held_back.serial, promoted.serial]);
+
+    // The served certificate now chains to the new CA only.
+    let new_ca_only = TlsClient::trusting(their_next.cert_pem.as_bytes(), SANS[0]);
+    let reply = new_ca_only
+        .post(served.addr, "/mutate", sample_review())
+        .await;
+    assert_eq!(reply.map(|r| r.status), Ok(200));
+    let old_ca_only = TlsClient::trusting(ca.cert_pem.as_bytes(), SANS[0]);
+    let refused = old_ca_only
+        .post(served.addr, "/mutate", sample_review())
+        .await;
+    assert!(refused.is_err_and(|e| e.starts_with("TLS")));
+    expect_no_more_calls(&mut api).await;
 }

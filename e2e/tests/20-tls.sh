@@ -80,6 +80,74 @@ test_certificate_rotation() {
   ((reloads >= 1)) || fail "mirrord_operator_tls_reloads_total is $reloads after a rotation"
 }
 
+# The CA is rotated in stages while pods keep being created with failurePolicy=Fail: the next CA is in
+# caBundle before it signs anything, so the apiserver trusts the webhook throughout and no pod is rejected.
+# A 12 s certificate makes a 120 s CA: the next one is staged after 60 s and promoted after 80 s.
+test_ca_rotation_is_staged() {
+  local ns ca0 next started n=0
+  defer e2e_restore_base
+  op_webhook_stop
+  k -n "$OP_NS" delete secret "$OP_TLS_SECRET" --ignore-not-found >/dev/null
+  op_helm upgrade "${OP_BASE_VALUES[@]}" --set tls.certValidity=12s --set tls.checkInterval=1s \
+    --set webhook.failurePolicy=Fail
+  started=$SECONDS
+  ca0="$(_secret_pem ca.crt)"
+  [[ "$ca0" == *"BEGIN CERTIFICATE"* ]] || fail "no CA in Secret $OP_TLS_SECRET after start"
+  new_ns ns carotate "$INJECT_LABEL=enabled"
+  # One pod, quietly: dozens are created.
+  _inject_one() {
+    local out
+    n=$((n + 1))
+    out="$(create_pod "$ns" "p$n")" || fail "pod p$n was rejected: $out"
+    out="$(pod_injection "$ns" "p$n")" || fail "pod p$n is not injected: $out"
+  }
+  until next="$(_secret_pem ca-next.crt)" && [[ -n "$next" ]]; do
+    ((SECONDS - started < 180)) || fail "no next CA staged within 180s"
+    _inject_one
+  done
+  log "next CA staged after $((SECONDS - started))s ($n pods so far)"
+  [[ "$(_secret_pem ca.crt)" == "$ca0" ]] || fail "the CA changed when the next one was staged"
+  wait_for "caBundle to hold the current and the next CA" 30 _ca_bundle_has "$ca0" "$next"
+  [[ "$E2E_MODE" == local ]] && { _served_verifies "$ca0" || fail "while staged, the served certificate is not from the current CA"; }
+  until [[ "$(_secret_pem ca.crt)" == "$next" ]]; do
+    ((SECONDS - started < 300)) || fail "the next CA was not promoted within 300s"
+    _inject_one
+  done
+  log "next CA promoted after $((SECONDS - started))s ($n pods so far)"
+  [[ "$(_secret_pem ca-previous.crt)" == "$ca0" ]] || fail "the old CA is not kept as ca-previous.crt"
+  [[ -z "$(_secret_pem ca-next.crt)" ]] || fail "a next CA is still staged right after the promotion"
+  _ca_bundle_has "$ca0" "$next" || fail "caBundle no longer holds both CAs after the promotion"
+  if [[ "$E2E_MODE" == local ]]; then
+    wait_for "the served certificate to come from the new CA" 30 _served_verifies "$next"
+    ! _served_verifies "$ca0" || fail "the served certificate still verifies against the old CA alone"
+  fi
+  local i
+  for i in 1 2 3; do _inject_one; done
+  log "ok: $n pods created and injected across the CA rotation"
+}
+
+# PEM of the Secret's KEY (empty when absent).
+_secret_pem() {
+  local key="${1//./\\.}"
+  k -n "$OP_NS" get secret "$OP_TLS_SECRET" -o jsonpath="{.data.$key}" | base64 -d
+}
+
+# _ca_bundle_has PEM...: both entries of the caBundle contain every PEM.
+_ca_bundle_has() {
+  local i bundle pem
+  for i in 0 1; do
+    bundle="$(_ca_bundle "$i")"
+    for pem in "$@"; do [[ "$bundle" == *"$pem"* ]] || { echo "entry $i lacks a CA"; return 1; }; done
+  done
+}
+
+# _served_verifies PEM: the certificate the host webhook serves verifies against PEM alone (local mode).
+_served_verifies() {
+  printf '%s\n' "$1" >"$E2E_DIR/only-ca.pem"
+  openssl s_client -connect "127.0.0.1:$WH_PORT" -CAfile "$E2E_DIR/only-ca.pem" -verify_return_error \
+    -verify_ip 127.0.0.1 </dev/null >"$E2E_DIR/s_client.log" 2>&1
+}
+
 # _changed CMD... OLD: succeeds once CMD prints something non-empty other than OLD.
 _changed() {
   local old="${*: -1}" now
