@@ -1,9 +1,9 @@
 //! Per-pod knobs: typed values, operator-wide defaults, and resolution
 //! (pod annotation, then namespace annotation, then the operator default).
 
-use std::{collections::BTreeMap, fmt, str::FromStr};
+use std::{borrow::Cow, collections::BTreeMap, fmt, str::FromStr};
 
-use super::{KNOB_PREFIX, quantity::Quantity};
+use super::quantity::Quantity;
 
 /// Error for a string that is not one of an enum's spellings; `expected` lists them for the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -176,8 +176,27 @@ impl Knob {
         }
     }
 
-    pub fn annotation(self) -> String {
-        format!("{KNOB_PREFIX}{}", self.name())
+    /// The annotation key (`agent.mirrord.metalbear.co/<name>`), looked up for every knob of every
+    /// admitted pod: a constant rather than a string built per request.
+    pub fn annotation(self) -> &'static str {
+        macro_rules! key {
+            ($name:literal) => {
+                concat!("agent.mirrord.metalbear.co/", $name)
+            };
+        }
+        match self {
+            Knob::Image => key!("image"),
+            Knob::CpuRequest => key!("cpu-request"),
+            Knob::CpuLimit => key!("cpu-limit"),
+            Knob::MemoryRequest => key!("memory-request"),
+            Knob::MemoryLimit => key!("memory-limit"),
+            Knob::LogLevel => key!("log-level"),
+            Knob::NativeSidecar => key!("native-sidecar"),
+            Knob::Redirect => key!("redirect"),
+            Knob::Env => key!("env"),
+            Knob::Fs => key!("fs"),
+            Knob::TargetContainer => key!("target-container"),
+        }
     }
 }
 
@@ -345,24 +364,28 @@ pub(crate) struct Knobs {
 
 impl Knobs {
     /// The effective values, keyed by knob name, for the status annotation (an absent limit is omitted).
-    pub fn as_map(&self) -> BTreeMap<&'static str, String> {
+    pub fn as_map<'a>(&'a self) -> BTreeMap<&'static str, Cow<'a, str>> {
         let mut map = BTreeMap::new();
-        let mut put = |knob: Knob, value: String| map.insert(knob.name(), value);
-        put(Knob::Image, self.image.clone());
-        put(Knob::CpuRequest, self.cpu_request.to_string());
+        let mut put = |knob: Knob, value: Cow<'a, str>| map.insert(knob.name(), value);
+        put(Knob::Image, Cow::Borrowed(&self.image));
+        put(Knob::CpuRequest, Cow::Owned(self.cpu_request.to_string()));
         if let Some(limit) = &self.cpu_limit {
-            put(Knob::CpuLimit, limit.to_string());
+            put(Knob::CpuLimit, Cow::Owned(limit.to_string()));
         }
-        put(Knob::MemoryRequest, self.memory_request.to_string());
+        put(
+            Knob::MemoryRequest,
+            Cow::Owned(self.memory_request.to_string()),
+        );
         if let Some(limit) = &self.memory_limit {
-            put(Knob::MemoryLimit, limit.to_string());
+            put(Knob::MemoryLimit, Cow::Owned(limit.to_string()));
         }
-        put(Knob::LogLevel, self.log_level.to_string());
-        put(Knob::NativeSidecar, self.native_sidecar.to_string());
-        put(Knob::Redirect, self.redirect.to_string());
-        put(Knob::Env, self.env.to_string());
-        put(Knob::Fs, self.fs.to_string());
-        put(Knob::TargetContainer, self.target_container.clone());
+        put(Knob::LogLevel, Cow::Borrowed(self.log_level.as_str()));
+        let native = if self.native_sidecar { "true" } else { "false" };
+        put(Knob::NativeSidecar, Cow::Borrowed(native));
+        put(Knob::Redirect, Cow::Borrowed(self.redirect.as_str()));
+        put(Knob::Env, Cow::Borrowed(self.env.as_str()));
+        put(Knob::Fs, Cow::Borrowed(self.fs.as_str()));
+        put(Knob::TargetContainer, Cow::Borrowed(&self.target_container));
         map
     }
 }
@@ -399,7 +422,7 @@ impl Annotations<'_> {
         let mut rejected = Vec::new();
         let mut chosen = None;
         for (source, map) in [(Source::Pod, self.pod), (Source::Namespace, self.namespace)] {
-            let Some(raw) = map.and_then(|m| m.get(&key)) else {
+            let Some(raw) = map.and_then(|m| m.get(key)) else {
                 continue;
             };
             match parse(raw) {
@@ -642,6 +665,7 @@ fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook::patch::KNOB_PREFIX;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -723,7 +747,7 @@ mod tests {
         let map = k.as_map();
         for knob in Knob::ALL {
             assert!(map.contains_key(knob.name()), "{}", knob.name());
-            assert!(knob.annotation().starts_with(KNOB_PREFIX));
+            assert_eq!(knob.annotation(), format!("{KNOB_PREFIX}{}", knob.name()));
         }
         assert_eq!(map.len(), Knob::ALL.len());
     }

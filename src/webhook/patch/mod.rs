@@ -152,7 +152,7 @@ struct Status<'a> {
     containers: Vec<&'a str>,
     init_containers: Vec<&'a str>,
     volumes: Vec<&'a str>,
-    knobs: BTreeMap<&'static str, String>,
+    knobs: BTreeMap<&'static str, std::borrow::Cow<'a, str>>,
 }
 
 /// Decides whether to inject the agent into `pod` and, if so, builds the patch.
