@@ -157,6 +157,23 @@ impl Server {
     }
 }
 
+/// User + system CPU time a process has used so far (`/proc/<pid>/stat`, clock-tick resolution).
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th overall.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields[11..13]
+        .iter()
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Duration::from_secs_f64(ticks as f64 / per_second)
+}
+
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -379,6 +396,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut throughput = Vec::new();
+    let mut cpu = Vec::new();
     for (server, idle) in servers.iter().zip(&idle) {
         runtime.block_on(async {
             // Warm-up: connections, caches, allocator.
@@ -390,6 +408,8 @@ fn main() {
                 None,
             )
             .await;
+            let server_pid = server.child.id().to_string();
+            let cpu_before = (cpu_time(&server_pid), cpu_time("self"));
             let closed = load(
                 &client,
                 server.addr,
@@ -398,6 +418,14 @@ fn main() {
                 None,
             )
             .await;
+            let per_request = |before: Duration, after: Duration| {
+                (after - before).as_secs_f64() * 1e6 / closed.requests.max(1) as f64
+            };
+            cpu.push((
+                server.name,
+                per_request(cpu_before.0, cpu_time(&server_pid)),
+                per_request(cpu_before.1, cpu_time("self")),
+            ));
             let open = load(
                 &client,
                 server.addr,
@@ -437,4 +465,11 @@ fn main() {
         "\nwebhook / bare throughput ratio: {:.2}",
         throughput[0] / throughput[1]
     );
+    // CPU per request in the closed-loop phase: the ratio above is bounded by the cores the load
+    // generator shares with the server, this is what each side spends.
+    println!("\n| server | server CPU µs/request | load generator CPU µs/request |");
+    println!("|---|---|---|");
+    for (name, server, client) in cpu {
+        println!("| {name} | {server:.1} | {client:.1} |");
+    }
 }
