@@ -8,7 +8,10 @@ use std::{
     convert::Infallible,
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -30,7 +33,10 @@ use mirrord_operator::{
     },
 };
 use netns::{CALLER_ADDR, CALLER_ADDR6, NetNs, POD_ADDR, POD_ADDR6};
-use tokio::sync::mpsc;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -815,6 +821,267 @@ fn unfiltered_steal_whole_tcp_keepalive_chunked_h2c_and_upgrade() {
                 "app POST /h2pass x",
                 "h2c passed through to the app"
             );
+            incoming.shutdown().await;
+        })
+    });
+}
+
+const RAW_HTTP: u16 = 8082;
+const NOBODY: u16 = 8099;
+const CHUNKED_ANSWER: &[u8] =
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n";
+const SWITCH_ANSWER: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\r\n";
+const INTERIM_ANSWER: &[u8] =
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// An HTTP/1.1 app on raw sockets on `RAW_HTTP`, so the test knows every byte it sends: `/echo`
+/// answers with the exact bytes of the request, `/chunked` and `/interim` with the answers above,
+/// `/close` with a body delimited by closing the connection, `/switch` with a `101` nobody asked
+/// for and then echoes raw bytes, HEAD with a head only. Returns the number of connections it
+/// accepted.
+async fn start_raw_http_app() -> Arc<AtomicUsize> {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", RAW_HTTP))
+        .await
+        .unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((request, method, path)) = read_request(&mut stream, &mut buf).await
+                {
+                    let answer = match (method.as_str(), path.as_str()) {
+                        ("HEAD", _) => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
+                        (_, "/chunked") => CHUNKED_ANSWER.to_vec(),
+                        (_, "/interim") => INTERIM_ANSWER.to_vec(),
+                        (_, "/close") => b"HTTP/1.1 200 OK\r\n\r\nuntil close".to_vec(),
+                        (_, "/switch") => SWITCH_ANSWER.to_vec(),
+                        _ => echo_answer(&request),
+                    };
+                    if stream.write_all(&answer).await.is_err() || path == "/close" {
+                        return;
+                    }
+                    if path == "/switch" {
+                        let _ = stream.write_all(&buf).await;
+                        let (mut r, mut w) = stream.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    accepted
+}
+
+/// One whole request (head and Content-Length or chunked body) from `stream`: its bytes, method
+/// and path. `None` when the connection ends.
+async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(Vec<u8>, String, String)> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = req.parse(buf) {
+            let header = |name: &str| {
+                req.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let end = if header("transfer-encoding").is_some() {
+                buf[head..]
+                    .windows(5)
+                    .position(|w| w == b"0\r\n\r\n")
+                    .map(|at| head + at + 5)
+            } else {
+                let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
+                (buf.len() >= head + length).then_some(head + length)
+            };
+            let (method, path) = (req.method?.to_owned(), req.path?.to_owned());
+            if let Some(end) = end {
+                return Some((buf.drain(..end).collect(), method, path));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+fn echo_answer(request: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+        request.len()
+    );
+    [head.as_bytes(), request].concat()
+}
+
+/// A connection from the caller namespace to `port` on the pod.
+fn connect_from(caller: &str, port: u16) -> tokio::net::TcpStream {
+    let stream = NetNs::run_in_named(caller, || {
+        std::net::TcpStream::connect((POD_ADDR, port)).unwrap()
+    });
+    stream.set_nonblocking(true).unwrap();
+    tokio::net::TcpStream::from_std(stream).unwrap()
+}
+
+/// Reads exactly `expected.len()` bytes and compares them with `expected`.
+async fn expect_bytes(stream: &mut tokio::net::TcpStream, expected: &[u8]) {
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut got))
+        .await
+        .expect("the answer within the time limit")
+        .expect("the answer");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expected)
+    );
+}
+
+/// Reads one answer (Content-Length or chunked body without trailers): head text and body.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+            let text = String::from_utf8_lossy(&buf[..head]).into_owned();
+            let header = |name: &str| {
+                resp.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            if header("transfer-encoding").is_some() {
+                if buf.ends_with(b"0\r\n\r\n") {
+                    let mut body = Vec::new();
+                    let mut rest = &buf[head..];
+                    loop {
+                        let line = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+                        let size =
+                            usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap(), 16)
+                                .unwrap();
+                        if size == 0 {
+                            return (text, body);
+                        }
+                        body.extend_from_slice(&rest[line + 2..line + 2 + size]);
+                        rest = &rest[line + 4 + size..];
+                    }
+                }
+            } else {
+                let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
+                if buf.len() >= head + length {
+                    assert_eq!(buf.len(), head + length, "nothing after the answer");
+                    return (text, buf[head..].to_vec());
+                }
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("the answer within the time limit")
+            .expect("the answer");
+        assert!(n > 0, "connection closed mid-answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn unmatched_http1_is_relayed_byte_for_byte_and_later_requests_are_still_matched() {
+    let ns = NetNs::with_caller("relay");
+    let caller = ns.caller_name().unwrap().to_owned();
+    ns.run_in(|| {
+        mt_rt().block_on(async {
+            let accepted = start_raw_http_app().await;
+            let incoming = Incoming::start(cfg("RELAY")).await.unwrap();
+            let mut alice = Client::new(&incoming);
+            for port in [RAW_HTTP, NOBODY] {
+                let filter = StealType::FilteredHttpEx(port, header_filter("^x-user: alice$"));
+                assert_eq!(alice.steal(filter).await, Ok(port));
+            }
+            let mut peer = connect_from(&caller, RAW_HTTP);
+
+            // Two pipelined requests in one write, the second with a chunked body: the app gets
+            // their exact bytes (header-name case included), the peer gets the app's exact bytes.
+            let get = b"GET /echo HTTP/1.1\r\nHost: pod\r\nX-Mixed-Case: Yes\r\n\r\n";
+            let post = b"POST /echo HTTP/1.1\r\nHost: pod\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+            peer.write_all(&[&get[..], post].concat()).await.unwrap();
+            for request in [&get[..], post] {
+                expect_bytes(&mut peer, &echo_answer(request)).await;
+            }
+            // A body with a length, split over two writes.
+            let put = b"PUT /echo HTTP/1.1\r\nHost: pod\r\nContent-Length: 10\r\n\r\n01234";
+            peer.write_all(put).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            peer.write_all(b"56789").await.unwrap();
+            expect_bytes(&mut peer, &echo_answer(&[&put[..], b"56789"].concat())).await;
+            // A chunked answer with a trailer; a 103 before the 200; HEAD without a body.
+            peer.write_all(b"GET /chunked HTTP/1.1\r\nHost: pod\r\n\r\n").await.unwrap();
+            expect_bytes(&mut peer, CHUNKED_ANSWER).await;
+            peer.write_all(b"GET /interim HTTP/1.1\r\nHost: pod\r\n\r\n").await.unwrap();
+            expect_bytes(&mut peer, INTERIM_ANSWER).await;
+            peer.write_all(b"HEAD /echo HTTP/1.1\r\nHost: pod\r\n\r\n").await.unwrap();
+            expect_bytes(&mut peer, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await;
+            assert_eq!(accepted.load(Ordering::SeqCst), 1, "one kept connection to the app");
+            assert!(alice.rx.try_recv().is_err(), "unmatched requests are not seen by the session");
+
+            // A matching request on the same connection is stolen, and the requests after it
+            // are still matched one by one.
+            for path in ["/mine", "/again"] {
+                let request = format!("GET {path} HTTP/1.1\r\nHost: pod\r\nX-User: alice\r\n\r\n");
+                peer.write_all(request.as_bytes()).await.unwrap();
+                let (start, _) = alice.request(true).await;
+                assert_eq!(start.request.uri.path(), path);
+                alice.respond(start.connection_id, 200, &[], "for alice").await;
+                let (head, body) = read_answer(&mut peer).await;
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                assert_eq!(body, b"for alice");
+                assert!(matches!(alice.next_steal().await, DaemonTcp::Close(_)));
+                peer.write_all(b"GET /echo HTTP/1.1\r\nHost: pod\r\n\r\n").await.unwrap();
+                let (_, body) = read_answer(&mut peer).await;
+                assert!(body.starts_with(b"GET /echo HTTP/1.1\r\n"), "{body:?}");
+            }
+
+            // A body delimited by the end of the connection: relayed, then the peer's connection
+            // ends too.
+            let mut peer = connect_from(&caller, RAW_HTTP);
+            peer.write_all(b"GET /close HTTP/1.1\r\nHost: pod\r\n\r\n").await.unwrap();
+            let mut all = Vec::new();
+            tokio::time::timeout(WAIT, peer.read_to_end(&mut all)).await.unwrap().unwrap();
+            assert_eq!(String::from_utf8_lossy(&all), "HTTP/1.1 200 OK\r\n\r\nuntil close");
+
+            // The peer asks to close: the agent closes after the answer.
+            let mut peer = connect_from(&caller, RAW_HTTP);
+            let last = b"GET /echo HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n";
+            peer.write_all(last).await.unwrap();
+            let mut all = Vec::new();
+            tokio::time::timeout(WAIT, peer.read_to_end(&mut all)).await.unwrap().unwrap();
+            assert_eq!(String::from_utf8_lossy(&all), String::from_utf8_lossy(&echo_answer(last)));
+
+            // A 101 the request did not ask for: from then on bytes flow both ways untouched.
+            let mut peer = connect_from(&caller, RAW_HTTP);
+            peer.write_all(b"GET /switch HTTP/1.1\r\nHost: pod\r\n\r\nraw bytes").await.unwrap();
+            expect_bytes(&mut peer, &[SWITCH_ANSWER, b"raw bytes"].concat()).await;
+            peer.write_all(b" and more").await.unwrap();
+            expect_bytes(&mut peer, b" and more").await;
+
+            // Nothing listens behind the port: the agent's own 502, and the connection ends.
+            let mut peer = connect_from(&caller, NOBODY);
+            peer.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n").await.unwrap();
+            let mut all = Vec::new();
+            tokio::time::timeout(WAIT, peer.read_to_end(&mut all)).await.unwrap().unwrap();
+            let all = String::from_utf8_lossy(&all);
+            assert!(all.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{all}");
+            assert!(all.contains("mirrord-agent v"), "{all}");
             incoming.shutdown().await;
         })
     });

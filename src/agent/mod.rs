@@ -66,7 +66,8 @@ pub fn run(args: AgentArgs) -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str) {
+/// The agent's logging (also installed by the load bench, so spans cost what they cost here).
+pub fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // stdout carries the "agent ready" line the mirrord CLI waits for; logs go to stderr.

@@ -255,10 +255,7 @@ impl<'a> RequestView<'a> {
     pub fn new(method: &'a Method, uri: &'a Uri, headers: &HeaderMap) -> RequestView<'a> {
         let headers = headers
             .iter()
-            .filter_map(|(name, value)| {
-                let value = value.to_str().ok()?;
-                Some(format!("{}: {value}", name.as_str()))
-            })
+            .filter_map(|(name, value)| header_line(name.as_str(), value.as_bytes()))
             .collect();
         RequestView {
             method,
@@ -266,6 +263,37 @@ impl<'a> RequestView<'a> {
             headers,
         }
     }
+
+    /// The same view from a head parsed by `httparse` (the agent's HTTP/1 pass-through path).
+    pub fn from_wire(
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &[httparse::Header<'_>],
+    ) -> RequestView<'a> {
+        let headers = headers
+            .iter()
+            .filter_map(|h| header_line(h.name, h.value))
+            .collect();
+        RequestView {
+            method,
+            uri,
+            headers,
+        }
+    }
+}
+
+/// `"name: value"` with the name lowercased, or `None` when the value is not visible ASCII (what
+/// `HeaderValue::to_str` refuses): both constructors must render exactly the same lines.
+fn header_line(name: &str, value: &[u8]) -> Option<String> {
+    let visible = |b: &u8| *b == b'\t' || (b' '..=b'~').contains(b);
+    let value = std::str::from_utf8(value)
+        .ok()
+        .filter(|v| v.bytes().all(|b| visible(&b)))?;
+    let mut line = String::with_capacity(name.len() + 2 + value.len());
+    line.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+    line.push_str(": ");
+    line.push_str(value);
+    Some(line)
 }
 
 #[cfg(test)]
@@ -312,6 +340,31 @@ mod tests {
     fn header_every_value_of_a_multi_valued_header_is_tried() {
         let h: &[(&str, &[u8])] = &[("x-tag", b"one"), ("x-tag", b"two")];
         assert!(check(header("^x-tag: two$"), "GET", "/", h));
+    }
+
+    #[test]
+    fn wire_and_header_map_views_render_the_same_lines() {
+        let raw: &[(&str, &[u8])] = &[
+            ("X-User", b"Alice"),
+            ("x-tag", b"one"),
+            ("X-Bin", b"caf\xc3\xa9"),
+            ("X-TAG", b"two\tthree"),
+        ];
+        let (m, u, map) = view_parts("GET", "/", raw);
+        let wire: Vec<httparse::Header<'_>> = raw
+            .iter()
+            .map(|(name, value)| httparse::Header { name, value })
+            .collect();
+        let mut from_map = RequestView::new(&m, &u, &map).headers;
+        let mut from_wire = RequestView::from_wire(&m, &u, &wire).headers;
+        // A HeaderMap groups values by name; matching does not depend on the order.
+        from_map.sort();
+        from_wire.sort();
+        assert_eq!(
+            from_wire,
+            ["x-tag: one", "x-tag: two\tthree", "x-user: Alice"]
+        );
+        assert_eq!(from_map, from_wire);
     }
 
     #[test]

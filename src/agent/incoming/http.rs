@@ -83,8 +83,13 @@ struct Conn {
     upstream: tokio::sync::Mutex<Option<Upstream>>,
 }
 
+/// Body of the agent's own `502 Bad Gateway` answers.
+pub fn gateway_message(reason: &str) -> String {
+    format!("mirrord-agent v{}: {reason}", env!("CARGO_PKG_VERSION"))
+}
+
 fn bad_gateway(reason: &str) -> Response<RespBody> {
-    let body = format!("mirrord-agent v{}: {reason}", env!("CARGO_PKG_VERSION"));
+    let body = gateway_message(reason);
     let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(Into::into).boxed());
     *resp.status_mut() = StatusCode::BAD_GATEWAY;
     resp

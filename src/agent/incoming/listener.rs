@@ -22,7 +22,7 @@ use tokio::{
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
-    Shared, http,
+    Shared, http, relay,
     state::{SessionState, Stolen, gates, mirror_tap},
     subscriptions::Steal,
 };
@@ -47,8 +47,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                             return;
                         }
                     };
-                    let span = info_span!("redirected", %peer, %orig);
-                    handle(shared, stream, peer, orig).instrument(span).await;
+                    handle(shared, stream, peer, orig).await;
                 });
             }
             Err(e) => {
@@ -205,7 +204,7 @@ pub struct Rewind<S> {
 }
 
 impl<S> Rewind<S> {
-    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+    pub fn new(prefix: impl Into<Bytes>, inner: S) -> Self {
         Rewind {
             prefix: prefix.into(),
             inner,
@@ -256,6 +255,12 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// The span the connection's events are logged in. Entering an enabled span costs on every
+    /// poll, which is why the HTTP/1 relay, the hot path, does without it.
+    pub fn span(&self) -> tracing::Span {
+        info_span!("redirected", peer = %self.peer, orig = %self.orig)
+    }
+
     pub fn new_connection(&self, connection_id: u64) -> NewTcpConnectionV1 {
         NewTcpConnectionV1 {
             connection_id,
@@ -284,27 +289,41 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, or
     let port = orig.port();
     if port == shared.listener_port && local.port() == orig.port() {
         // Dialled the listener directly: passing it "through" would connect to ourselves.
-        debug!("connection to the redirect listener itself refused");
+        debug!(%peer, "connection to the redirect listener itself refused");
         return;
     }
     if shared.port_snapshot(port).is_none_or(|s| s.is_empty()) {
         // Redirected just before the port's last subscription went away.
-        return passthrough_tcp(&shared, stream, Vec::new(), info).await;
+        return passthrough_tcp(&shared, stream, Vec::new(), info)
+            .instrument(info.span())
+            .await;
     }
     let (protocol, sniffed) = sniff(&mut stream, shared.cfg.http_detection_timeout).await;
-    debug!(?protocol, "sniffed");
+    debug!(%peer, %orig, ?protocol, "sniffed");
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => {
-            http::serve(shared, Rewind::new(sniffed, stream), info, protocol).await
+        // No span entered here: the relay names the connection in its own events.
+        Protocol::Http1 => relay::serve(shared, stream, sniffed, info).await,
+        Protocol::Http2 => {
+            http::serve(shared, Rewind::new(sniffed, stream), info, protocol)
+                .instrument(info.span())
+                .await
         }
         Protocol::Other => {
-            let owner = match shared.port_snapshot(port).map(|s| s.steal) {
+            let owner = match shared.port_snapshot(port).map(|s| s.steal.clone()) {
                 Some(Steal::Unfiltered(owner)) => shared.session(owner),
                 _ => None,
             };
             match owner {
-                Some(owner) => steal_tcp(owner, Rewind::new(sniffed, stream), info).await,
-                None => passthrough_tcp(&shared, stream, sniffed, info).await,
+                Some(owner) => {
+                    steal_tcp(owner, Rewind::new(sniffed, stream), info)
+                        .instrument(info.span())
+                        .await
+                }
+                None => {
+                    passthrough_tcp(&shared, stream, sniffed, info)
+                        .instrument(info.span())
+                        .await
+                }
             }
         }
     }

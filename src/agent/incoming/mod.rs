@@ -8,6 +8,7 @@ pub mod filter;
 mod http;
 pub mod listener;
 pub mod redirect;
+mod relay;
 mod state;
 pub mod subscriptions;
 
@@ -84,12 +85,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn port_snapshot(&self, port: u16) -> Option<PortSubscriptions> {
+    fn port_snapshot(&self, port: u16) -> Option<Arc<PortSubscriptions>> {
         self.table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(port)
-            .cloned()
+            .snapshot(port)
     }
 
     fn session(&self, id: SessionId) -> Option<Arc<SessionState>> {

@@ -86,12 +86,18 @@ pub enum PortChange {
 
 #[derive(Debug, Default)]
 pub struct SubscriptionTable {
-    ports: HashMap<u16, PortSubscriptions>,
+    /// Shared with connection tasks, which take a snapshot per request: changes copy on write.
+    ports: HashMap<u16, Arc<PortSubscriptions>>,
 }
 
 impl SubscriptionTable {
     pub fn get(&self, port: u16) -> Option<&PortSubscriptions> {
-        self.ports.get(&port)
+        self.ports.get(&port).map(Arc::as_ref)
+    }
+
+    /// The port's subscriptions as they are now, without copying them.
+    pub fn snapshot(&self, port: u16) -> Option<Arc<PortSubscriptions>> {
+        self.ports.get(&port).cloned()
     }
 
     /// Adds or replaces `session`'s steal subscription on `port` (`filter: None` = unfiltered).
@@ -101,11 +107,8 @@ impl SubscriptionTable {
         port: u16,
         filter: Option<Arc<RequestFilter>>,
     ) -> Result<PortChange, ResponseError> {
-        let was_empty = self
-            .ports
-            .get(&port)
-            .is_none_or(PortSubscriptions::is_empty);
-        let subs = self.ports.entry(port).or_default();
+        let was_empty = self.get(port).is_none_or(PortSubscriptions::is_empty);
+        let subs = Arc::make_mut(self.ports.entry(port).or_default());
         let others_hold = match &subs.steal {
             Steal::None => false,
             Steal::Unfiltered(owner) => *owner != session,
@@ -137,7 +140,7 @@ impl SubscriptionTable {
 
     /// Removes `session`'s steal subscription on `port`, if any.
     pub fn unsteal(&mut self, session: SessionId, port: u16) -> PortChange {
-        let Some(subs) = self.ports.get_mut(&port) else {
+        let Some(subs) = self.ports.get_mut(&port).map(Arc::make_mut) else {
             return PortChange::Unchanged;
         };
         match &mut subs.steal {
@@ -161,11 +164,8 @@ impl SubscriptionTable {
         port: u16,
         filter: Option<Arc<RequestFilter>>,
     ) -> PortChange {
-        let was_empty = self
-            .ports
-            .get(&port)
-            .is_none_or(PortSubscriptions::is_empty);
-        let subs = self.ports.entry(port).or_default();
+        let was_empty = self.get(port).is_none_or(PortSubscriptions::is_empty);
+        let subs = Arc::make_mut(self.ports.entry(port).or_default());
         match subs.mirror.iter_mut().find(|(s, _)| *s == session) {
             Some(entry) => {
                 if filter.is_some() {
@@ -182,7 +182,7 @@ impl SubscriptionTable {
     }
 
     pub fn unmirror(&mut self, session: SessionId, port: u16) -> PortChange {
-        let Some(subs) = self.ports.get_mut(&port) else {
+        let Some(subs) = self.ports.get_mut(&port).map(Arc::make_mut) else {
             return PortChange::Unchanged;
         };
         let before = subs.mirror.len();
@@ -209,11 +209,7 @@ impl SubscriptionTable {
     }
 
     fn drop_if_empty(&mut self, port: u16) -> PortChange {
-        if self
-            .ports
-            .get(&port)
-            .is_some_and(PortSubscriptions::is_empty)
-        {
+        if self.get(port).is_some_and(PortSubscriptions::is_empty) {
             self.ports.remove(&port);
             PortChange::Deactivated
         } else {
