@@ -13,7 +13,7 @@ TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-build: ## release binary: target/release/mirrord-operator
+build: ## release binaries: target/release/mirrord-operator and mirrord-agent (what `mirrord-operator agent` execs)
 	$(CARGO) build --release --locked
 
 deps: ## install the Debian packages and helm the tests need (idempotent)

@@ -1,5 +1,7 @@
 //! Agent process numbers for docs/benchmarks.md ("Agent"): start time (spawn → the "agent ready"
 //! line), idle RSS, and RSS with 100 open sessions. `cargo bench --bench agent_process`.
+//! `mirrord-operator agent` execs the `mirrord-agent` next to it; the idle RSS of the agent run
+//! inside `mirrord-operator` (no `mirrord-agent` installed) is printed too.
 //! The traffic numbers (through-agent vs direct, filter matching) are in the incoming benches.
 //! The iptables row needs root: it runs the agent in a network namespace it creates.
 //! `AGENT_BIN=/path/to/mirrord-operator` measures another build (e.g. a release binary while this
@@ -37,7 +39,11 @@ fn agent_bin() -> String {
 
 /// Starts the agent on a free loopback port; returns it and the time until "agent ready".
 fn start(port: u16) -> (Agent, Duration) {
-    let mut cmd = Command::new(agent_bin());
+    start_program(&agent_bin(), port)
+}
+
+fn start_program(program: &str, port: u16) -> (Agent, Duration) {
+    let mut cmd = Command::new(program);
     cmd.env("MIRRORD_AGENT_REDIRECT", "off");
     start_with(cmd, port)
 }
@@ -154,7 +160,25 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss_kib(agent.child.id());
     let mib = |kib: u64| kib as f64 / 1024.0;
-    println!("agent RSS idle: {:.2} MiB", mib(idle));
+    let exe = std::fs::read_link(format!("/proc/{}/exe", agent.child.id())).unwrap();
+    println!(
+        "agent RSS idle: {:.2} MiB (running {})",
+        mib(idle),
+        exe.display()
+    );
+    {
+        // Only mirrord-operator in a directory (a hard link), so it runs the agent itself.
+        let bin = std::path::Path::new(&agent_bin()).canonicalize().unwrap();
+        let dir = tempfile::tempdir_in(bin.parent().unwrap()).unwrap();
+        let alone = dir.path().join("mirrord-operator");
+        std::fs::hard_link(&bin, &alone).unwrap();
+        let (inside, _) = start_program(alone.to_str().unwrap(), base_port + RUNS as u16 + 1);
+        std::thread::sleep(Duration::from_millis(500));
+        println!(
+            "agent RSS idle inside mirrord-operator (no mirrord-agent next to it): {:.2} MiB",
+            mib(rss_kib(inside.child.id()))
+        );
+    }
     // Three rounds of 100 sessions: a leak would show as growth from round to round.
     for round in 1..=3 {
         let sessions: Vec<TcpStream> = (0..SESSIONS).map(|_| session(agent.port)).collect();

@@ -63,6 +63,6 @@ pub fn run(cli: Cli) -> ExitCode {
             telemetry::init(args.log_format, "info");
             report(runtime().block_on(webhook::run(*args)))
         }
-        Command::Agent(args) => crate::agent::run(*args),
+        Command::Agent(args) => crate::agent::exec_or_run(*args),
     }
 }
