@@ -1,20 +1,18 @@
 //! The `mirrord-agent` container: target selection, env and mount copies, security context.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use k8s_openapi::{
-    api::core::v1::{
-        Capabilities, Container, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-        ResourceRequirements, SeccompProfile, SecurityContext, VolumeMount,
-    },
-    apimachinery::pkg::api::resource::Quantity as K8sQuantity,
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet},
 };
-use serde::Serialize;
+
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVarSource};
+use serde::{Serialize, ser::SerializeStruct};
 
 use super::{
     AGENT_CONTAINER_NAME, ContainerView, InjectorConfig, TARGET_ENV_PREFIX, TARGET_ROOT, TOKEN_DIR,
     TOKEN_PATH,
     knobs::{EnvMode, FsMode, Knobs, Redirect},
+    quantity::Quantity,
 };
 
 /// Sidecars of other injectors (and our own) that are never the application.
@@ -42,9 +40,12 @@ pub(crate) fn auto_target(containers: &[ContainerView]) -> &str {
 /// Rewrites the `$(NAME)` references of a Kubernetes env value for which `declared(NAME)` holds to
 /// `$(MIRRORD_TARGET_ENV_NAME)`. Scans exactly as the kubelet's expansion does: `$$` is an escape
 /// (kept verbatim, so `$$(NAME)` stays a literal), `$(` opens a reference closed by the first `)`,
-/// and an unclosed `$(` is literal text.
-pub(crate) fn rewrite_references(value: &str, declared: impl Fn(&str) -> bool) -> String {
-    let mut out = String::with_capacity(value.len());
+/// and an unclosed `$(` is literal text. Borrows `value` when there is nothing to rewrite.
+pub(crate) fn rewrite_references(value: &str, declared: impl Fn(&str) -> bool) -> Cow<'_, str> {
+    if !value.contains("$(") {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 2 * TARGET_ENV_PREFIX.len());
     let mut rest = value;
     while let Some(dollar) = rest.find('$') {
         out.push_str(&rest[..dollar]);
@@ -55,19 +56,15 @@ pub(crate) fn rewrite_references(value: &str, declared: impl Fn(&str) -> bool) -
         } else if let Some(inner) = after.strip_prefix('(') {
             let Some(close) = inner.find(')') else {
                 out.push_str(&rest[dollar..]);
-                return out;
+                return Cow::Owned(out);
             };
             let name = &inner[..close];
+            out.push_str("$(");
             if declared(name) {
-                out.push_str("$(");
                 out.push_str(TARGET_ENV_PREFIX);
-                out.push_str(name);
-                out.push(')');
-            } else {
-                out.push_str("$(");
-                out.push_str(name);
-                out.push(')');
             }
+            out.push_str(name);
+            out.push(')');
             rest = &inner[close + 1..];
         } else {
             out.push('$');
@@ -75,7 +72,7 @@ pub(crate) fn rewrite_references(value: &str, declared: impl Fn(&str) -> bool) -
         }
     }
     out.push_str(rest);
-    out
+    Cow::Owned(out)
 }
 
 /// Whether `value` holds a `$(NAME)` reference with `declared(NAME)`.
@@ -97,36 +94,114 @@ fn may_come_from_env_from(target: &ContainerView, name: &str) -> bool {
         && !name.contains("_SERVICE_PORT")
 }
 
+/// One entry of the agent's `env`. Borrowed from the config, the knobs' fixed spellings and the
+/// target, so building the container allocates little; serialized as k8s-openapi's `EnvVar` would be.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum AgentEnv<'a> {
+    /// A downward-API `fieldRef`.
+    Field {
+        name: &'static str,
+        path: &'static str,
+    },
+    Plain {
+        name: &'static str,
+        value: Cow<'a, str>,
+    },
+    /// A copy of the target's variable, written as `MIRRORD_TARGET_ENV_<name>`.
+    TargetCopy {
+        name: &'a str,
+        value: Option<Cow<'a, str>>,
+        value_from: Option<Cow<'a, EnvVarSource>>,
+    },
+}
+
+impl Serialize for AgentEnv<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct FieldRef {
+            field_path: &'static str,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ValueFrom {
+            field_ref: FieldRef,
+        }
+        let mut var = serializer.serialize_struct("EnvVar", 2)?;
+        match self {
+            AgentEnv::Field { name, path } => {
+                var.serialize_field("name", name)?;
+                var.serialize_field(
+                    "valueFrom",
+                    &ValueFrom {
+                        field_ref: FieldRef { field_path: path },
+                    },
+                )?;
+            }
+            AgentEnv::Plain { name, value } => {
+                var.serialize_field("name", name)?;
+                var.serialize_field("value", value)?;
+            }
+            AgentEnv::TargetCopy {
+                name,
+                value,
+                value_from,
+            } => {
+                var.serialize_field("name", &Prefixed(TARGET_ENV_PREFIX, name))?;
+                if let Some(value) = value {
+                    var.serialize_field("value", value)?;
+                }
+                if let Some(value_from) = value_from {
+                    var.serialize_field("valueFrom", value_from)?;
+                }
+            }
+        }
+        var.end()
+    }
+}
+
+/// A string written as `prefix` followed by `rest`, without building it first.
+struct Prefixed<'a>(&'a str, &'a str);
+
+impl Serialize for Prefixed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}{}", self.0, self.1))
+    }
+}
+
 /// Copies of the target's `env`: prefixed names, references rewritten to the copies where the
 /// kubelet would resolve them in the target (variables defined earlier in the list, or possibly by
 /// `envFrom`; a later one stays literal in both containers), and `resourceFieldRef`s pinned to the
 /// target, since without a container name they would describe the agent's own resources.
-fn copy_env(target: &ContainerView) -> Vec<EnvVar> {
+fn copy_env<'a>(target: &'a ContainerView, into: &mut Vec<AgentEnv<'a>>) {
     let env = target.env.as_deref().unwrap_or_default();
     let mut seen: BTreeSet<&str> = BTreeSet::new();
-    env.iter()
-        .map(|var| {
-            let value = var.value.as_deref().map(|v| {
-                rewrite_references(v, |name| {
-                    seen.contains(name) || may_come_from_env_from(target, name)
-                })
-            });
-            let value_from = var.value_from.clone().map(|mut source| {
-                if let Some(field) = source.resource_field_ref.as_mut() {
-                    field
-                        .container_name
-                        .get_or_insert_with(|| target.name.clone());
+    into.extend(env.iter().map(|var| {
+        let value = var.value.as_deref().map(|v| {
+            rewrite_references(v, |name| {
+                seen.contains(name) || may_come_from_env_from(target, name)
+            })
+        });
+        let value_from = var
+            .value_from
+            .as_ref()
+            .map(|source| match &source.resource_field_ref {
+                Some(field) if field.container_name.is_none() => {
+                    let mut pinned = source.clone();
+                    if let Some(field) = pinned.resource_field_ref.as_mut() {
+                        field.container_name = Some(target.name.clone());
+                    }
+                    Cow::Owned(pinned)
                 }
-                source
+                _ => Cow::Borrowed(source),
             });
-            seen.insert(&var.name);
-            EnvVar {
-                name: format!("{TARGET_ENV_PREFIX}{}", var.name),
-                value,
-                value_from,
-            }
-        })
-        .collect()
+        seen.insert(&var.name);
+        AgentEnv::TargetCopy {
+            name: &var.name,
+            value,
+            value_from,
+        }
+    }));
 }
 
 /// Copies of the target's `envFrom`, with the prefix in front of the original one.
@@ -146,14 +221,42 @@ fn copy_env_from(target: &ContainerView) -> Vec<EnvFromSource> {
         .collect()
 }
 
+/// One of the agent's `volumeMounts`, read-only, at `under` + `path` (serialized as k8s-openapi's
+/// `VolumeMount` would be).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AgentMount<'a> {
+    name: Cow<'a, str>,
+    under: &'static str,
+    path: &'a str,
+    sub_path: Option<&'a str>,
+    sub_path_expr: Option<Cow<'a, str>>,
+}
+
+impl Serialize for AgentMount<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut mount = serializer.serialize_struct("VolumeMount", 5)?;
+        mount.serialize_field("mountPath", &Prefixed(self.under, self.path))?;
+        mount.serialize_field("name", &self.name)?;
+        mount.serialize_field("readOnly", &true)?;
+        if let Some(sub_path) = self.sub_path {
+            mount.serialize_field("subPath", sub_path)?;
+        }
+        if let Some(expr) = &self.sub_path_expr {
+            mount.serialize_field("subPathExpr", expr)?;
+        }
+        mount.end()
+    }
+}
+
 /// The target's mounts, read-only under [`TARGET_ROOT`]. A `subPathExpr` expands with the
 /// container's env, so its references follow the env copies; without those copies (env knob not
 /// `spec`) a mount whose `subPathExpr` names a target variable cannot be reproduced and is left out.
-fn copy_mounts(
-    target: &ContainerView,
+fn copy_mounts<'a>(
+    target: &'a ContainerView,
     env_copied: bool,
+    into: &mut Vec<AgentMount<'a>>,
     warnings: &mut Vec<String>,
-) -> Vec<VolumeMount> {
+) {
     // subPathExpr sees the container's complete environment.
     let env_names: BTreeSet<&str> = target
         .env
@@ -163,7 +266,6 @@ fn copy_mounts(
         .map(|v| v.name.as_str())
         .collect();
     let declared = |name: &str| env_names.contains(name) || may_come_from_env_from(target, name);
-    let mut mounts = Vec::new();
     for mount in target.volume_mounts.as_deref().unwrap_or_default() {
         let sub_path_expr = match mount.sub_path_expr.as_deref() {
             Some(expr) if env_copied => Some(rewrite_references(expr, declared)),
@@ -174,54 +276,32 @@ fn copy_mounts(
                 ));
                 continue;
             }
-            other => other.map(str::to_owned),
+            other => other.map(Cow::Borrowed),
         };
-        let separator = if mount.mount_path.starts_with('/') {
-            ""
-        } else {
-            "/"
-        };
-        mounts.push(VolumeMount {
-            name: mount.name.clone(),
-            mount_path: format!("{TARGET_ROOT}{separator}{}", mount.mount_path),
-            read_only: Some(true),
-            sub_path: mount.sub_path.clone(),
+        into.push(AgentMount {
+            name: Cow::Borrowed(&mount.name),
+            under: if mount.mount_path.starts_with('/') {
+                TARGET_ROOT
+            } else {
+                TARGET_ROOT_DIR
+            },
+            path: &mount.mount_path,
+            sub_path: mount.sub_path.as_deref(),
             sub_path_expr,
-            ..VolumeMount::default()
         });
     }
-    mounts
 }
 
-fn plain(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: Some(value.into()),
-        value_from: None,
-    }
-}
-
-fn field(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: None,
-                field_path: path.to_owned(),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
+/// [`TARGET_ROOT`] with the separator a relative mount path needs.
+const TARGET_ROOT_DIR: &str = "/mirrord/target/";
 
 /// Everything `agent_container` needs besides the config.
-pub(crate) struct AgentInputs<'a> {
-    pub knobs: &'a Knobs,
+pub(crate) struct AgentInputs<'a, 'n> {
+    pub knobs: Knobs,
     pub target: &'a ContainerView,
     /// The pod's other long-running containers (regular ones and native sidecars).
-    pub neighbours: &'a [&'a ContainerView],
-    pub token_volume: &'a str,
+    pub neighbours: &'n [&'a ContainerView],
+    pub token_volume: String,
 }
 
 /// What the agent matches in `/proc` to tell containers' main processes apart (the agent's
@@ -270,19 +350,31 @@ fn target_match(target: &ContainerView, neighbours: &[&ContainerView]) -> String
     serde_json::to_string(&matcher).unwrap_or_default()
 }
 
-pub(crate) fn agent_container(
-    inputs: &AgentInputs<'_>,
-    cfg: &InjectorConfig,
+/// The `mirrord-agent` container. It borrows from the pod and the config instead of building
+/// k8s-openapi's `Container` (whose owned strings and maps were most of an admission's cost), and
+/// serializes as that type would: same fields, same order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentContainer<'a> {
+    knobs: Knobs,
+    env: Vec<AgentEnv<'a>>,
+    env_from: Vec<EnvFromSource>,
+    volume_mounts: Vec<AgentMount<'a>>,
+    run_as_group: i64,
+}
+
+pub(crate) fn agent_container<'a>(
+    inputs: AgentInputs<'a, '_>,
+    cfg: &'a InjectorConfig,
     warnings: &mut Vec<String>,
-) -> Container {
+) -> AgentContainer<'a> {
     let AgentInputs {
         knobs,
         target,
         neighbours,
         token_volume,
-    } = *inputs;
+    } = inputs;
 
-    let ports: Vec<String> = target
+    let ports = target
         .ports
         .as_deref()
         .unwrap_or_default()
@@ -291,123 +383,234 @@ pub(crate) fn agent_container(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .map(|p| p.to_string())
-        .collect();
+        .collect::<Vec<_>>()
+        .join(",");
 
-    let mut env = vec![
-        field("MIRRORD_AGENT_POD_NAME", "metadata.name"),
-        field("MIRRORD_AGENT_POD_NAMESPACE", "metadata.namespace"),
-        field("MIRRORD_AGENT_POD_UID", "metadata.uid"),
-        field("MIRRORD_AGENT_POD_IP", "status.podIP"),
-        field("MIRRORD_AGENT_POD_IPS", "status.podIPs"),
-        field("MIRRORD_AGENT_NODE_NAME", "spec.nodeName"),
-        plain("MIRRORD_AGENT_COORDINATOR_URL", &cfg.coordinator_url),
-    ];
+    let plain = |name, value| AgentEnv::Plain { name, value };
+    let mut env = Vec::with_capacity(20 + target.env.as_ref().map_or(0, Vec::len));
+    env.extend([
+        AgentEnv::Field {
+            name: "MIRRORD_AGENT_POD_NAME",
+            path: "metadata.name",
+        },
+        AgentEnv::Field {
+            name: "MIRRORD_AGENT_POD_NAMESPACE",
+            path: "metadata.namespace",
+        },
+        AgentEnv::Field {
+            name: "MIRRORD_AGENT_POD_UID",
+            path: "metadata.uid",
+        },
+        AgentEnv::Field {
+            name: "MIRRORD_AGENT_POD_IP",
+            path: "status.podIP",
+        },
+        AgentEnv::Field {
+            name: "MIRRORD_AGENT_POD_IPS",
+            path: "status.podIPs",
+        },
+        AgentEnv::Field {
+            name: "MIRRORD_AGENT_NODE_NAME",
+            path: "spec.nodeName",
+        },
+        plain(
+            "MIRRORD_AGENT_COORDINATOR_URL",
+            Cow::Borrowed(cfg.coordinator_url.as_str()),
+        ),
+    ]);
     if let Some(ca) = &cfg.coordinator_ca_bundle {
-        env.push(plain("MIRRORD_AGENT_COORDINATOR_CA", ca));
+        env.push(plain("MIRRORD_AGENT_COORDINATOR_CA", Cow::Borrowed(ca)));
     }
     env.extend([
-        plain("MIRRORD_AGENT_LOG_LEVEL", knobs.log_level.as_str()),
-        plain("MIRRORD_AGENT_REDIRECT", knobs.redirect.as_str()),
-        plain("MIRRORD_AGENT_ENV_MODE", knobs.env.as_str()),
-        plain("MIRRORD_AGENT_FS_MODE", knobs.fs.as_str()),
-        plain("MIRRORD_AGENT_TARGET_CONTAINER", &knobs.target_container),
-        plain("MIRRORD_AGENT_TARGET_PORTS", ports.join(",")),
-        plain("MIRRORD_AGENT_GROUP_ID", cfg.agent_group_id.to_string()),
-        plain("MIRRORD_AGENT_TOKEN_FILE", TOKEN_PATH),
+        plain("MIRRORD_AGENT_LOG_LEVEL", knobs.log_level.as_str().into()),
+        plain("MIRRORD_AGENT_REDIRECT", knobs.redirect.as_str().into()),
+        plain("MIRRORD_AGENT_ENV_MODE", knobs.env.as_str().into()),
+        plain("MIRRORD_AGENT_FS_MODE", knobs.fs.as_str().into()),
+        plain(
+            "MIRRORD_AGENT_TARGET_CONTAINER",
+            Cow::Owned(knobs.target_container.clone()),
+        ),
+        plain("MIRRORD_AGENT_TARGET_PORTS", Cow::Owned(ports)),
+        plain(
+            "MIRRORD_AGENT_GROUP_ID",
+            Cow::Owned(cfg.agent_group_id.to_string()),
+        ),
+        plain("MIRRORD_AGENT_TOKEN_FILE", TOKEN_PATH.into()),
     ]);
     if knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc {
         env.push(plain(
             "MIRRORD_AGENT_TARGET_MATCH",
-            target_match(target, neighbours),
+            Cow::Owned(target_match(target, neighbours)),
         ));
     }
     if knobs.fs == FsMode::Volumes {
-        env.push(plain("MIRRORD_AGENT_TARGET_ROOT", TARGET_ROOT));
+        env.push(plain("MIRRORD_AGENT_TARGET_ROOT", TARGET_ROOT.into()));
     }
     let env_copied = knobs.env == EnvMode::Spec;
     let env_from = if env_copied {
-        env.extend(copy_env(target));
+        copy_env(target, &mut env);
         copy_env_from(target)
     } else {
         Vec::new()
     };
 
-    let mut volume_mounts = vec![VolumeMount {
-        name: token_volume.to_owned(),
-        mount_path: TOKEN_DIR.to_owned(),
-        read_only: Some(true),
-        ..VolumeMount::default()
+    let mut volume_mounts = vec![AgentMount {
+        name: Cow::Owned(token_volume),
+        under: "",
+        path: TOKEN_DIR,
+        sub_path: None,
+        sub_path_expr: None,
     }];
     if knobs.fs == FsMode::Volumes {
-        volume_mounts.extend(copy_mounts(target, env_copied, warnings));
+        copy_mounts(target, env_copied, &mut volume_mounts, warnings);
     }
 
-    let requests = BTreeMap::from([
-        ("cpu".to_owned(), K8sQuantity(knobs.cpu_request.to_string())),
-        (
-            "memory".to_owned(),
-            K8sQuantity(knobs.memory_request.to_string()),
-        ),
-    ]);
-    let mut limits = BTreeMap::new();
-    if let Some(cpu) = &knobs.cpu_limit {
-        limits.insert("cpu".to_owned(), K8sQuantity(cpu.to_string()));
+    AgentContainer {
+        knobs,
+        env,
+        env_from,
+        volume_mounts,
+        run_as_group: cfg.agent_group_id,
     }
-    if let Some(memory) = &knobs.memory_limit {
-        limits.insert("memory".to_owned(), K8sQuantity(memory.to_string()));
-    }
+}
 
-    Container {
-        name: AGENT_CONTAINER_NAME.to_owned(),
-        image: Some(knobs.image.clone()),
-        args: Some(vec!["agent".to_owned()]),
-        env: Some(env),
-        env_from: (!env_from.is_empty()).then_some(env_from),
-        resources: Some(ResourceRequirements {
-            requests: Some(requests),
-            limits: (!limits.is_empty()).then_some(limits),
-            ..ResourceRequirements::default()
-        }),
-        security_context: Some(security_context(knobs, cfg.agent_group_id)),
-        volume_mounts: Some(volume_mounts),
-        restart_policy: knobs.native_sidecar.then(|| "Always".to_owned()),
-        ..Container::default()
+impl AgentContainer<'_> {
+    pub(crate) fn knobs(&self) -> &Knobs {
+        &self.knobs
     }
+}
+
+impl Serialize for AgentContainer<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let knobs = &self.knobs;
+        let mut container = serializer.serialize_struct("Container", 9)?;
+        container.serialize_field("args", &["agent"])?;
+        container.serialize_field("env", &self.env)?;
+        if !self.env_from.is_empty() {
+            container.serialize_field("envFrom", &self.env_from)?;
+        }
+        container.serialize_field("image", &knobs.image)?;
+        container.serialize_field("name", AGENT_CONTAINER_NAME)?;
+        container.serialize_field("resources", &Resources(knobs))?;
+        if knobs.native_sidecar {
+            container.serialize_field("restartPolicy", "Always")?;
+        }
+        container.serialize_field(
+            "securityContext",
+            &security_context(knobs, self.run_as_group),
+        )?;
+        container.serialize_field("volumeMounts", &self.volume_mounts)?;
+        container.end()
+    }
+}
+
+/// `resources`: requests always, limits when set (as `ResourceRequirements` with its maps).
+struct Resources<'a>(&'a Knobs);
+
+impl Serialize for Resources<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct CpuMemory<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cpu: Option<&'a Quantity>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            memory: Option<&'a Quantity>,
+        }
+        let knobs = self.0;
+        let mut resources = serializer.serialize_struct("ResourceRequirements", 2)?;
+        if knobs.cpu_limit.is_some() || knobs.memory_limit.is_some() {
+            resources.serialize_field(
+                "limits",
+                &CpuMemory {
+                    cpu: knobs.cpu_limit.as_ref(),
+                    memory: knobs.memory_limit.as_ref(),
+                },
+            )?;
+        }
+        resources.serialize_field(
+            "requests",
+            &CpuMemory {
+                cpu: Some(&knobs.cpu_request),
+                memory: Some(&knobs.memory_request),
+            },
+        )?;
+        resources.end()
+    }
+}
+
+/// The agent's `securityContext`, fields as k8s-openapi's `SecurityContext` writes them.
+#[derive(Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AgentSecurityContext {
+    allow_privilege_escalation: bool,
+    capabilities: AgentCapabilities,
+    read_only_root_filesystem: bool,
+    run_as_group: i64,
+    run_as_non_root: bool,
+    run_as_user: i64,
+    seccomp_profile: Seccomp,
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+pub(crate) struct AgentCapabilities {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    add: Vec<&'static str>,
+    drop: [&'static str; 1],
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+struct Seccomp {
+    #[serde(rename = "type")]
+    type_: &'static str,
 }
 
 /// Least privilege per knob. Capabilities added to a non-root container are not effective (Kubernetes
 /// sets no ambient capabilities), so the agent runs as uid 0 exactly when it needs one: NET_ADMIN
 /// for iptables redirection, SYS_PTRACE to read another process's `/proc/<pid>/environ` or `root`.
-fn security_context(knobs: &Knobs, gid: i64) -> SecurityContext {
+fn security_context(knobs: &Knobs, gid: i64) -> AgentSecurityContext {
     let mut add = Vec::new();
     if knobs.redirect == Redirect::Iptables {
-        add.push("NET_ADMIN".to_owned());
+        add.push("NET_ADMIN");
     }
     if knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc {
-        add.push("SYS_PTRACE".to_owned());
+        add.push("SYS_PTRACE");
     }
     let root = !add.is_empty();
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            add: root.then_some(add),
-            drop: Some(vec!["ALL".to_owned()]),
-        }),
-        read_only_root_filesystem: Some(true),
-        run_as_group: Some(gid),
-        run_as_non_root: Some(!root),
-        run_as_user: Some(if root { 0 } else { NON_ROOT_UID }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".to_owned(),
-            localhost_profile: None,
-        }),
-        ..SecurityContext::default()
+    AgentSecurityContext {
+        allow_privilege_escalation: false,
+        capabilities: AgentCapabilities { add, drop: ["ALL"] },
+        read_only_root_filesystem: true,
+        run_as_group: gid,
+        run_as_non_root: !root,
+        run_as_user: if root { 0 } else { NON_ROOT_UID },
+        seccomp_profile: Seccomp {
+            type_: "RuntimeDefault",
+        },
     }
 }
-
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::{EnvVar, VolumeMount};
+    use serde_json::{Value, json};
+
     use super::*;
+
+    fn plain(name: &str, value: &str) -> EnvVar {
+        EnvVar {
+            name: name.to_owned(),
+            value: Some(value.to_owned()),
+            value_from: None,
+        }
+    }
+
+    /// The target's env copies as they are written into the patch.
+    fn env_copies(target: &ContainerView) -> Vec<Value> {
+        let mut env = Vec::new();
+        copy_env(target, &mut env);
+        env.iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect()
+    }
 
     fn container(name: &str) -> ContainerView {
         ContainerView {
@@ -441,7 +644,7 @@ mod tests {
     #[test]
     fn rewrites_declared_references_only() {
         let declared = |n: &str| matches!(n, "HOST" | "PORT");
-        let r = |v: &str| rewrite_references(v, declared);
+        let r = |v: &str| rewrite_references(v, declared).into_owned();
         assert_eq!(
             r("http://$(HOST):$(PORT)/"),
             "http://$(MIRRORD_TARGET_ENV_HOST):$(MIRRORD_TARGET_ENV_PORT)/"
@@ -480,31 +683,21 @@ mod tests {
                 }),
             },
         ]);
-        let copies = copy_env(&target);
-        let values: Vec<_> = copies
-            .iter()
-            .map(|v| (v.name.as_str(), v.value.as_deref()))
-            .collect();
         assert_eq!(
-            values,
+            env_copies(&target),
             vec![
-                ("MIRRORD_TARGET_ENV_A", Some("$(B)")),
-                ("MIRRORD_TARGET_ENV_B", Some("b")),
-                (
-                    "MIRRORD_TARGET_ENV_C",
-                    Some("$(MIRRORD_TARGET_ENV_A)-$(MIRRORD_TARGET_ENV_B)-$$(A)")
-                ),
-                ("MIRRORD_TARGET_ENV_CPU", None),
+                json!({ "name": "MIRRORD_TARGET_ENV_A", "value": "$(B)" }),
+                json!({ "name": "MIRRORD_TARGET_ENV_B", "value": "b" }),
+                json!({
+                    "name": "MIRRORD_TARGET_ENV_C",
+                    "value": "$(MIRRORD_TARGET_ENV_A)-$(MIRRORD_TARGET_ENV_B)-$$(A)"
+                }),
+                json!({
+                    "name": "MIRRORD_TARGET_ENV_CPU",
+                    "valueFrom": { "resourceFieldRef": { "containerName": "app", "resource": "limits.cpu" } }
+                }),
             ]
         );
-        let field = copies[3]
-            .value_from
-            .as_ref()
-            .unwrap()
-            .resource_field_ref
-            .as_ref()
-            .unwrap();
-        assert_eq!(field.container_name.as_deref(), Some("app"));
     }
 
     #[test]
@@ -518,9 +711,9 @@ mod tests {
             plain("USER", "me"),
         ]);
         let values = |t: &ContainerView| {
-            copy_env(t)
+            env_copies(t)
                 .into_iter()
-                .map(|v| v.value.unwrap())
+                .map(|v| v["value"].as_str().unwrap().to_owned())
                 .collect::<Vec<_>>()
         };
         // Without envFrom, USER is not defined yet when URL expands and PASS nowhere: both literal.
@@ -584,20 +777,22 @@ mod tests {
                 ..Default::default()
             },
         ]);
+        let mounts = |env_copied: bool, warnings: &mut Vec<String>| {
+            let mut mounts = Vec::new();
+            copy_mounts(&target, env_copied, &mut mounts, warnings);
+            serde_json::to_value(mounts).unwrap()
+        };
         let mut warnings = Vec::new();
-        let mounts = copy_mounts(&target, true, &mut warnings);
-        assert_eq!(mounts[0].mount_path, "/mirrord/target/data");
-        assert_eq!(mounts[0].read_only, Some(true));
-        assert_eq!(mounts[0].mount_propagation, None);
-        assert_eq!(mounts[0].sub_path.as_deref(), Some("x"));
-        assert_eq!(mounts[1].mount_path, "/mirrord/target/logs");
         assert_eq!(
-            mounts[1].sub_path_expr.as_deref(),
-            Some("$(MIRRORD_TARGET_ENV_POD)")
+            mounts(true, &mut warnings),
+            json!([
+                { "mountPath": "/mirrord/target/data", "name": "data", "readOnly": true, "subPath": "x" },
+                { "mountPath": "/mirrord/target/logs", "name": "logs", "readOnly": true,
+                  "subPathExpr": "$(MIRRORD_TARGET_ENV_POD)" },
+            ])
         );
         assert!(warnings.is_empty());
-        let mounts = copy_mounts(&target, false, &mut warnings);
-        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts(false, &mut warnings).as_array().unwrap().len(), 1);
         assert_eq!(warnings.len(), 1);
     }
 }

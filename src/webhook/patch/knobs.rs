@@ -347,7 +347,7 @@ impl Report {
 }
 
 /// Effective knob values for one pod.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Knobs {
     pub image: String,
     pub cpu_request: Quantity,

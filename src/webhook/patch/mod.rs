@@ -33,12 +33,13 @@ mod view;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    Container, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
+    ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
 };
 use serde::{Serialize, ser::SerializeStruct};
 use serde_json::{Value, json};
 
-pub use container::{NON_ROOT_UID, PROXY_CONTAINERS};
+pub use container::{AgentContainer, NON_ROOT_UID, PROXY_CONTAINERS};
+use knobs::Knobs;
 pub use knobs::{
     AgentDefaults, DefaultsError, EnvMode, FsMode, ImageError, Knob, LogLevel, Redirect,
     UnknownValue, validate_image,
@@ -92,9 +93,9 @@ pub struct PodContext<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
+pub enum Decision<'a> {
     Inject {
-        patch: Vec<PatchOp>,
+        patch: Vec<PatchOp<'a>>,
         /// Admission warnings: invalid knobs and their fallbacks, degraded features.
         warnings: Vec<String>,
         /// Knob names (as in the annotation key) whose value was rejected, once each.
@@ -156,7 +157,7 @@ struct Status<'a> {
 }
 
 /// Decides whether to inject the agent into `pod` and, if so, builds the patch.
-pub fn decide(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision {
+pub fn decide<'a>(pod: &'a PodView, ctx: &PodContext<'_>, cfg: &'a InjectorConfig) -> Decision<'a> {
     let decision = decide_inner(pod, ctx, cfg);
     match &decision {
         Decision::Skip(reason) => tracing::debug!(reason = reason.as_label(), "injection skipped"),
@@ -173,7 +174,11 @@ pub fn decide(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Deci
     decision
 }
 
-fn decide_inner(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> Decision {
+fn decide_inner<'a>(
+    pod: &'a PodView,
+    ctx: &PodContext<'_>,
+    cfg: &'a InjectorConfig,
+) -> Decision<'a> {
     let metadata = pod.metadata.as_ref();
     let namespace = if ctx.namespace.is_empty() {
         metadata
@@ -213,7 +218,7 @@ fn decide_inner(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> De
 
     let container_names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     let mut report = knobs::Report::default();
-    let mut knobs = knobs::resolve(
+    let mut knobs: Knobs = knobs::resolve(
         &knobs::Annotations {
             pod: annotations,
             namespace: ctx.namespace_annotations,
@@ -261,15 +266,16 @@ fn decide_inner(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> De
         .collect();
     let token_volume = unique_name(TOKEN_VOLUME_NAME, &existing_volumes);
     let agent = container::agent_container(
-        &container::AgentInputs {
-            knobs: &knobs,
+        container::AgentInputs {
+            knobs,
             target,
             neighbours: &neighbours,
-            token_volume: &token_volume,
+            token_volume: token_volume.clone(),
         },
         cfg,
         &mut warnings,
     );
+    let knobs = agent.knobs();
 
     if !knobs.native_sidecar && owned_by_job(pod) {
         warnings.push(format!(
@@ -343,15 +349,12 @@ fn decide_inner(pod: &PodView, ctx: &PodContext<'_>, cfg: &InjectorConfig) -> De
     ops.push(match (knobs.native_sidecar, &spec.init_containers) {
         (true, Some(_)) => add(
             &["spec", "initContainers", "0"],
-            PatchValue::Container(Box::new(agent)),
+            PatchValue::Agent(Box::new(agent)),
         ),
-        (true, None) => add(
-            &["spec", "initContainers"],
-            PatchValue::Containers(vec![agent]),
-        ),
+        (true, None) => add(&["spec", "initContainers"], PatchValue::Agents(vec![agent])),
         (false, _) => add(
             &["spec", "containers", "-"],
-            PatchValue::Container(Box::new(agent)),
+            PatchValue::Agent(Box::new(agent)),
         ),
     });
 
@@ -406,23 +409,23 @@ pub fn escape_token(token: &str) -> String {
 /// One RFC 6902 `add` operation. The webhook only ever adds, and serializes the typed value straight
 /// into the response instead of through a `serde_json::Value` tree (most of the patch's cost).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PatchOp {
+pub struct PatchOp<'a> {
     /// An RFC 6901 JSON Pointer, tokens escaped.
     pub path: String,
-    pub value: PatchValue,
+    pub value: PatchValue<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
-pub enum PatchValue {
-    Container(Box<Container>),
-    Containers(Vec<Container>),
+pub enum PatchValue<'a> {
+    Agent(Box<AgentContainer<'a>>),
+    Agents(Vec<AgentContainer<'a>>),
     Volume(Box<Volume>),
     Volumes(Vec<Volume>),
     Json(Value),
 }
 
-impl Serialize for PatchOp {
+impl Serialize for PatchOp<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut op = serializer.serialize_struct("PatchOp", 3)?;
         op.serialize_field("op", "add")?;
@@ -433,14 +436,14 @@ impl Serialize for PatchOp {
 }
 
 /// The patch as the JSON text the API server applies.
-pub fn to_json(patch: &[PatchOp]) -> Result<Vec<u8>, serde_json::Error> {
+pub fn to_json(patch: &[PatchOp<'_>]) -> Result<Vec<u8>, serde_json::Error> {
     // Room for the agent container with a typical target's env and mount copies (about 6 KB).
     let mut out = Vec::with_capacity(8192);
     serde_json::to_writer(&mut out, patch)?;
     Ok(out)
 }
 
-fn add(tokens: &[&str], value: PatchValue) -> PatchOp {
+fn add<'a>(tokens: &[&str], value: PatchValue<'a>) -> PatchOp<'a> {
     let mut path = String::new();
     for token in tokens {
         path.push('/');

@@ -70,6 +70,13 @@ impl fmt::Display for Quantity {
     }
 }
 
+/// As the text it was given: that is what goes into the pod.
+impl serde::Serialize for Quantity {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
 impl FromStr for Quantity {
     type Err = QuantityError;
 
