@@ -3,10 +3,12 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, BTreeSet},
+    sync::LazyLock,
 };
 
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVarSource};
 use serde::{Serialize, ser::SerializeStruct};
+use serde_json::value::RawValue;
 
 use super::{
     AGENT_CONTAINER_NAME, ContainerView, InjectorConfig, TARGET_ENV_PREFIX, TARGET_ROOT, TOKEN_DIR,
@@ -98,11 +100,6 @@ fn may_come_from_env_from(target: &ContainerView, name: &str) -> bool {
 /// target, so building the container allocates little; serialized as k8s-openapi's `EnvVar` would be.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum AgentEnv<'a> {
-    /// A downward-API `fieldRef`.
-    Field {
-        name: &'static str,
-        path: &'static str,
-    },
     Plain {
         name: &'static str,
         value: Cow<'a, str>,
@@ -111,33 +108,60 @@ pub(crate) enum AgentEnv<'a> {
     TargetCopy {
         name: &'a str,
         value: Option<Cow<'a, str>>,
-        value_from: Option<Cow<'a, EnvVarSource>>,
+        value_from: Option<ValueFrom<'a>>,
     },
+}
+
+/// What the agent learns about its pod through the downward API: (variable, `fieldPath`).
+const DOWNWARD_API_ENV: [(&str, &str); 6] = [
+    ("MIRRORD_AGENT_POD_NAME", "metadata.name"),
+    ("MIRRORD_AGENT_POD_NAMESPACE", "metadata.namespace"),
+    ("MIRRORD_AGENT_POD_UID", "metadata.uid"),
+    ("MIRRORD_AGENT_POD_IP", "status.podIP"),
+    ("MIRRORD_AGENT_POD_IPS", "status.podIPs"),
+    ("MIRRORD_AGENT_NODE_NAME", "spec.nodeName"),
+];
+
+/// [`DOWNWARD_API_ENV`] as the JSON of `EnvVar`s with a `fieldRef`, rendered on first use: the
+/// same for every pod, so no review pays for escaping it.
+fn downward_api_env() -> &'static [Box<RawValue>] {
+    static RENDERED: LazyLock<Vec<Box<RawValue>>> = LazyLock::new(|| {
+        DOWNWARD_API_ENV
+            .iter()
+            .filter_map(|(name, path)| {
+                serde_json::value::to_raw_value(&serde_json::json!({
+                    "name": name,
+                    "valueFrom": { "fieldRef": { "fieldPath": path } },
+                }))
+                .ok()
+            })
+            .collect()
+    });
+    &RENDERED
+}
+
+/// The agent's whole `env`: the downward-API variables first, then `rest`.
+struct EnvList<'a, 'b>(&'b [AgentEnv<'a>]);
+
+impl Serialize for EnvList<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let downward = downward_api_env();
+        let mut seq = serializer.serialize_seq(Some(downward.len() + self.0.len()))?;
+        for rendered in downward {
+            seq.serialize_element(rendered)?;
+        }
+        for var in self.0 {
+            seq.serialize_element(var)?;
+        }
+        seq.end()
+    }
 }
 
 impl Serialize for AgentEnv<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct FieldRef {
-            field_path: &'static str,
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct ValueFrom {
-            field_ref: FieldRef,
-        }
         let mut var = serializer.serialize_struct("EnvVar", 2)?;
         match self {
-            AgentEnv::Field { name, path } => {
-                var.serialize_field("name", name)?;
-                var.serialize_field(
-                    "valueFrom",
-                    &ValueFrom {
-                        field_ref: FieldRef { field_path: path },
-                    },
-                )?;
-            }
             AgentEnv::Plain { name, value } => {
                 var.serialize_field("name", name)?;
                 var.serialize_field("value", value)?;
@@ -157,6 +181,23 @@ impl Serialize for AgentEnv<'_> {
             }
         }
         var.end()
+    }
+}
+
+/// A target variable's `valueFrom`: the target's own, or a copy pinned to the target container
+/// (boxed: it is rare and large, and every env entry would otherwise be that large).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ValueFrom<'a> {
+    Borrowed(&'a EnvVarSource),
+    Pinned(Box<EnvVarSource>),
+}
+
+impl Serialize for ValueFrom<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ValueFrom::Borrowed(source) => source.serialize(serializer),
+            ValueFrom::Pinned(source) => source.serialize(serializer),
+        }
     }
 }
 
@@ -191,9 +232,9 @@ fn copy_env<'a>(target: &'a ContainerView, into: &mut Vec<AgentEnv<'a>>) {
                     if let Some(field) = pinned.resource_field_ref.as_mut() {
                         field.container_name = Some(target.name.clone());
                     }
-                    Cow::Owned(pinned)
+                    ValueFrom::Pinned(Box::new(pinned))
                 }
-                _ => Cow::Borrowed(source),
+                _ => ValueFrom::Borrowed(source),
             });
         seen.insert(&var.name);
         AgentEnv::TargetCopy {
@@ -387,37 +428,12 @@ pub(crate) fn agent_container<'a>(
         .join(",");
 
     let plain = |name, value| AgentEnv::Plain { name, value };
-    let mut env = Vec::with_capacity(20 + target.env.as_ref().map_or(0, Vec::len));
-    env.extend([
-        AgentEnv::Field {
-            name: "MIRRORD_AGENT_POD_NAME",
-            path: "metadata.name",
-        },
-        AgentEnv::Field {
-            name: "MIRRORD_AGENT_POD_NAMESPACE",
-            path: "metadata.namespace",
-        },
-        AgentEnv::Field {
-            name: "MIRRORD_AGENT_POD_UID",
-            path: "metadata.uid",
-        },
-        AgentEnv::Field {
-            name: "MIRRORD_AGENT_POD_IP",
-            path: "status.podIP",
-        },
-        AgentEnv::Field {
-            name: "MIRRORD_AGENT_POD_IPS",
-            path: "status.podIPs",
-        },
-        AgentEnv::Field {
-            name: "MIRRORD_AGENT_NODE_NAME",
-            path: "spec.nodeName",
-        },
-        plain(
-            "MIRRORD_AGENT_COORDINATOR_URL",
-            Cow::Borrowed(cfg.coordinator_url.as_str()),
-        ),
-    ]);
+    // After the downward-API variables (written by `EnvList`).
+    let mut env = Vec::with_capacity(16 + target.env.as_ref().map_or(0, Vec::len));
+    env.push(plain(
+        "MIRRORD_AGENT_COORDINATOR_URL",
+        Cow::Borrowed(cfg.coordinator_url.as_str()),
+    ));
     if let Some(ca) = &cfg.coordinator_ca_bundle {
         env.push(plain("MIRRORD_AGENT_COORDINATOR_CA", Cow::Borrowed(ca)));
     }
@@ -485,7 +501,7 @@ impl Serialize for AgentContainer<'_> {
         let knobs = &self.knobs;
         let mut container = serializer.serialize_struct("Container", 9)?;
         container.serialize_field("args", &["agent"])?;
-        container.serialize_field("env", &self.env)?;
+        container.serialize_field("env", &EnvList(&self.env))?;
         if !self.env_from.is_empty() {
             container.serialize_field("envFrom", &self.env_from)?;
         }

@@ -403,7 +403,19 @@ fn token_volume_source(name: &str) -> Volume {
 
 /// RFC 6901 reference token escaping: `~` first, then `/`.
 pub fn escape_token(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
+    let mut out = String::with_capacity(token.len() + 2);
+    push_escaped_token(&mut out, token);
+    out
+}
+
+fn push_escaped_token(out: &mut String, token: &str) {
+    for c in token.chars() {
+        match c {
+            '~' => out.push_str("~0"),
+            '/' => out.push_str("~1"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// One RFC 6902 `add` operation. The webhook only ever adds, and serializes the typed value straight
@@ -444,10 +456,10 @@ pub fn to_json(patch: &[PatchOp<'_>]) -> Result<Vec<u8>, serde_json::Error> {
 }
 
 fn add<'a>(tokens: &[&str], value: PatchValue<'a>) -> PatchOp<'a> {
-    let mut path = String::new();
+    let mut path = String::with_capacity(64);
     for token in tokens {
         path.push('/');
-        path.push_str(&escape_token(token));
+        push_escaped_token(&mut path, token);
     }
     PatchOp { path, value }
 }
