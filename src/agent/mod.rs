@@ -40,7 +40,7 @@ const WORKER_THREADS: usize = 2;
 
 /// The agent-only executable, installed next to `mirrord-operator` (same crate, same version).
 /// It links none of the webhook's code (kube, k8s-openapi, rcgen, axum's TLS server), so the
-/// sidecar in every target pod maps ~2 MiB less (docs/agent.md, "Resources").
+/// sidecar in every target pod maps ~2 MiB less (docs/agent.md, "Two executables, one command").
 pub const AGENT_EXECUTABLE: &str = "mirrord-agent";
 
 /// `mirrord-operator agent …`: replaces this process with [`AGENT_EXECUTABLE`] from the same

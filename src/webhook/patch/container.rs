@@ -774,6 +774,24 @@ mod tests {
     }
 
     #[test]
+    fn every_downward_api_variable_is_rendered() {
+        let rendered: Vec<Value> = downward_api_env()
+            .iter()
+            .map(|raw| serde_json::from_str(raw.get()).unwrap())
+            .collect();
+        let expected: Vec<Value> = DOWNWARD_API_ENV
+            .iter()
+            .map(|(name, path)| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } }))
+            .collect();
+        assert_eq!(rendered, expected);
+    }
+
+    #[test]
+    fn target_root_dir_is_the_target_root_with_a_separator() {
+        assert_eq!(TARGET_ROOT_DIR, format!("{TARGET_ROOT}/"));
+    }
+
+    #[test]
     fn mounts_are_read_only_under_target_root() {
         let mut target = container("app");
         target.env = Some(vec![plain("POD", "p")]);

@@ -39,7 +39,6 @@ use serde::{Serialize, ser::SerializeStruct};
 use serde_json::{Value, json};
 
 pub use container::{AgentContainer, NON_ROOT_UID, PROXY_CONTAINERS};
-use knobs::Knobs;
 pub use knobs::{
     AgentDefaults, DefaultsError, EnvMode, FsMode, ImageError, Knob, LogLevel, Redirect,
     UnknownValue, validate_image,
@@ -218,7 +217,7 @@ fn decide_inner<'a>(
 
     let container_names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     let mut report = knobs::Report::default();
-    let mut knobs: Knobs = knobs::resolve(
+    let mut knobs = knobs::resolve(
         &knobs::Annotations {
             pod: annotations,
             namespace: ctx.namespace_annotations,
@@ -401,13 +400,7 @@ fn token_volume_source(name: &str) -> Volume {
     }
 }
 
-/// RFC 6901 reference token escaping: `~` first, then `/`.
-pub fn escape_token(token: &str) -> String {
-    let mut out = String::with_capacity(token.len() + 2);
-    push_escaped_token(&mut out, token);
-    out
-}
-
+/// RFC 6901 reference token escaping (`~` → `~0`, `/` → `~1`), appended to `out`.
 fn push_escaped_token(out: &mut String, token: &str) {
     for c in token.chars() {
         match c {
@@ -470,6 +463,11 @@ mod tests {
 
     #[test]
     fn escapes_pointer_tokens() {
+        let escape_token = |token: &str| {
+            let mut out = String::new();
+            push_escaped_token(&mut out, token);
+            out
+        };
         assert_eq!(
             escape_token("agent.mirrord.metalbear.co/status"),
             "agent.mirrord.metalbear.co~1status"
