@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, hint::black_box, path::Path};
 use criterion::{Criterion, criterion_group, criterion_main};
 use mirrord_operator::webhook::{
     admission,
-    patch::{AgentDefaults, Decision, InjectorConfig, PodContext, PodView, decide},
+    patch::{self, AgentDefaults, Decision, InjectorConfig, PodContext, PodView, decide},
 };
 use serde_json::{Value, json};
 
@@ -82,7 +82,7 @@ fn bench(c: &mut Criterion) {
         });
         c.bench_function(&format!("decide+serialize/{name}"), |b| {
             b.iter(|| match decide(black_box(&pod), &ctx, &cfg) {
-                Decision::Inject { patch, .. } => serde_json::to_vec(&patch).unwrap(),
+                Decision::Inject { patch, .. } => patch::to_json(&patch),
                 Decision::Skip(_) => Vec::new(),
             })
         });
@@ -94,13 +94,17 @@ fn bench(c: &mut Criterion) {
 fn review(c: &mut Criterion) {
     let cfg = config();
     for name in ["deployment-pod", "env-references"] {
-        let body = std::fs::read(
+        let pretty = std::fs::read(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/data")
                 .join(name)
                 .join("review.json"),
         )
         .unwrap();
+        // Compact, as the API server sends it (the fixtures are indented for reading).
+        let body =
+            serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&pretty).unwrap())
+                .unwrap();
         assert_eq!(admission::review(&body, &cfg, |_| None).result, "injected");
         c.bench_function(&format!("review/{name}"), |b| {
             b.iter(|| admission::review(black_box(&body), &cfg, |_| None))

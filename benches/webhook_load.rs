@@ -1,9 +1,14 @@
-//! Load test: the real webhook binary over TLS, side by side with a bare axum + rustls endpoint that
-//! answers a fixed AdmissionReview (same TLS stack, same accept loop, no admission logic), in one run
-//! on one machine so the ratio is honest. Prints a Markdown table for docs/benchmarks.md.
+//! Load test: the real webhook binary over TLS, side by side with bare axum + rustls endpoints that
+//! answer a fixed AdmissionReview (same TLS stack, same accept loop, no admission logic), in one run
+//! on one machine so the ratio is honest. Two bare endpoints: one answers the very bytes the webhook
+//! answers for this request (captured from it at start), so the difference is the admission work
+//! alone; one answers a small patch, which shows what moving the bigger answer costs. Closed-loop
+//! rounds alternate between the servers, so a change in the machine's load hits all of them.
+//! Prints Markdown tables for docs/benchmarks.md.
 //!
-//! `cargo bench --bench webhook_load` (or `make bench`). Knobs: LOAD_SECONDS (default 10),
-//! LOAD_CONNECTIONS (default 16), LOAD_RATE (fixed-rate phase, default 2000 req/s).
+//! `cargo bench --bench webhook_load` (or `make bench`). Knobs: LOAD_SECONDS (each closed-loop
+//! round and the fixed-rate phase, default 5), LOAD_ROUNDS (default 3), LOAD_CONNECTIONS (default
+//! 16), LOAD_RATE (fixed-rate phase, default 2000 req/s).
 
 use std::{
     net::SocketAddr,
@@ -80,8 +85,8 @@ fn review_body() -> Vec<u8> {
     .unwrap()
 }
 
-/// The bare endpoint's fixed answer: allowed, with a small patch (what a trivial webhook would send).
-fn fixed_reply() -> Vec<u8> {
+/// The small fixed answer: allowed, with a one-operation patch (what a trivial webhook would send).
+fn small_reply() -> Vec<u8> {
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "response": {"uid": "4b0f8a0e-0000-4000-8000-000000000001", "allowed": true, "patchType": "JSONPatch",
@@ -91,7 +96,7 @@ fn fixed_reply() -> Vec<u8> {
 }
 
 /// Child mode: the bare axum + rustls endpoint, on the same accept loop as the webhook.
-fn run_bare_server(certs: &str) {
+fn run_bare_server(certs: &str, reply_file: &str) {
     use axum::{Router, routing::post};
     use mirrord_operator::{shutdown, tls};
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -106,7 +111,7 @@ fn run_bare_server(certs: &str) {
             key: format!("{certs}/tls.key").into(),
         };
         resolver.swap(files.load().unwrap());
-        let reply = Bytes::from(fixed_reply());
+        let reply = Bytes::from(std::fs::read(reply_file).unwrap());
         let router = Router::new().route(
             "/mutate",
             post(move |_body: Bytes| {
@@ -217,9 +222,11 @@ fn start_webhook(certs: &str) -> Server {
     }
 }
 
-fn start_bare(certs: &str) -> Server {
+fn start_bare(name: &'static str, certs: &str, reply: &[u8]) -> Server {
+    let reply_file = format!("{certs}/{}.json", name.replace(' ', "-"));
+    std::fs::write(&reply_file, reply).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([BARE_FLAG, certs])
+        .args([BARE_FLAG, certs, &reply_file])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the bare endpoint");
@@ -230,7 +237,7 @@ fn start_bare(certs: &str) -> Server {
     )
     .unwrap();
     Server {
-        name: "bare axum + rustls",
+        name,
         child,
         addr: line.trim().parse().expect("bare endpoint address"),
     }
@@ -260,13 +267,30 @@ impl Client {
         sender
     }
 
-    async fn send(&self, sender: &mut Sender) -> bool {
-        let request = Request::post("/mutate")
+    /// The server's answer to the review, once it accepts connections (bounded wait).
+    async fn fetch(&self, addr: SocketAddr) -> Bytes {
+        for _ in 0..100 {
+            if TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut sender = self.connect(addr).await;
+        let response = sender.send_request(self.request()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    fn request(&self) -> Request<Full<Bytes>> {
+        Request::post("/mutate")
             .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Full::new(self.body.clone()))
-            .unwrap();
-        match sender.send_request(request).await {
+            .unwrap()
+    }
+
+    async fn send(&self, sender: &mut Sender) -> bool {
+        match sender.send_request(self.request()).await {
             Ok(response) => {
                 let ok = response.status() == 200;
                 ok & response.into_body().collect().await.is_ok()
@@ -356,9 +380,10 @@ fn ms(us: u64) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == BARE_FLAG) {
-        return run_bare_server(&args[i + 1]);
+        return run_bare_server(&args[i + 1], &args[i + 2]);
     }
-    let seconds: u64 = env_or("LOAD_SECONDS", 10);
+    let seconds: u64 = env_or("LOAD_SECONDS", 5);
+    let rounds: usize = env_or("LOAD_ROUNDS", 3);
     let connections: u64 = env_or("LOAD_CONNECTIONS", 16);
     let rate: u64 = env_or("LOAD_RATE", 2000);
     let certs = tempfile::tempdir().unwrap();
@@ -388,88 +413,123 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let servers = [start_webhook(&certs_dir), start_bare(&certs_dir)];
+    let webhook = start_webhook(&certs_dir);
+    let answer = runtime.block_on(client.fetch(webhook.addr));
+    assert!(
+        answer.windows(8).any(|w| w == b"\"patch\":"),
+        "the webhook did not inject: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    let servers = [
+        webhook,
+        start_bare("bare, same answer", &certs_dir, &answer),
+        start_bare("bare, small answer", &certs_dir, &small_reply()),
+    ];
+    println!(
+        "\nanswer sizes: webhook and \"bare, same answer\" {} bytes, \"bare, small answer\" {} bytes",
+        answer.len(),
+        small_reply().len()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let idle: Vec<_> = servers.iter().map(|s| s.memory_kib()).collect();
-    println!(
-        "\n| server | mode | req/s | p50 ms | p99 ms | max ms | errors | schedule lag p99 ms | RSS idle → after (KiB) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let mut throughput = Vec::new();
-    let mut cpu = Vec::new();
-    for (server, idle) in servers.iter().zip(&idle) {
-        runtime.block_on(async {
-            // Warm-up: connections, caches, allocator.
-            load(
-                &client,
-                server.addr,
-                connections,
-                Duration::from_secs(1),
-                None,
-            )
-            .await;
-            let server_pid = server.child.id().to_string();
-            let cpu_before = (cpu_time(&server_pid), cpu_time("self"));
-            let closed = load(
+    for server in &servers {
+        // Warm-up: connections, caches, allocator.
+        runtime.block_on(load(
+            &client,
+            server.addr,
+            connections,
+            Duration::from_secs(1),
+            None,
+        ));
+    }
+
+    // Closed loop, rounds alternating between the servers.
+    let mut rps = vec![Vec::new(); servers.len()];
+    let mut cpu = vec![(0.0, 0.0); servers.len()];
+    let mut latency: Vec<Histogram<u64>> = servers
+        .iter()
+        .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).unwrap())
+        .collect();
+    for _ in 0..rounds {
+        for (i, server) in servers.iter().enumerate() {
+            let pid = server.child.id().to_string();
+            let before = (cpu_time(&pid), cpu_time("self"));
+            let run = runtime.block_on(load(
                 &client,
                 server.addr,
                 connections,
                 Duration::from_secs(seconds),
                 None,
-            )
-            .await;
-            let per_request = |before: Duration, after: Duration| {
-                (after - before).as_secs_f64() * 1e6 / closed.requests.max(1) as f64
-            };
-            cpu.push((
-                server.name,
-                per_request(cpu_before.0, cpu_time(&server_pid)),
-                per_request(cpu_before.1, cpu_time("self")),
             ));
-            let open = load(
-                &client,
-                server.addr,
-                connections,
-                Duration::from_secs(seconds),
-                Some(rate),
-            )
-            .await;
-            let after = server.memory_kib();
-            let rps = closed.requests as f64 / closed.elapsed.as_secs_f64();
-            throughput.push(rps);
-            for (mode, run) in [
-                (format!("max, {connections} conns"), &closed),
-                (format!("{rate} req/s"), &open),
-            ] {
-                println!(
-                    "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} → {} |",
-                    server.name,
-                    mode,
-                    run.requests as f64 / run.elapsed.as_secs_f64(),
-                    ms(run.latency.value_at_quantile(0.5)),
-                    ms(run.latency.value_at_quantile(0.99)),
-                    ms(run.latency.max()),
-                    run.errors,
-                    if run.lag.is_empty() {
-                        "—".to_string()
-                    } else {
-                        ms(run.lag.value_at_quantile(0.99))
-                    },
-                    idle.0,
-                    after.0
-                );
-            }
-        });
+            assert_eq!(run.errors, 0, "{} failed requests", server.name);
+            let per_request = |before: Duration, after: Duration| {
+                (after - before).as_secs_f64() * 1e6 / run.requests.max(1) as f64
+            };
+            cpu[i].0 += per_request(before.0, cpu_time(&pid)) / rounds as f64;
+            cpu[i].1 += per_request(before.1, cpu_time("self")) / rounds as f64;
+            rps[i].push(run.requests as f64 / run.elapsed.as_secs_f64());
+            latency[i].add(&run.latency).unwrap();
+        }
     }
     println!(
-        "\nwebhook / bare throughput ratio: {:.2}",
-        throughput[0] / throughput[1]
+        "\n| server | closed loop, {connections} conns: req/s per round | p50 ms | p99 ms | max ms |"
     );
-    // CPU per request in the closed-loop phase: the ratio above is bounded by the cores the load
-    // generator shares with the server, this is what each side spends.
+    println!("|---|---|---|---|---|");
+    for (i, server) in servers.iter().enumerate() {
+        let rounds: Vec<String> = rps[i].iter().map(|r| format!("{r:.0}")).collect();
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            server.name,
+            rounds.join(" / "),
+            ms(latency[i].value_at_quantile(0.5)),
+            ms(latency[i].value_at_quantile(0.99)),
+            ms(latency[i].max()),
+        );
+    }
+    let ratios = |bare: usize| {
+        let mut r: Vec<f64> = rps[0].iter().zip(&rps[bare]).map(|(w, b)| w / b).collect();
+        let text: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+        r.sort_by(f64::total_cmp);
+        (text.join(" / "), r[r.len() / 2])
+    };
+    for (bare, what) in [(1, "same answer"), (2, "small answer")] {
+        let (each, median) = ratios(bare);
+        println!(
+            "\nwebhook / bare ({what}) throughput ratio per round: {each} (median {median:.2})"
+        );
+    }
+    // The ratios are bounded by the cores the load generator shares with the servers; this is what
+    // each side spends.
     println!("\n| server | server CPU µs/request | load generator CPU µs/request |");
     println!("|---|---|---|");
-    for (name, server, client) in cpu {
-        println!("| {name} | {server:.1} | {client:.1} |");
+    for (server, (server_cpu, client_cpu)) in servers.iter().zip(&cpu) {
+        println!("| {} | {server_cpu:.1} | {client_cpu:.1} |", server.name);
+    }
+
+    // Open loop at a fixed rate: latency where the servers are not saturated.
+    println!(
+        "\n| server | {rate} req/s: req/s | p50 ms | p99 ms | max ms | errors | schedule lag p99 ms | RSS idle → after (KiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (server, idle) in servers.iter().zip(&idle) {
+        let run = runtime.block_on(load(
+            &client,
+            server.addr,
+            connections,
+            Duration::from_secs(seconds),
+            Some(rate),
+        ));
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} → {} |",
+            server.name,
+            run.requests as f64 / run.elapsed.as_secs_f64(),
+            ms(run.latency.value_at_quantile(0.5)),
+            ms(run.latency.value_at_quantile(0.99)),
+            ms(run.latency.max()),
+            run.errors,
+            ms(run.lag.value_at_quantile(0.99)),
+            idle.0,
+            server.memory_kib().0
+        );
     }
 }

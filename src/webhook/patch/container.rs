@@ -7,14 +7,13 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVarSource};
-use serde::{Serialize, ser::SerializeStruct};
-use serde_json::value::RawValue;
+use serde::Serialize;
 
 use super::{
     AGENT_CONTAINER_NAME, ContainerView, InjectorConfig, TARGET_ENV_PREFIX, TARGET_ROOT, TOKEN_DIR,
     TOKEN_PATH,
+    json::{push_array, push_prefixed, push_str, push_value},
     knobs::{EnvMode, FsMode, Knobs, Redirect},
-    quantity::Quantity,
 };
 
 /// Sidecars of other injectors (and our own) that are never the application.
@@ -97,7 +96,7 @@ fn may_come_from_env_from(target: &ContainerView, name: &str) -> bool {
 }
 
 /// One entry of the agent's `env`. Borrowed from the config, the knobs' fixed spellings and the
-/// target, so building the container allocates little; serialized as k8s-openapi's `EnvVar` would be.
+/// target, so building the container allocates little; written as k8s-openapi's `EnvVar` would be.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum AgentEnv<'a> {
     Plain {
@@ -122,65 +121,63 @@ const DOWNWARD_API_ENV: [(&str, &str); 6] = [
     ("MIRRORD_AGENT_NODE_NAME", "spec.nodeName"),
 ];
 
-/// [`DOWNWARD_API_ENV`] as the JSON of `EnvVar`s with a `fieldRef`, rendered on first use: the
-/// same for every pod, so no review pays for escaping it.
-fn downward_api_env() -> &'static [Box<RawValue>] {
-    static RENDERED: LazyLock<Vec<Box<RawValue>>> = LazyLock::new(|| {
-        DOWNWARD_API_ENV
-            .iter()
-            .filter_map(|(name, path)| {
-                serde_json::value::to_raw_value(&serde_json::json!({
-                    "name": name,
-                    "valueFrom": { "fieldRef": { "fieldPath": path } },
-                }))
-                .ok()
-            })
-            .collect()
+/// [`DOWNWARD_API_ENV`] as the JSON of `EnvVar`s with a `fieldRef`, comma-separated, rendered on
+/// first use: the same for every pod, so no review pays for writing it.
+fn downward_api_env() -> &'static [u8] {
+    static RENDERED: LazyLock<Vec<u8>> = LazyLock::new(|| {
+        let mut out = Vec::new();
+        for (i, (name, path)) in DOWNWARD_API_ENV.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"name":"#);
+            push_str(&mut out, name);
+            out.extend_from_slice(br#","valueFrom":{"fieldRef":{"fieldPath":"#);
+            push_str(&mut out, path);
+            out.extend_from_slice(b"}}}");
+        }
+        out
     });
     &RENDERED
 }
 
 /// The agent's whole `env`: the downward-API variables first, then `rest`.
-struct EnvList<'a, 'b>(&'b [AgentEnv<'a>]);
-
-impl Serialize for EnvList<'_, '_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let downward = downward_api_env();
-        let mut seq = serializer.serialize_seq(Some(downward.len() + self.0.len()))?;
-        for rendered in downward {
-            seq.serialize_element(rendered)?;
-        }
-        for var in self.0 {
-            seq.serialize_element(var)?;
-        }
-        seq.end()
+fn write_env(out: &mut Vec<u8>, rest: &[AgentEnv<'_>]) {
+    out.push(b'[');
+    out.extend_from_slice(downward_api_env());
+    for var in rest {
+        out.push(b',');
+        var.write_json(out);
     }
+    out.push(b']');
 }
 
-impl Serialize for AgentEnv<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut var = serializer.serialize_struct("EnvVar", 2)?;
+impl AgentEnv<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"name":"#);
         match self {
             AgentEnv::Plain { name, value } => {
-                var.serialize_field("name", name)?;
-                var.serialize_field("value", value)?;
+                push_str(out, name);
+                out.extend_from_slice(br#","value":"#);
+                push_str(out, value);
             }
             AgentEnv::TargetCopy {
                 name,
                 value,
                 value_from,
             } => {
-                var.serialize_field("name", &Prefixed(TARGET_ENV_PREFIX, name))?;
+                push_prefixed(out, TARGET_ENV_PREFIX, name);
                 if let Some(value) = value {
-                    var.serialize_field("value", value)?;
+                    out.extend_from_slice(br#","value":"#);
+                    push_str(out, value);
                 }
                 if let Some(value_from) = value_from {
-                    var.serialize_field("valueFrom", value_from)?;
+                    out.extend_from_slice(br#","valueFrom":"#);
+                    push_value(out, value_from.source());
                 }
             }
         }
-        var.end()
+        out.push(b'}');
     }
 }
 
@@ -192,21 +189,12 @@ pub(crate) enum ValueFrom<'a> {
     Pinned(Box<EnvVarSource>),
 }
 
-impl Serialize for ValueFrom<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+impl ValueFrom<'_> {
+    fn source(&self) -> &EnvVarSource {
         match self {
-            ValueFrom::Borrowed(source) => source.serialize(serializer),
-            ValueFrom::Pinned(source) => source.serialize(serializer),
+            ValueFrom::Borrowed(source) => source,
+            ValueFrom::Pinned(source) => source,
         }
-    }
-}
-
-/// A string written as `prefix` followed by `rest`, without building it first.
-struct Prefixed<'a>(&'a str, &'a str);
-
-impl Serialize for Prefixed<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{}{}", self.0, self.1))
     }
 }
 
@@ -262,7 +250,7 @@ fn copy_env_from(target: &ContainerView) -> Vec<EnvFromSource> {
         .collect()
 }
 
-/// One of the agent's `volumeMounts`, read-only, at `under` + `path` (serialized as k8s-openapi's
+/// One of the agent's `volumeMounts`, read-only, at `under` + `path` (written as k8s-openapi's
 /// `VolumeMount` would be).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct AgentMount<'a> {
@@ -273,19 +261,22 @@ pub(crate) struct AgentMount<'a> {
     sub_path_expr: Option<Cow<'a, str>>,
 }
 
-impl Serialize for AgentMount<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut mount = serializer.serialize_struct("VolumeMount", 5)?;
-        mount.serialize_field("mountPath", &Prefixed(self.under, self.path))?;
-        mount.serialize_field("name", &self.name)?;
-        mount.serialize_field("readOnly", &true)?;
+impl AgentMount<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"mountPath":"#);
+        push_prefixed(out, self.under, self.path);
+        out.extend_from_slice(br#","name":"#);
+        push_str(out, &self.name);
+        out.extend_from_slice(br#","readOnly":true"#);
         if let Some(sub_path) = self.sub_path {
-            mount.serialize_field("subPath", sub_path)?;
+            out.extend_from_slice(br#","subPath":"#);
+            push_str(out, sub_path);
         }
         if let Some(expr) = &self.sub_path_expr {
-            mount.serialize_field("subPathExpr", expr)?;
+            out.extend_from_slice(br#","subPathExpr":"#);
+            push_str(out, expr);
         }
-        mount.end()
+        out.push(b'}');
     }
 }
 
@@ -496,95 +487,64 @@ impl AgentContainer<'_> {
     }
 }
 
-impl Serialize for AgentContainer<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+impl AgentContainer<'_> {
+    /// Appends the container as JSON: the fields of k8s-openapi's `Container`, in its order.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
         let knobs = &self.knobs;
-        let mut container = serializer.serialize_struct("Container", 9)?;
-        container.serialize_field("args", &["agent"])?;
-        container.serialize_field("env", &EnvList(&self.env))?;
+        out.extend_from_slice(br#"{"args":["agent"],"env":"#);
+        write_env(out, &self.env);
         if !self.env_from.is_empty() {
-            container.serialize_field("envFrom", &self.env_from)?;
+            out.extend_from_slice(br#","envFrom":"#);
+            push_value(out, &self.env_from);
         }
-        container.serialize_field("image", &knobs.image)?;
-        container.serialize_field("name", AGENT_CONTAINER_NAME)?;
-        container.serialize_field("resources", &Resources(knobs))?;
+        out.extend_from_slice(br#","image":"#);
+        push_str(out, &knobs.image);
+        out.extend_from_slice(br#","name":"#);
+        push_str(out, AGENT_CONTAINER_NAME);
+        out.extend_from_slice(br#","resources":"#);
+        write_resources(out, knobs);
         if knobs.native_sidecar {
-            container.serialize_field("restartPolicy", "Always")?;
+            out.extend_from_slice(br#","restartPolicy":"Always""#);
         }
-        container.serialize_field(
-            "securityContext",
-            &security_context(knobs, self.run_as_group),
-        )?;
-        container.serialize_field("volumeMounts", &self.volume_mounts)?;
-        container.end()
+        out.extend_from_slice(br#","securityContext":"#);
+        write_security_context(out, knobs, self.run_as_group);
+        out.extend_from_slice(br#","volumeMounts":"#);
+        push_array(out, &self.volume_mounts, |out, mount| mount.write_json(out));
+        out.push(b'}');
     }
 }
 
-/// `resources`: requests always, limits when set (as `ResourceRequirements` with its maps).
-struct Resources<'a>(&'a Knobs);
-
-impl Serialize for Resources<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct CpuMemory<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            cpu: Option<&'a Quantity>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            memory: Option<&'a Quantity>,
+/// `resources` (as `ResourceRequirements`): requests always, limits when set.
+fn write_resources(out: &mut Vec<u8>, knobs: &Knobs) {
+    out.push(b'{');
+    if knobs.cpu_limit.is_some() || knobs.memory_limit.is_some() {
+        out.extend_from_slice(br#""limits":{"#);
+        if let Some(cpu) = &knobs.cpu_limit {
+            out.extend_from_slice(br#""cpu":"#);
+            push_str(out, cpu.as_str());
         }
-        let knobs = self.0;
-        let mut resources = serializer.serialize_struct("ResourceRequirements", 2)?;
-        if knobs.cpu_limit.is_some() || knobs.memory_limit.is_some() {
-            resources.serialize_field(
-                "limits",
-                &CpuMemory {
-                    cpu: knobs.cpu_limit.as_ref(),
-                    memory: knobs.memory_limit.as_ref(),
-                },
-            )?;
+        if let Some(memory) = &knobs.memory_limit {
+            if knobs.cpu_limit.is_some() {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#""memory":"#);
+            push_str(out, memory.as_str());
         }
-        resources.serialize_field(
-            "requests",
-            &CpuMemory {
-                cpu: Some(&knobs.cpu_request),
-                memory: Some(&knobs.memory_request),
-            },
-        )?;
-        resources.end()
+        out.extend_from_slice(b"},");
     }
+    out.extend_from_slice(br#""requests":{"cpu":"#);
+    push_str(out, knobs.cpu_request.as_str());
+    out.extend_from_slice(br#","memory":"#);
+    push_str(out, knobs.memory_request.as_str());
+    out.extend_from_slice(b"}}");
 }
 
-/// The agent's `securityContext`, fields as k8s-openapi's `SecurityContext` writes them.
-#[derive(Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct AgentSecurityContext {
-    allow_privilege_escalation: bool,
-    capabilities: AgentCapabilities,
-    read_only_root_filesystem: bool,
-    run_as_group: i64,
-    run_as_non_root: bool,
-    run_as_user: i64,
-    seccomp_profile: Seccomp,
-}
-
-#[derive(Debug, PartialEq, Serialize)]
-pub(crate) struct AgentCapabilities {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    add: Vec<&'static str>,
-    drop: [&'static str; 1],
-}
-
-#[derive(Debug, PartialEq, Serialize)]
-struct Seccomp {
-    #[serde(rename = "type")]
-    type_: &'static str,
-}
-
-/// Least privilege per knob. Capabilities added to a non-root container are not effective (Kubernetes
+/// The agent's `securityContext` (fields in k8s-openapi's `SecurityContext` order), least
+/// privilege per knob. Capabilities added to a non-root container are not effective (Kubernetes
 /// sets no ambient capabilities), so the agent runs as uid 0 exactly when it needs one: NET_ADMIN
 /// for iptables redirection, SYS_PTRACE to read another process's `/proc/<pid>/environ` or `root`.
-fn security_context(knobs: &Knobs, gid: i64) -> AgentSecurityContext {
-    let mut add = Vec::new();
+fn write_security_context(out: &mut Vec<u8>, knobs: &Knobs, gid: i64) {
+    let mut add: Vec<&str> = Vec::new();
     if knobs.redirect == Redirect::Iptables {
         add.push("NET_ADMIN");
     }
@@ -592,18 +552,25 @@ fn security_context(knobs: &Knobs, gid: i64) -> AgentSecurityContext {
         add.push("SYS_PTRACE");
     }
     let root = !add.is_empty();
-    AgentSecurityContext {
-        allow_privilege_escalation: false,
-        capabilities: AgentCapabilities { add, drop: ["ALL"] },
-        read_only_root_filesystem: true,
-        run_as_group: gid,
-        run_as_non_root: !root,
-        run_as_user: if root { 0 } else { NON_ROOT_UID },
-        seccomp_profile: Seccomp {
-            type_: "RuntimeDefault",
-        },
+    out.extend_from_slice(br#"{"allowPrivilegeEscalation":false,"capabilities":{"#);
+    if root {
+        out.extend_from_slice(br#""add":"#);
+        push_array(out, &add, |out, cap| push_str(out, cap));
+        out.push(b',');
     }
+    out.extend_from_slice(br#""drop":["ALL"]},"readOnlyRootFilesystem":true,"runAsGroup":"#);
+    push_value(out, &gid);
+    out.extend_from_slice(if root {
+        br#","runAsNonRoot":false,"runAsUser":0"#.as_slice()
+    } else {
+        br#","runAsNonRoot":true,"runAsUser":"#.as_slice()
+    });
+    if !root {
+        push_value(out, &NON_ROOT_UID);
+    }
+    out.extend_from_slice(br#","seccompProfile":{"type":"RuntimeDefault"}}"#);
 }
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{EnvVar, VolumeMount};
@@ -624,7 +591,11 @@ mod tests {
         let mut env = Vec::new();
         copy_env(target, &mut env);
         env.iter()
-            .map(|e| serde_json::to_value(e).unwrap())
+            .map(|e| {
+                let mut out = Vec::new();
+                e.write_json(&mut out);
+                serde_json::from_slice(&out).unwrap()
+            })
             .collect()
     }
 
@@ -775,15 +746,93 @@ mod tests {
 
     #[test]
     fn every_downward_api_variable_is_rendered() {
-        let rendered: Vec<Value> = downward_api_env()
-            .iter()
-            .map(|raw| serde_json::from_str(raw.get()).unwrap())
-            .collect();
+        let rendered: Vec<Value> =
+            serde_json::from_slice(&[b"[", downward_api_env(), b"]"].concat()).unwrap();
         let expected: Vec<Value> = DOWNWARD_API_ENV
             .iter()
             .map(|(name, path)| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } }))
             .collect();
         assert_eq!(rendered, expected);
+    }
+
+    fn knobs(limits: (Option<&str>, Option<&str>), redirect: Redirect, env: EnvMode) -> Knobs {
+        Knobs {
+            image: "registry.example/agent:1".to_owned(),
+            cpu_request: "5m".parse().unwrap(),
+            cpu_limit: limits.0.map(|q| q.parse().unwrap()),
+            memory_request: "16Mi".parse().unwrap(),
+            memory_limit: limits.1.map(|q| q.parse().unwrap()),
+            log_level: super::super::LogLevel::Info,
+            native_sidecar: false,
+            redirect,
+            env,
+            fs: FsMode::Volumes,
+            target_container: "app".to_owned(),
+        }
+    }
+
+    /// Written text compared with what k8s-openapi writes for the same values.
+    fn same_as_k8s_openapi<T: serde::de::DeserializeOwned + Serialize>(out: &[u8]) -> T {
+        let typed: T = serde_json::from_slice(out).unwrap();
+        assert_eq!(
+            std::str::from_utf8(out).unwrap(),
+            serde_json::to_string(&typed).unwrap()
+        );
+        typed
+    }
+
+    #[test]
+    fn resources_for_every_combination_of_limits() {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        for limits in [
+            (None, None),
+            (Some("1"), None),
+            (None, Some("64Mi")),
+            (Some("1"), Some("64Mi")),
+        ] {
+            let mut out = Vec::new();
+            write_resources(&mut out, &knobs(limits, Redirect::Off, EnvMode::Spec));
+            let r: ResourceRequirements = same_as_k8s_openapi(&out);
+            let get = |m: &Option<BTreeMap<String, _>>, k: &str| {
+                m.as_ref()
+                    .and_then(|m| m.get(k))
+                    .map(|q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| q.0.clone())
+            };
+            assert_eq!(get(&r.requests, "cpu").as_deref(), Some("5m"));
+            assert_eq!(get(&r.requests, "memory").as_deref(), Some("16Mi"));
+            assert_eq!(get(&r.limits, "cpu").as_deref(), limits.0);
+            assert_eq!(get(&r.limits, "memory").as_deref(), limits.1);
+            assert_eq!(r.limits.is_some(), limits != (None, None));
+        }
+    }
+
+    #[test]
+    fn security_context_adds_capabilities_only_as_root() {
+        use k8s_openapi::api::core::v1::SecurityContext;
+        for (redirect, env, caps) in [
+            (Redirect::Off, EnvMode::Spec, vec![]),
+            (Redirect::Iptables, EnvMode::Spec, vec!["NET_ADMIN"]),
+            (Redirect::Off, EnvMode::Proc, vec!["SYS_PTRACE"]),
+            (
+                Redirect::Iptables,
+                EnvMode::Proc,
+                vec!["NET_ADMIN", "SYS_PTRACE"],
+            ),
+        ] {
+            let mut out = Vec::new();
+            write_security_context(&mut out, &knobs((None, None), redirect, env), 30777);
+            let sc: SecurityContext = same_as_k8s_openapi(&out);
+            let root = !caps.is_empty();
+            let capabilities = sc.capabilities.unwrap();
+            assert_eq!(capabilities.add.unwrap_or_default(), caps);
+            assert_eq!(capabilities.drop.unwrap(), ["ALL"]);
+            assert_eq!(sc.run_as_user, Some(if root { 0 } else { NON_ROOT_UID }));
+            assert_eq!(sc.run_as_non_root, Some(!root));
+            assert_eq!(sc.run_as_group, Some(30777));
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        }
     }
 
     #[test]
@@ -814,7 +863,9 @@ mod tests {
         let mounts = |env_copied: bool, warnings: &mut Vec<String>| {
             let mut mounts = Vec::new();
             copy_mounts(&target, env_copied, &mut mounts, warnings);
-            serde_json::to_value(mounts).unwrap()
+            let mut out = Vec::new();
+            push_array(&mut out, &mounts, |out, m| m.write_json(out));
+            serde_json::from_slice::<Value>(&out).unwrap()
         };
         let mut warnings = Vec::new();
         assert_eq!(

@@ -1,7 +1,7 @@
 //! Per-pod knobs: typed values, operator-wide defaults, and resolution
 //! (pod annotation, then namespace annotation, then the operator default).
 
-use std::{borrow::Cow, collections::BTreeMap, fmt, str::FromStr};
+use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use super::quantity::Quantity;
 
@@ -363,30 +363,31 @@ pub(crate) struct Knobs {
 }
 
 impl Knobs {
-    /// The effective values, keyed by knob name, for the status annotation (an absent limit is omitted).
-    pub fn as_map<'a>(&'a self) -> BTreeMap<&'static str, Cow<'a, str>> {
-        let mut map = BTreeMap::new();
-        let mut put = |knob: Knob, value: Cow<'a, str>| map.insert(knob.name(), value);
-        put(Knob::Image, Cow::Borrowed(&self.image));
-        put(Knob::CpuRequest, Cow::Owned(self.cpu_request.to_string()));
-        if let Some(limit) = &self.cpu_limit {
-            put(Knob::CpuLimit, Cow::Owned(limit.to_string()));
-        }
-        put(
-            Knob::MemoryRequest,
-            Cow::Owned(self.memory_request.to_string()),
-        );
-        if let Some(limit) = &self.memory_limit {
-            put(Knob::MemoryLimit, Cow::Owned(limit.to_string()));
-        }
-        put(Knob::LogLevel, Cow::Borrowed(self.log_level.as_str()));
+    /// The effective values by knob name, sorted by name, for the status annotation (an absent
+    /// limit is left out).
+    pub fn sorted_values(&self) -> impl Iterator<Item = (&'static str, &str)> {
         let native = if self.native_sidecar { "true" } else { "false" };
-        put(Knob::NativeSidecar, Cow::Borrowed(native));
-        put(Knob::Redirect, Cow::Borrowed(self.redirect.as_str()));
-        put(Knob::Env, Cow::Borrowed(self.env.as_str()));
-        put(Knob::Fs, Cow::Borrowed(self.fs.as_str()));
-        put(Knob::TargetContainer, Cow::Borrowed(&self.target_container));
-        map
+        [
+            (
+                Knob::CpuLimit,
+                self.cpu_limit.as_ref().map(Quantity::as_str),
+            ),
+            (Knob::CpuRequest, Some(self.cpu_request.as_str())),
+            (Knob::Env, Some(self.env.as_str())),
+            (Knob::Fs, Some(self.fs.as_str())),
+            (Knob::Image, Some(self.image.as_str())),
+            (Knob::LogLevel, Some(self.log_level.as_str())),
+            (
+                Knob::MemoryLimit,
+                self.memory_limit.as_ref().map(Quantity::as_str),
+            ),
+            (Knob::MemoryRequest, Some(self.memory_request.as_str())),
+            (Knob::NativeSidecar, Some(native)),
+            (Knob::Redirect, Some(self.redirect.as_str())),
+            (Knob::TargetContainer, Some(self.target_container.as_str())),
+        ]
+        .into_iter()
+        .filter_map(|(knob, value)| Some((knob.name(), value?)))
     }
 }
 
@@ -744,12 +745,13 @@ mod tests {
     #[test]
     fn every_knob_is_recorded_in_the_status() {
         let (k, _) = run(&[("cpu-limit", "1")], &[]);
-        let map = k.as_map();
+        let names: Vec<&str> = k.sorted_values().map(|(name, _)| name).collect();
+        assert!(names.is_sorted(), "{names:?}");
         for knob in Knob::ALL {
-            assert!(map.contains_key(knob.name()), "{}", knob.name());
+            assert!(names.contains(&knob.name()), "{}", knob.name());
             assert_eq!(knob.annotation(), format!("{KNOB_PREFIX}{}", knob.name()));
         }
-        assert_eq!(map.len(), Knob::ALL.len());
+        assert_eq!(names.len(), Knob::ALL.len());
     }
 
     #[test]

@@ -26,17 +26,17 @@
 //!   copied.
 
 mod container;
+mod json;
 mod knobs;
 mod quantity;
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{
-    ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
-};
-use serde::{Serialize, ser::SerializeStruct};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use json::{push_array, push_str, push_str_in_str, push_value};
 
 pub use container::{AgentContainer, NON_ROOT_UID, PROXY_CONTAINERS};
 pub use knobs::{
@@ -144,15 +144,52 @@ impl SkipReason {
     }
 }
 
-/// The status annotation's value. Field order is the serialization order; maps are sorted.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// The status annotation's value: what was injected, by which version, with which knobs. Written
+/// as JSON text (fields in this order, knobs sorted by name) inside the annotation's string.
 struct Status<'a> {
     version: &'a str,
-    containers: Vec<&'a str>,
-    init_containers: Vec<&'a str>,
-    volumes: Vec<&'a str>,
-    knobs: BTreeMap<&'static str, std::borrow::Cow<'a, str>>,
+    native_sidecar: bool,
+    token_volume: &'a str,
+    knobs: &'a knobs::Knobs,
+}
+
+impl Status<'_> {
+    /// The annotation's value as a JSON string literal holding the status as JSON text.
+    fn to_json_string(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        self.write_json(&mut out);
+        out
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let agent: &[&str] = &[AGENT_CONTAINER_NAME];
+        let (containers, init_containers) = if self.native_sidecar {
+            (&[][..], agent)
+        } else {
+            (agent, &[][..])
+        };
+        let list = |out: &mut Vec<u8>, items: &[&str]| {
+            push_array(out, items, |out, item| push_str_in_str(out, item))
+        };
+        out.extend_from_slice(br#""{\"version\":"#);
+        push_str_in_str(out, self.version);
+        out.extend_from_slice(br#",\"containers\":"#);
+        list(out, containers);
+        out.extend_from_slice(br#",\"initContainers\":"#);
+        list(out, init_containers);
+        out.extend_from_slice(br#",\"volumes\":"#);
+        list(out, &[self.token_volume]);
+        out.extend_from_slice(br#",\"knobs\":{"#);
+        for (i, (name, value)) in self.knobs.sorted_values().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_str_in_str(out, name);
+            out.push(b':');
+            push_str_in_str(out, value);
+        }
+        out.extend_from_slice(br#"}}""#);
+    }
 }
 
 /// Decides whether to inject the agent into `pod` and, if so, builds the patch.
@@ -284,77 +321,73 @@ fn decide_inner<'a>(
 
     let status = Status {
         version: &cfg.operator_version,
-        containers: if knobs.native_sidecar {
-            vec![]
-        } else {
-            vec![AGENT_CONTAINER_NAME]
-        },
-        init_containers: if knobs.native_sidecar {
-            vec![AGENT_CONTAINER_NAME]
-        } else {
-            vec![]
-        },
-        volumes: vec![&token_volume],
-        knobs: knobs.as_map(),
-    };
-    let status = serde_json::to_string(&status).unwrap_or_default();
+        native_sidecar: knobs.native_sidecar,
+        token_volume: &token_volume,
+        knobs,
+    }
+    .to_json_string();
+    let native_sidecar = knobs.native_sidecar;
+    let reads_proc = knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc;
 
-    let mut ops = Vec::new();
+    let mut ops = Vec::with_capacity(4);
     // A pod decoded without metadata cannot tell an absent `metadata` from an empty one; adding the
     // whole object is right for both.
-    if metadata.is_none() {
-        ops.push(add(
-            &["metadata"],
-            PatchValue::Json(json!({ "annotations": { STATUS_ANNOTATION: status } })),
-        ));
+    ops.push(if metadata.is_none() {
+        PatchOp {
+            path: "/metadata",
+            value: PatchValue::Status(status, StatusAt::InMetadata),
+        }
     } else if annotations.is_none() {
-        ops.push(add(
-            &["metadata", "annotations"],
-            PatchValue::Json(json!({ STATUS_ANNOTATION: status })),
-        ));
+        PatchOp {
+            path: "/metadata/annotations",
+            value: PatchValue::Status(status, StatusAt::InAnnotations),
+        }
     } else {
-        ops.push(add(
-            &["metadata", "annotations", STATUS_ANNOTATION],
-            PatchValue::Json(Value::String(status)),
-        ));
-    }
+        PatchOp {
+            path: STATUS_ANNOTATION_POINTER,
+            value: PatchValue::Status(status, StatusAt::Annotation),
+        }
+    });
     // Reading another container's /proc needs a shared PID namespace. Trade-off: every container of
     // the pod then sees the others' processes (and their /proc/<pid>/environ with SYS_PTRACE), and
     // the pause process becomes PID 1, so an app relying on being PID 1 for signal handling changes.
     // With hostPID the processes are visible already, and the apiserver refuses both together.
-    if (knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc)
-        && spec.share_process_namespace != Some(true)
-        && spec.host_pid != Some(true)
-    {
+    if reads_proc && spec.share_process_namespace != Some(true) && spec.host_pid != Some(true) {
         if spec.share_process_namespace == Some(false) {
             warnings.push(
                 "shareProcessNamespace: false is overridden to true: the agent reads the target through /proc (env or fs knob is proc)"
                     .to_owned(),
             );
         }
-        ops.push(add(
-            &["spec", "shareProcessNamespace"],
-            PatchValue::Json(Value::Bool(true)),
-        ));
+        ops.push(PatchOp {
+            path: "/spec/shareProcessNamespace",
+            value: PatchValue::True,
+        });
     }
-    let volume = token_volume_source(&token_volume);
     ops.push(match spec.volumes {
-        Some(_) => add(
-            &["spec", "volumes", "-"],
-            PatchValue::Volume(Box::new(volume)),
-        ),
-        None => add(&["spec", "volumes"], PatchValue::Volumes(vec![volume])),
+        Some(_) => PatchOp {
+            path: "/spec/volumes/-",
+            value: PatchValue::TokenVolume(token_volume),
+        },
+        None => PatchOp {
+            path: "/spec/volumes",
+            value: PatchValue::TokenVolumeList(token_volume),
+        },
     });
-    ops.push(match (knobs.native_sidecar, &spec.init_containers) {
-        (true, Some(_)) => add(
-            &["spec", "initContainers", "0"],
-            PatchValue::Agent(Box::new(agent)),
-        ),
-        (true, None) => add(&["spec", "initContainers"], PatchValue::Agents(vec![agent])),
-        (false, _) => add(
-            &["spec", "containers", "-"],
-            PatchValue::Agent(Box::new(agent)),
-        ),
+    let agent = Box::new(agent);
+    ops.push(match (native_sidecar, &spec.init_containers) {
+        (true, Some(_)) => PatchOp {
+            path: "/spec/initContainers/0",
+            value: PatchValue::Agent(agent),
+        },
+        (true, None) => PatchOp {
+            path: "/spec/initContainers",
+            value: PatchValue::AgentList(agent),
+        },
+        (false, _) => PatchOp {
+            path: "/spec/containers/-",
+            value: PatchValue::Agent(agent),
+        },
     });
 
     Decision::Inject {
@@ -382,114 +415,189 @@ fn unique_name(base: &str, taken: &BTreeSet<&str>) -> String {
     name
 }
 
-fn token_volume_source(name: &str) -> Volume {
-    Volume {
-        name: name.to_owned(),
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(TOKEN_AUDIENCE.to_owned()),
-                    expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
-                    path: "token".to_owned(),
-                }),
-                ..VolumeProjection::default()
-            }]),
-            ..ProjectedVolumeSource::default()
-        }),
-        ..Volume::default()
-    }
+/// Appends the projected ServiceAccount token volume (as k8s-openapi's `Volume`): a token for the
+/// coordinator's audience, which the agent presents when it dials in.
+fn write_token_volume(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(br#"{"name":"#);
+    push_str(out, name);
+    out.extend_from_slice(br#","projected":{"sources":[{"serviceAccountToken":{"audience":"#);
+    push_str(out, TOKEN_AUDIENCE);
+    out.extend_from_slice(br#","expirationSeconds":"#);
+    push_value(out, &TOKEN_EXPIRATION_SECONDS);
+    out.extend_from_slice(br#","path":"token"}}]}}"#);
 }
 
-/// RFC 6901 reference token escaping (`~` → `~0`, `/` → `~1`), appended to `out`.
-fn push_escaped_token(out: &mut String, token: &str) {
-    for c in token.chars() {
-        match c {
-            '~' => out.push_str("~0"),
-            '/' => out.push_str("~1"),
-            c => out.push(c),
+/// The JSON pointer of the status annotation: [`STATUS_ANNOTATION`]'s `/` escaped as `~1`.
+const STATUS_ANNOTATION_POINTER: &str = "/metadata/annotations/agent.mirrord.metalbear.co~1status";
+
+/// One RFC 6902 `add` operation (the webhook only ever adds). Paths are constants; values are
+/// written straight into the answer's JSON, never built as a `serde_json::Value` tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchOp<'a> {
+    /// An RFC 6901 JSON Pointer.
+    pub path: &'static str,
+    pub value: PatchValue<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PatchValue<'a> {
+    Agent(Box<AgentContainer<'a>>),
+    /// A list holding only the agent: the pod had no list to add it to.
+    AgentList(Box<AgentContainer<'a>>),
+    /// The token volume, by name.
+    TokenVolume(String),
+    /// A list holding only the token volume.
+    TokenVolumeList(String),
+    /// The status annotation's value (a JSON string literal), and where it goes.
+    Status(Vec<u8>, StatusAt),
+    True,
+}
+
+/// How much of the annotation's surroundings the pod lacks, so the status op adds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusAt {
+    /// `{"annotations": {STATUS_ANNOTATION: status}}`
+    InMetadata,
+    /// `{STATUS_ANNOTATION: status}`
+    InAnnotations,
+    /// The annotation's value itself.
+    Annotation,
+}
+
+impl PatchValue<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            PatchValue::Agent(agent) => agent.write_json(out),
+            PatchValue::AgentList(agent) => {
+                out.push(b'[');
+                agent.write_json(out);
+                out.push(b']');
+            }
+            PatchValue::TokenVolume(name) => write_token_volume(out, name),
+            PatchValue::TokenVolumeList(name) => {
+                out.push(b'[');
+                write_token_volume(out, name);
+                out.push(b']');
+            }
+            PatchValue::Status(status, at) => {
+                let entry = |out: &mut Vec<u8>| {
+                    push_str(out, STATUS_ANNOTATION);
+                    out.push(b':');
+                    out.extend_from_slice(status);
+                };
+                match at {
+                    StatusAt::InMetadata => {
+                        out.extend_from_slice(br#"{"annotations":{"#);
+                        entry(out);
+                        out.extend_from_slice(b"}}");
+                    }
+                    StatusAt::InAnnotations => {
+                        out.push(b'{');
+                        entry(out);
+                        out.push(b'}');
+                    }
+                    StatusAt::Annotation => out.extend_from_slice(status),
+                }
+            }
+            PatchValue::True => out.extend_from_slice(b"true"),
         }
     }
 }
 
-/// One RFC 6902 `add` operation. The webhook only ever adds, and serializes the typed value straight
-/// into the response instead of through a `serde_json::Value` tree (most of the patch's cost).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PatchOp<'a> {
-    /// An RFC 6901 JSON Pointer, tokens escaped.
-    pub path: String,
-    pub value: PatchValue<'a>,
+impl PatchOp<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"op":"add","path":"#);
+        push_str(out, self.path);
+        out.extend_from_slice(br#","value":"#);
+        self.value.write_json(out);
+        out.push(b'}');
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum PatchValue<'a> {
-    Agent(Box<AgentContainer<'a>>),
-    Agents(Vec<AgentContainer<'a>>),
-    Volume(Box<Volume>),
-    Volumes(Vec<Volume>),
-    Json(Value),
-}
-
+/// As the same JSON text [`to_json`] writes (for tests and tools that want a `serde_json::Value`).
 impl Serialize for PatchOp<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut op = serializer.serialize_struct("PatchOp", 3)?;
-        op.serialize_field("op", "add")?;
-        op.serialize_field("path", &self.path)?;
-        op.serialize_field("value", &self.value)?;
-        op.end()
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        let text = String::from_utf8(out).map_err(serde::ser::Error::custom)?;
+        RawValue::from_string(text)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
     }
 }
 
 /// The patch as the JSON text the API server applies.
-pub fn to_json(patch: &[PatchOp<'_>]) -> Result<Vec<u8>, serde_json::Error> {
+pub fn to_json(patch: &[PatchOp<'_>]) -> Vec<u8> {
     // Room for the agent container with a typical target's env and mount copies (about 6 KB).
     let mut out = Vec::with_capacity(8192);
-    serde_json::to_writer(&mut out, patch)?;
-    Ok(out)
-}
-
-fn add<'a>(tokens: &[&str], value: PatchValue<'a>) -> PatchOp<'a> {
-    let mut path = String::with_capacity(64);
-    for token in tokens {
-        path.push('/');
-        push_escaped_token(&mut path, token);
-    }
-    PatchOp { path, value }
+    push_array(&mut out, patch, |out, op| op.write_json(out));
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use k8s_openapi::api::core::v1::{
+        ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
+    };
+    use serde_json::{Value, json};
+
     #[test]
-    fn escapes_pointer_tokens() {
-        let escape_token = |token: &str| {
-            let mut out = String::new();
-            push_escaped_token(&mut out, token);
-            out
-        };
-        assert_eq!(
-            escape_token("agent.mirrord.metalbear.co/status"),
-            "agent.mirrord.metalbear.co~1status"
-        );
-        assert_eq!(escape_token("a~b"), "a~0b");
-        assert_eq!(escape_token("~1"), "~01");
-        assert_eq!(escape_token("/~"), "~1~0");
-        assert_eq!(
-            add(
-                &["metadata", "annotations", STATUS_ANNOTATION],
-                PatchValue::Json(Value::Null)
-            )
-            .path,
-            "/metadata/annotations/agent.mirrord.metalbear.co~1status"
-        );
-        // The escaped pointer addresses exactly the key it was built from, read by another library.
-        let mut doc = json!({ "m": { "a/b~c": 1, "a": { "b~c": 2 } } });
-        let op = add(&["m", "a/b~c"], PatchValue::Json(json!(3)));
-        let op: json_patch::PatchOperation =
-            serde_json::from_value(serde_json::to_value(op).unwrap()).unwrap();
+    fn status_pointer_addresses_the_annotation() {
+        // Read by another RFC 6901 implementation: the `/` inside the key is escaped.
+        let mut doc = json!({ "metadata": { "annotations": { "a": "b" } } });
+        let op = serde_json::from_value(
+            json!({ "op": "add", "path": STATUS_ANNOTATION_POINTER, "value": "s" }),
+        )
+        .unwrap();
         json_patch::patch(&mut doc, &[op]).unwrap();
-        assert_eq!(doc, json!({ "m": { "a/b~c": 3, "a": { "b~c": 2 } } }));
+        assert_eq!(
+            doc,
+            json!({ "metadata": { "annotations": { "a": "b", STATUS_ANNOTATION: "s" } } })
+        );
+    }
+
+    #[test]
+    fn token_volume_is_what_k8s_openapi_writes() {
+        let mut out = Vec::new();
+        write_token_volume(&mut out, "mirrord-agent-token-1");
+        let expected = Volume {
+            name: "mirrord-agent-token-1".to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some("mirrord-operator".to_owned()),
+                        expiration_seconds: Some(3600),
+                        path: "token".to_owned(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        assert_eq!(out, serde_json::to_vec(&expected).unwrap());
+    }
+
+    #[test]
+    fn status_values_nest_json_text_in_a_string() {
+        let status = br#""{\"v\":1}""#.to_vec();
+        let written = |at| {
+            let mut out = Vec::new();
+            PatchValue::Status(status.clone(), at).write_json(&mut out);
+            serde_json::from_slice::<Value>(&out).unwrap()
+        };
+        let text = json!(r#"{"v":1}"#);
+        assert_eq!(written(StatusAt::Annotation), text);
+        assert_eq!(
+            written(StatusAt::InAnnotations),
+            json!({ STATUS_ANNOTATION: text })
+        );
+        assert_eq!(
+            written(StatusAt::InMetadata),
+            json!({ "annotations": { STATUS_ANNOTATION: text } })
+        );
     }
 
     #[test]
