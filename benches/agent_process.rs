@@ -7,13 +7,17 @@
 //! `AGENT_BIN=/path/to/mirrord-operator` measures another build (e.g. a release binary while this
 //! harness itself runs from `cargo test --bench agent_process`).
 
+#[path = "../tests/support/agent_process.rs"]
+mod agent_process;
 #[path = "../tests/support/netns.rs"]
 mod netns;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use agent_process::AgentProcess;
 
 use mirrord_operator::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
 use mirrord_operator::protocol::{ClientMessage, DaemonMessage};
@@ -21,59 +25,20 @@ use mirrord_operator::protocol::{ClientMessage, DaemonMessage};
 const RUNS: usize = 30;
 const SESSIONS: usize = 100;
 
-struct Agent {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn agent_bin() -> String {
     std::env::var("AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mirrord-operator").to_owned())
 }
 
-/// Starts the agent on a free loopback port; returns it and the time until "agent ready".
-fn start(port: u16) -> (Agent, Duration) {
-    start_program(&agent_bin(), port)
-}
-
-fn start_program(program: &str, port: u16) -> (Agent, Duration) {
+/// `program` as the agent on loopback `port`, redirect and file access off.
+fn start_program(program: &str, port: u16) -> AgentProcess {
     let mut cmd = Command::new(program);
-    cmd.env("MIRRORD_AGENT_REDIRECT", "off");
-    start_with(cmd, port)
+    cmd.env("MIRRORD_AGENT_REDIRECT", "off")
+        .env("MIRRORD_AGENT_FS_MODE", "off");
+    AgentProcess::start(cmd, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
-/// `cmd` is the program (and wrapper) to run; the agent flags are appended.
-fn start_with(mut cmd: Command, port: u16) -> (Agent, Duration) {
-    let started = Instant::now();
-    let mut child = cmd
-        .args([
-            "agent",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--fs-mode",
-            "off",
-        ])
-        .env("MIRRORD_AGENT_LOG_LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn agent");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read ready line");
-    let elapsed = started.elapsed();
-    assert!(
-        line.starts_with("agent ready"),
-        "unexpected first line {line:?}"
-    );
-    (Agent { child, port }, elapsed)
+fn start(port: u16) -> AgentProcess {
+    start_program(&agent_bin(), port)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -87,8 +52,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Opens a session and completes ping + negotiation, like the intproxy does.
-fn session(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+fn session(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut out = encode_to_vec(&ClientMessage::Ping).unwrap();
     out.extend(
@@ -123,9 +88,7 @@ fn main() {
     let base_port = 47_000 + (std::process::id() % 1000) as u16;
     let mut starts = Vec::with_capacity(RUNS);
     for i in 0..RUNS {
-        let (agent, t) = start(base_port + i as u16);
-        starts.push(t);
-        drop(agent);
+        starts.push(start(base_port + i as u16).start_time);
     }
     starts.sort();
     println!(
@@ -142,10 +105,10 @@ fn main() {
     for _ in 0..RUNS {
         let mut cmd = ns.command(&agent_bin());
         cmd.env("MIRRORD_AGENT_REDIRECT", "iptables")
-            .env("MIRRORD_AGENT_CHAIN_PREFIX", "BENCH");
-        let (agent, t) = start_with(cmd, 61337);
-        ipt.push(t);
-        drop(agent);
+            .env("MIRRORD_AGENT_CHAIN_PREFIX", "BENCH")
+            .env("MIRRORD_AGENT_FS_MODE", "off");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 61337));
+        ipt.push(AgentProcess::start(cmd, addr).start_time);
     }
     ipt.sort();
     println!(
@@ -156,7 +119,7 @@ fn main() {
     );
     drop(ns);
 
-    let (agent, _) = start(base_port + RUNS as u16);
+    let agent = start(base_port + RUNS as u16);
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss_kib(agent.child.id());
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -172,7 +135,7 @@ fn main() {
         let dir = tempfile::tempdir_in(bin.parent().unwrap()).unwrap();
         let alone = dir.path().join("mirrord-operator");
         std::fs::hard_link(&bin, &alone).unwrap();
-        let (inside, _) = start_program(alone.to_str().unwrap(), base_port + RUNS as u16 + 1);
+        let inside = start_program(alone.to_str().unwrap(), base_port + RUNS as u16 + 1);
         std::thread::sleep(Duration::from_millis(500));
         println!(
             "agent RSS idle inside mirrord-operator (no mirrord-agent next to it): {:.2} MiB",
@@ -181,7 +144,7 @@ fn main() {
     }
     // Three rounds of 100 sessions: a leak would show as growth from round to round.
     for round in 1..=3 {
-        let sessions: Vec<TcpStream> = (0..SESSIONS).map(|_| session(agent.port)).collect();
+        let sessions: Vec<TcpStream> = (0..SESSIONS).map(|_| session(agent.addr)).collect();
         std::thread::sleep(Duration::from_millis(500));
         let busy = rss_kib(agent.child.id());
         drop(sessions);

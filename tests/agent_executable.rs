@@ -2,30 +2,24 @@
 //! it, and runs the agent itself when that file is missing. Both paths must serve sessions with
 //! the same arguments and environment. Loopback only; no root needed.
 
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use mirrord_operator::protocol::{ClientCodec, ClientMessage, DaemonMessage};
 use tokio_util::codec::Framed;
 
+#[path = "support/agent_process.rs"]
+mod agent_process;
+
+use agent_process::AgentProcess;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The started agent; killed and reaped on drop.
-struct Agent {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The started agent.
+struct Agent(AgentProcess);
 
 impl Agent {
     /// `program agent --listen <free loopback port>`, returned once it printed its ready line.
@@ -33,31 +27,20 @@ impl Agent {
         let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .expect("free loopback port");
-        let mut child = Command::new(program)
-            .args(["agent", "--listen", &addr.to_string()])
-            // Settings from the environment must reach the exec'd process too.
-            .env("MIRRORD_AGENT_REDIRECT", "off")
-            .env("MIRRORD_AGENT_FS_MODE", "off")
-            .env("MIRRORD_AGENT_LOG_LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mirrord-operator agent");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the ready line");
-        let agent = Agent { child, addr };
-        assert!(
-            line.starts_with("agent ready - version "),
-            "unexpected first line {line:?}"
-        );
-        agent
+        let mut cmd = Command::new(program);
+        // Settings from the environment must reach the exec'd process too.
+        cmd.env("MIRRORD_AGENT_REDIRECT", "off")
+            .env("MIRRORD_AGENT_FS_MODE", "off");
+        Agent(AgentProcess::start(cmd, addr))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.child.id()
     }
 
     /// The file the process runs now (after any exec).
     fn exe(&self) -> PathBuf {
-        std::fs::read_link(format!("/proc/{}/exe", self.child.id())).expect("read /proc/PID/exe")
+        std::fs::read_link(format!("/proc/{}/exe", self.pid())).expect("read /proc/PID/exe")
     }
 
     /// Ping and version negotiation over `--listen`.
@@ -67,7 +50,7 @@ impl Agent {
             .build()
             .unwrap();
         rt.block_on(async {
-            let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+            let stream = tokio::net::TcpStream::connect(self.0.addr).await.unwrap();
             let mut framed = Framed::new(stream, ClientCodec::default());
             for (ask, expected) in [
                 (ClientMessage::Ping, DaemonMessage::Pong),
@@ -98,7 +81,7 @@ fn agent_subcommand_execs_the_agent_executable_next_to_it() {
             .canonicalize()
             .unwrap()
     );
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", agent.child.id())).unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", agent.pid())).unwrap();
     assert_eq!(comm.trim(), "mirrord-agent");
     agent.assert_serves();
 }

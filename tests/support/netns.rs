@@ -6,7 +6,8 @@
 //! namespaces, the processes it started, and any process still living in its namespaces — is
 //! removed on `Drop`, also when the test panics. Nothing outside the created namespaces is touched
 //! (the veth ends are created directly inside them). `with_caller_v6` adds IPv6 ULA addresses to the
-//! same link.
+//! same link. A test process killed before its `Drop` ran leaves its namespaces behind; the first
+//! `NetNs::new` of every later process removes those whose creating process is gone.
 #![allow(dead_code)] // Each test binary uses a different subset of the harness.
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
     os::fd::AsRawFd,
     process::{Child, Command, Output, Stdio},
     sync::{
-        Mutex,
+        Mutex, Once,
         atomic::{AtomicU32, Ordering},
     },
     thread,
@@ -48,9 +49,33 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Deletes the `mo-<tag>-<pid>-<n>` namespaces whose `<pid>` no longer runs: left by a test
+/// process that was killed (a timeout, ^C) before it could clean up.
+fn remove_orphaned_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for name in entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+    {
+        let creator = name
+            .strip_prefix("mo-")
+            .and_then(|rest| rest.rsplit('-').nth(1))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = creator
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
 impl NetNs {
     /// A fresh namespace named `mo-<tag>-<pid>-<n>` with `lo` up.
     pub fn new(tag: &str) -> NetNs {
+        static SWEEP: Once = Once::new();
+        SWEEP.call_once(remove_orphaned_namespaces);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("mo-{tag}-{}-{n}", std::process::id());
         ip(&["netns", "add", &name]);
