@@ -10,9 +10,10 @@ use std::sync::Arc;
 use http::StatusCode;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::{GroupVersionKind, admission::Operation};
-use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde::{Deserialize, de::IgnoredAny};
 use serde_json::value::RawValue;
 
+use super::json::{push_array, push_str};
 use super::patch::{self, Decision, InjectorConfig, MetadataView, PodContext, PodView, SkipReason};
 
 const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
@@ -188,12 +189,6 @@ impl<O> Request<O> {
     }
 }
 
-/// Appends `value` as JSON. Writing to a `Vec` cannot fail, and these values (strings, lists of
-/// strings) always serialize.
-fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-    serde_json::to_writer(out, value).expect("strings always serialize into a Vec");
-}
-
 /// The AdmissionReview we answer with, written directly rather than through kube's
 /// `AdmissionResponse` (which encodes the patch as a JSON array of numbers, four times the bytes of
 /// the base64 string the API documents) or a `serde_json::Value`.
@@ -207,7 +202,7 @@ impl Reply {
         out.extend_from_slice(
             br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
         );
-        push_json(&mut out, uid);
+        push_str(&mut out, uid);
         out.extend_from_slice(br#","allowed":true"#);
         Reply { out }
     }
@@ -223,7 +218,7 @@ impl Reply {
     fn finish(mut self, warnings: &[String]) -> Vec<u8> {
         if !warnings.is_empty() {
             self.out.extend_from_slice(br#","warnings":"#);
-            push_json(&mut self.out, warnings);
+            push_array(&mut self.out, warnings, |out, w| push_str(out, w));
         }
         self.out.extend_from_slice(b"}}");
         self.out

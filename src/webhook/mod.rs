@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod audit;
 pub mod config;
+mod json;
 pub mod metrics;
 pub mod namespaces;
 pub mod patch;

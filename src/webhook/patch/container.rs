@@ -12,9 +12,9 @@ use serde::Serialize;
 use super::{
     AGENT_CONTAINER_NAME, ContainerView, InjectorConfig, TARGET_ENV_PREFIX, TARGET_ROOT, TOKEN_DIR,
     TOKEN_PATH,
-    json::{push_array, push_prefixed, push_str, push_value},
     knobs::{EnvMode, FsMode, Knobs, Redirect},
 };
+use crate::webhook::json::{push_array, push_prefixed, push_str, push_value};
 
 /// Sidecars of other injectors (and our own) that are never the application.
 pub const PROXY_CONTAINERS: [&str; 5] = [
@@ -384,7 +384,7 @@ fn target_match(target: &ContainerView, neighbours: &[&ContainerView]) -> String
 
 /// The `mirrord-agent` container. It borrows from the pod and the config instead of building
 /// k8s-openapi's `Container` (whose owned strings and maps were most of an admission's cost), and
-/// serializes as that type would: same fields, same order.
+/// is written as that type would be: same fields, same order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentContainer<'a> {
     knobs: Knobs,
@@ -560,14 +560,10 @@ fn write_security_context(out: &mut Vec<u8>, knobs: &Knobs, gid: i64) {
     }
     out.extend_from_slice(br#""drop":["ALL"]},"readOnlyRootFilesystem":true,"runAsGroup":"#);
     push_value(out, &gid);
-    out.extend_from_slice(if root {
-        br#","runAsNonRoot":false,"runAsUser":0"#.as_slice()
-    } else {
-        br#","runAsNonRoot":true,"runAsUser":"#.as_slice()
-    });
-    if !root {
-        push_value(out, &NON_ROOT_UID);
-    }
+    out.extend_from_slice(br#","runAsNonRoot":"#);
+    push_value(out, &!root);
+    out.extend_from_slice(br#","runAsUser":"#);
+    push_value(out, if root { &0 } else { &NON_ROOT_UID });
     out.extend_from_slice(br#","seccompProfile":{"type":"RuntimeDefault"}}"#);
 }
 

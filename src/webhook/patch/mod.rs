@@ -26,7 +26,6 @@
 //!   copied.
 
 mod container;
-mod json;
 mod knobs;
 mod quantity;
 mod view;
@@ -36,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use json::{push_array, push_str, push_str_in_str, push_value};
+use super::json::{push_array, push_str, push_str_in_str, push_value};
 
 pub use container::{AgentContainer, NON_ROOT_UID, PROXY_CONTAINERS};
 pub use knobs::{

@@ -1,5 +1,5 @@
-//! Writing the patch's JSON text. The agent container and the status annotation are most of every
-//! admission answer; through serde_json's serializer every key and every string went through its
+//! Writing the admission answer's JSON text. The agent container and the status annotation are
+//! most of every answer; through serde_json's serializer every key and every string went through its
 //! byte-at-a-time escaping, a quarter of a review's instructions. Here the keys are constants written
 //! as they are, and a string takes one check for characters that need escaping and is copied when
 //! there are none (nearly always); any other string, and every k8s-openapi value, is written by
@@ -16,7 +16,7 @@ fn needs_escaping(s: &str) -> bool {
 }
 
 /// Appends `s` as a JSON string.
-pub(super) fn push_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     if needs_escaping(s) {
         push_value(out, s);
     } else {
@@ -28,7 +28,7 @@ pub(super) fn push_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends `prefix` followed by `rest` as one JSON string, without building it first.
-pub(super) fn push_prefixed(out: &mut Vec<u8>, prefix: &str, rest: &str) {
+pub(crate) fn push_prefixed(out: &mut Vec<u8>, prefix: &str, rest: &str) {
     if needs_escaping(prefix) || needs_escaping(rest) {
         push_value(out, &format!("{prefix}{rest}"));
     } else {
@@ -42,7 +42,7 @@ pub(super) fn push_prefixed(out: &mut Vec<u8>, prefix: &str, rest: &str) {
 
 /// Appends `s` as a JSON string that is itself inside a JSON string (the status annotation's value
 /// is JSON text): escaped twice, so the quotes are `\"`.
-pub(super) fn push_str_in_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_str_in_str(out: &mut Vec<u8>, s: &str) {
     if needs_escaping(s) {
         let once = serde_json::to_string(s).expect("a string always serializes");
         let twice = serde_json::to_string(&once).expect("a string always serializes");
@@ -56,14 +56,14 @@ pub(super) fn push_str_in_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends `value` as serde_json writes it.
-pub(super) fn push_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+pub(crate) fn push_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     // Writing into a Vec cannot fail, and the values written here (strings, numbers,
     // k8s-openapi structs with string maps) have no map keys that could be refused.
     serde_json::to_writer(out, value).expect("patch values always serialize into a Vec");
 }
 
 /// Appends `items` as a JSON array, each written by `write`.
-pub(super) fn push_array<T>(
+pub(crate) fn push_array<T>(
     out: &mut Vec<u8>,
     items: &[T],
     mut write: impl FnMut(&mut Vec<u8>, &T),
