@@ -147,7 +147,6 @@ impl SkipReason {
 /// as JSON text (fields in this order, knobs sorted by name) inside the annotation's string.
 struct Status<'a> {
     version: &'a str,
-    native_sidecar: bool,
     token_volume: &'a str,
     knobs: &'a knobs::Knobs,
 }
@@ -155,14 +154,8 @@ struct Status<'a> {
 impl Status<'_> {
     /// The annotation's value as a JSON string literal holding the status as JSON text.
     fn to_json_string(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(512);
-        self.write_json(&mut out);
-        out
-    }
-
-    fn write_json(&self, out: &mut Vec<u8>) {
         let agent: &[&str] = &[AGENT_CONTAINER_NAME];
-        let (containers, init_containers) = if self.native_sidecar {
+        let (containers, init_containers) = if self.knobs.native_sidecar {
             (&[][..], agent)
         } else {
             (agent, &[][..])
@@ -170,24 +163,26 @@ impl Status<'_> {
         let list = |out: &mut Vec<u8>, items: &[&str]| {
             push_array(out, items, |out, item| push_str_in_str(out, item))
         };
+        let mut out = Vec::with_capacity(512);
         out.extend_from_slice(br#""{\"version\":"#);
-        push_str_in_str(out, self.version);
+        push_str_in_str(&mut out, self.version);
         out.extend_from_slice(br#",\"containers\":"#);
-        list(out, containers);
+        list(&mut out, containers);
         out.extend_from_slice(br#",\"initContainers\":"#);
-        list(out, init_containers);
+        list(&mut out, init_containers);
         out.extend_from_slice(br#",\"volumes\":"#);
-        list(out, &[self.token_volume]);
+        list(&mut out, &[self.token_volume]);
         out.extend_from_slice(br#",\"knobs\":{"#);
         for (i, (name, value)) in self.knobs.sorted_values().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            push_str_in_str(out, name);
+            push_str_in_str(&mut out, name);
             out.push(b':');
-            push_str_in_str(out, value);
+            push_str_in_str(&mut out, value);
         }
         out.extend_from_slice(br#"}}""#);
+        out
     }
 }
 
@@ -320,7 +315,6 @@ fn decide_inner<'a>(
 
     let status = Status {
         version: &cfg.operator_version,
-        native_sidecar: knobs.native_sidecar,
         token_volume: &token_volume,
         knobs,
     }
