@@ -1,0 +1,1 @@
+//! Queue splitting: the splitter per broker, routing each message to exactly one consumer.
