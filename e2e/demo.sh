@@ -13,6 +13,8 @@ E2E_LIB="$(cd "$(dirname "$0")" && pwd)/lib"
 source "$E2E_LIB/common.sh"
 # shellcheck source=lib/controlplane.sh
 source "$E2E_LIB/controlplane.sh"
+# shellcheck source=lib/node.sh
+source "$E2E_LIB/node.sh"
 # shellcheck source=lib/operator.sh
 source "$E2E_LIB/operator.sh"
 # shellcheck source=lib/testlib.sh
@@ -32,7 +34,7 @@ demo_running() {
 }
 
 demo_show() {
-  local pod
+  local pod ip
   export KUBECONFIG="$DEMO_DIR/kubeconfig"
   pod="$(pods_of "$DEMO_NS" app=demo-app | head -1)"
   echo
@@ -40,23 +42,31 @@ demo_show() {
   k -n "$DEMO_NS" get pod "$pod" -o json | python3 -c '
 import json, sys
 p = json.load(sys.stdin)
-s = p["spec"]
-for c in s.get("initContainers", []):
-    print("  initContainer %-15s %s" % (c["name"], c["image"]))
-for c in s["containers"]:
-    print("  container     %-15s %s" % (c["name"], c["image"]))
-st = (p["metadata"].get("annotations") or {}).get("agent.mirrord.metalbear.co/status")
-print("  agent.mirrord.metalbear.co/status:", st)
+s, st = p["spec"], p.get("status", {})
+states = {}
+for c in st.get("containerStatuses", []) + st.get("initContainerStatuses", []):
+    state = c.get("state", {})
+    kind = next(iter(state), "unknown")
+    reason = state.get(kind, {}).get("reason", "")
+    states[c["name"]] = kind + (" (%s)" % reason if reason else "") + ", restarts %d" % c.get("restartCount", 0)
+for kind, key in (("initContainer", "initContainers"), ("container", "containers")):
+    for c in s.get(key, []):
+        print("  %-13s %-14s %-40s %s" % (kind, c["name"], c["image"], states.get(c["name"], "not started")))
+print("  phase %s, IP %s, node %s" % (st.get("phase"), st.get("podIP", "-"), s.get("nodeName", "-")))
+print("  agent.mirrord.metalbear.co/status:", (p["metadata"].get("annotations") or {}).get("agent.mirrord.metalbear.co/status"))
 '
+  ip="$(k -n "$DEMO_NS" get pod "$pod" -o jsonpath='{.status.podIP}')"
   cat <<TXT
 
-The pod stays Pending: this control plane has no kubelet (see e2e/README.md).
-Use kubectl against it:
+The pod runs on a local node (kubelet + containerd + runc; the operator's webhook runs in-cluster too):
+  curl http://$ip:8080/cgi-bin/hello          # the app, through its pod IP
   export KUBECONFIG=$DEMO_DIR/kubeconfig
-  kubectl -n $DEMO_NS get pods
-  kubectl -n $DEMO_NS get pod $pod -o yaml
+  kubectl -n $DEMO_NS get pods -o wide
+  kubectl -n $DEMO_NS logs $pod -c mirrord-agent
+  kubectl -n mirrord get pods                 # the operator
 (kubectl: $KUBECTL)
-Webhook log: $DEMO_DIR/logs/  ·  stop everything: make demo-down
+With the coordinator (coming): mirrord exec --target deploy/demo-app -n $DEMO_NS -- curl localhost:8080/cgi-bin/hello
+Logs of every process: $DEMO_DIR/logs/  ·  stop everything: make demo-down
 TXT
 }
 
@@ -69,6 +79,7 @@ demo_up() {
   fi
   [[ -e "$DEMO_DIR" ]] && demo_down
   unset KUBECONFIG # the demo always runs its own control plane
+  export MIRRORD_E2E_WEBHOOK=pod
   mkdir -p "$DEMO_DIR"
   # Half-started state is removed again; a completed demo stays up after this script exits.
   DEMO_UP=0
@@ -79,8 +90,9 @@ demo_up() {
   op_helm install --set webhook.auditInterval=1m
   k create namespace "$DEMO_NS" >/dev/null
   k label namespace "$DEMO_NS" "$INJECT_LABEL=enabled" >/dev/null
-  deployment_yaml demo-app 1 | k -n "$DEMO_NS" create -f - >/dev/null
-  wait_pods "$DEMO_NS" app=demo-app 1
+  app_deployment_yaml demo-app 1 | k -n "$DEMO_NS" create -f - >/dev/null
+  k -n "$DEMO_NS" rollout status deploy/demo-app --timeout 120s >&2 ||
+    die "demo-app did not become available: $(k -n "$DEMO_NS" describe pods | tail -30)"
   assert_injected "$DEMO_NS" "$(pods_of "$DEMO_NS" app=demo-app)"
   DEMO_UP=1
   demo_show
@@ -88,9 +100,16 @@ demo_up() {
 
 demo_down() {
   if [[ -d "$DEMO_DIR" ]]; then
+    node_stop "$DEMO_DIR"
     cp_stop "$DEMO_DIR"
+    local rc=0
+    if [[ -d "$DEMO_DIR/node" ]] && ! node_leftovers "$DEMO_DIR" >&2; then
+      log "ERROR: the demo's node left the above behind"
+      rc=1
+    fi
     rm -rf "$DEMO_DIR"
     log "demo stopped and $DEMO_DIR removed"
+    return "$rc"
   else
     log "no demo running ($DEMO_DIR does not exist)"
   fi

@@ -8,7 +8,9 @@
 #   e2e/run.sh rotation helm    only tests whose name contains "rotation" or "helm"
 #
 # Environment: KUBECONFIG (use that cluster instead), MIRRORD_OPERATOR_CACHE (build cache),
-# MIRRORD_OPERATOR_BIN (webhook binary; default: cargo build), MIRRORD_E2E_CHART, MIRRORD_E2E_IMAGE
+# MIRRORD_OPERATOR_BIN (operator binary, mirrord-agent beside it; default: cargo build),
+# MIRRORD_E2E_WEBHOOK (pod: the default, a node runs the operator; host: no node, webhook on the host),
+# MIRRORD_E2E_CHART, MIRRORD_E2E_IMAGE
 # (cluster mode: the operator image), MIRRORD_E2E_ARTIFACTS (copy all logs there at the end).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
@@ -18,6 +20,8 @@ E2E_LIB="$(cd "$(dirname "$0")" && pwd)/lib"
 source "$E2E_LIB/common.sh"
 # shellcheck source=lib/controlplane.sh
 source "$E2E_LIB/controlplane.sh"
+# shellcheck source=lib/node.sh
+source "$E2E_LIB/node.sh"
 # shellcheck source=lib/operator.sh
 source "$E2E_LIB/operator.sh"
 # shellcheck source=lib/testlib.sh
@@ -81,7 +85,10 @@ for t in "${TESTS[@]}"; do
   fi
 done
 
-e2e_teardown
+if ! e2e_teardown; then
+  failed=$((failed + 1))
+  echo "FAIL teardown (leftovers on the host)"
+fi
 trap - EXIT
 echo "$passed passed, $failed failed"
 ((failed == 0))

@@ -714,6 +714,24 @@ fn skip_order_follows_the_brief() {
         "spec": { "hostNetwork": false, "os": { "name": "windows" }, "containers": [{ "name": "app" }] }
     }));
     assert_eq!(skip(&windows, "shop"), SkipReason::WindowsPod);
+    // Last, as it needs the resolved native-sidecar knob: a Job's pod without native sidecars.
+    let job = json!({
+        "metadata": { "ownerReferences": [{ "apiVersion": "batch/v1", "kind": "Job", "name": "once", "uid": "u" }] },
+        "spec": { "containers": [{ "name": "app" }] }
+    });
+    let job: PodView = serde_json::from_value(job).unwrap();
+    let no_native = InjectorConfig {
+        native_sidecar: false,
+        ..base_config()
+    };
+    assert!(matches!(
+        decide(&job, &ctx("shop"), &no_native),
+        Decision::Skip(SkipReason::JobWithoutNativeSidecar)
+    ));
+    assert!(matches!(
+        decide(&job, &ctx("shop"), &cfg),
+        Decision::Inject { .. }
+    ));
     // The request namespace wins; an empty one falls back to the pod's own.
     let in_system = pod(json!({ "metadata": { "namespace": "kube-system" } }));
     assert_eq!(skip(&in_system, ""), SkipReason::ExcludedNamespace);

@@ -8,11 +8,16 @@ KUBE_VERSION="v1.20.2"
 KUBE_DEB_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 KUBE_BIN_DIR="$MIRRORD_OPERATOR_CACHE/kube/$KUBE_VERSION"
 # Bumped whenever the build recipe changes what it produces; a cache with another stamp is rebuilt.
-KUBE_RECIPE="2 (reflect2 1.0.2 + json-iterator 1.1.12 from Debian)"
+KUBE_RECIPE="3 (reflect2 1.0.2 + json-iterator 1.1.12 from Debian; kubelet with host sysctls untouched, kube-scheduler)"
+# Everything the build produces (the node binaries run real pods: real-pods.md).
+KUBE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet pause)
 
 # The Debian packages the harness needs (installed only when missing).
+# The node (real pods): containerd, runc, the CNI plugins, and busybox-static for the test images; gcc and
+# libc6-dev build Kubernetes' static pause binary.
 cp_ensure_deps() {
-  "$E2E_ROOT/tools/ensure-apt.sh" golang-go etcd-server iptables openssl curl
+  "$E2E_ROOT/tools/ensure-apt.sh" golang-go etcd-server iptables iproute2 openssl curl \
+    containerd runc containernetworking-plugins busybox-static gcc libc6-dev
 }
 
 # Prints deb and deb-src lines for every Debian suite configured on this machine (deb822 and one-line
@@ -39,11 +44,12 @@ _cp_deb_src_lines() {
   done
 }
 
-# Builds kube-apiserver and kube-controller-manager into $KUBE_BIN_DIR unless already there.
+# Builds ${KUBE_BINARIES[*]} into $KUBE_BIN_DIR unless already there.
 # Atomic (temp dir + rename) and locked, so concurrent runs build once and never see a half-built cache.
 _cp_binaries_ready() {
-  [[ -x "$KUBE_BIN_DIR/kube-apiserver" && -x "$KUBE_BIN_DIR/kube-controller-manager" &&
-    "$(cat "$KUBE_BIN_DIR/.recipe" 2>/dev/null)" == "$KUBE_RECIPE" ]]
+  local bin
+  for bin in "${KUBE_BINARIES[@]}"; do [[ -x "$KUBE_BIN_DIR/$bin" ]] || return 1; done
+  [[ "$(cat "$KUBE_BIN_DIR/.recipe" 2>/dev/null)" == "$KUBE_RECIPE" ]]
 }
 
 cp_ensure_binaries() {
@@ -64,7 +70,7 @@ _cp_build() {
   work="$(mktemp -d "$MIRRORD_OPERATOR_CACHE/kube/.build.XXXXXX")"
   # shellcheck disable=SC2064 # expand now: the trap must remove this very directory
   trap "chmod -R u+w '$work' 2>/dev/null; rm -rf '$work'" EXIT
-  log "building kube-apiserver and kube-controller-manager $KUBE_VERSION (takes ~4 min on 2 cores; log: $work/build.log)"
+  log "building ${KUBE_BINARIES[*]} $KUBE_VERSION (takes 5-25 min on 2 cores; log: $work/build.log)"
 
   # 1. The source package, through a private apt source list (system lists untouched).
   mkdir -p "$work/apt/lists/partial" "$work/src"
@@ -102,6 +108,12 @@ _cp_build() {
     find "$work/tree/vendor/$lib" -name '*_test.go' -delete
   done
 
+  # By default the kubelet rewrites host sysctls (kernel.panic_on_oops=1, vm.overcommit_memory=1, ...) to
+  # what it expects; on a developer's machine or a shared CI VM it must only warn.
+  local cm="$work/tree/pkg/kubelet/cm/container_manager_linux.go"
+  sed -i 's/^\tb := KernelTunableModify$/\tb := KernelTunableWarn \/\/ never change host sysctls/' "$cm"
+  grep -q 'b := KernelTunableWarn // never change host sysctls' "$cm" || die "kubelet sysctl patch did not apply to $cm"
+
   # 3. The one generated file the tarball lacks: pkg/generated/openapi/zz_generated.openapi.go.
   log "generating openapi definitions"
   (cd "$pkgroot" && go build -o "$work/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen) >>"$work/build.log" 2>&1 ||
@@ -127,11 +139,16 @@ _cp_build() {
   done
   mkdir -p "$work/out"
   local bin
-  for bin in kube-apiserver kube-controller-manager; do
+  for bin in "${KUBE_BINARIES[@]/pause/}"; do
+    [[ -n "$bin" ]] || continue
     log "go build $bin"
     (cd "$pkgroot" && go build -ldflags "-s -w $ldflags" -o "$work/out/$bin" "k8s.io/kubernetes/cmd/$bin") >>"$work/build.log" 2>&1 ||
       { tail -30 "$work/build.log" >&2; die "go build $bin failed"; }
   done
+  # The pod sandbox image's only binary: Kubernetes' own pause, static, from the same tree.
+  log "gcc pause"
+  gcc -Os -static -DVERSION="$KUBE_VERSION" -o "$work/out/pause" "$work/tree/build/pause/linux/pause.c" >>"$work/build.log" 2>&1 ||
+    { tail -30 "$work/build.log" >&2; die "building pause failed"; }
   "$work/out/kube-apiserver" --version | grep -qx "Kubernetes $KUBE_VERSION" || die "built kube-apiserver reports: $("$work/out/kube-apiserver" --version)"
 
   echo "$KUBE_RECIPE" >"$work/out/.recipe"
@@ -194,6 +211,13 @@ cp_start() {
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" >/dev/null 2>&1
   token="$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
   echo "$token,admin,admin,system:masters" >"$pki/tokens.csv"
+  # With a node (node_prepare ran): the kubelet's identity for the Node authorizer, and the apiserver on the
+  # `kubernetes` ClusterIP held by the node's bridge, where pods reach it. Without: loopback, a free port.
+  local bind_ip=127.0.0.1
+  if [[ -f "$CP_DIR/node/token" ]]; then
+    echo "$(cat "$CP_DIR/node/token"),system:node:$NODE_NAME,$NODE_NAME,system:nodes" >>"$pki/tokens.csv"
+    bind_ip="$NODE_API_IP"
+  fi
 
   etcd_port="$(free_port)"
   etcd_peer="$(free_port)"
@@ -204,9 +228,10 @@ cp_start() {
   wait_for "etcd health" 30 curl -sf "http://127.0.0.1:$etcd_port/health" || { tail -20 "$CP_DIR/logs/etcd.log" >&2; return 1; }
 
   api_port="$(free_port)"
+  [[ "$bind_ip" == 127.0.0.1 ]] || api_port=443
   _cp_spawn kube-apiserver "$KUBE_BIN_DIR/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
+    --bind-address "$bind_ip" --advertise-address "$bind_ip" --secure-port "$api_port" --insecure-port 0 \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" --client-ca-file "$pki/ca.crt" \
     --token-auth-file "$pki/tokens.csv" --authorization-mode Node,RBAC \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
@@ -216,14 +241,14 @@ cp_start() {
     --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
     --requestheader-extra-headers-prefix X-Remote-Extra- \
     --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
-    --enable-aggregator-routing=true
+    --enable-aggregator-routing=true --kubelet-preferred-address-types InternalIP
   cat >"$CP_DIR/kubeconfig" <<KUBECONFIG
 apiVersion: v1
 kind: Config
 clusters:
 - name: mirrord-e2e
   cluster:
-    server: https://127.0.0.1:$api_port
+    server: https://$bind_ip:$api_port
     certificate-authority: $pki/ca.crt
 users:
 - name: admin
@@ -236,7 +261,7 @@ current-context: mirrord-e2e
 KUBECONFIG
   export KUBECONFIG="$CP_DIR/kubeconfig"
   wait_for "kube-apiserver /readyz" 90 curl -sf --cacert "$pki/ca.crt" -H "Authorization: Bearer $token" \
-    "https://127.0.0.1:$api_port/readyz" || { tail -30 "$CP_DIR/logs/kube-apiserver.log" >&2; return 1; }
+    "https://$bind_ip:$api_port/readyz" || { tail -30 "$CP_DIR/logs/kube-apiserver.log" >&2; return 1; }
 
   _cp_spawn kube-controller-manager "$KUBE_BIN_DIR/kube-controller-manager" \
     --kubeconfig "$CP_DIR/kubeconfig" --port 0 --secure-port 0 --leader-elect=false \
@@ -276,6 +301,7 @@ cp_reap_stale() {
     # Alive and not a zombie (a killed owner can linger as one until its parent reaps it).
     [[ -r "/proc/$owner/stat" && "$(cut -d' ' -f3 "/proc/$owner/stat")" != Z ]] && continue
     log "reaping stale e2e state $d (owner $owner is gone)"
+    declare -F node_stop >/dev/null && node_stop "$d"
     cp_stop "$d"
     rm -rf "$d"
   done

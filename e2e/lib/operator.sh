@@ -1,9 +1,13 @@
 # shellcheck shell=bash
-# Installing the operator with Helm and running its webhook, in one of two modes:
-#   local   — our own control plane (no kubelet): the chart is installed with webhook.url pointing at the
-#             host and the webhook binary runs on the host with exactly the env the chart rendered for its
-#             Deployment, under the chart's own ServiceAccount (so the chart's RBAC is what is tested).
-#   cluster — $KUBECONFIG names a real cluster (kind, k3d, ...): the chart's Deployment serves in-cluster.
+# Installing the operator with Helm and running its webhook, in one of three ways:
+#   local, pod  — our own control plane and node (the default): the chart's Deployment runs in-cluster
+#                 from the locally built image (pullPolicy Never), reached by the apiserver through its
+#                 Service, exactly as in cluster mode.
+#   local, host — MIRRORD_E2E_WEBHOOK=host, no node (fast): the chart is installed with webhook.url pointing
+#                 at the host and the webhook binary runs on the host with exactly the env the chart
+#                 rendered for its Deployment, under the chart's own ServiceAccount (so the chart's RBAC is
+#                 what is tested).
+#   cluster     — $KUBECONFIG names a real cluster (kind, k3d, ...): the chart's Deployment serves in-cluster.
 # Sourced, never executed. Requires lib/common.sh; E2E_DIR (state dir), KUBECTL and HELM set.
 
 OP_NS="${MIRRORD_E2E_OPERATOR_NAMESPACE:-mirrord}"
@@ -13,6 +17,9 @@ OP_MWC="mirrord-operator"
 OP_TLS_SECRET="mirrord-operator-tls"
 
 k() { "$KUBECTL" --request-timeout=30s "$@"; }
+
+# Does the chart's Deployment serve the webhook (cluster mode, or our node)?
+op_in_cluster() { [[ "$E2E_MODE" == cluster || "${E2E_WEBHOOK:-}" == pod ]]; }
 
 # Paths of helm and kubectl (the chart helper's ensure-helm.sh caches them outside the repo).
 op_ensure_tools() {
@@ -26,7 +33,7 @@ op_ensure_tools() {
 # The values every install carries in local mode: the apiserver calls the host webhook by URL and no
 # in-cluster replica is wanted (there is no kubelet to run it anyway).
 _op_mode_values() {
-  if [[ "$E2E_MODE" == local ]]; then
+  if ! op_in_cluster; then
     printf '%s\n' --set "webhook.url=https://127.0.0.1:$WH_PORT/mutate" --set replicaCount=0
   else
     # One replica: metrics and logs are read from it.
@@ -38,6 +45,12 @@ _op_mode_values() {
     fi
     # MIRRORD_E2E_IMAGE=REGISTRY/REPOSITORY:TAG, the image loaded into the cluster (the agent uses it too).
     local img="${MIRRORD_E2E_IMAGE:-}" rest
+    # Our node: the image imported into its containerd, never pulled. Every Deployment of the chart uses
+    # image.* and image.pullPolicy, so whatever else the chart runs comes from the same image.
+    if [[ "$E2E_MODE" == local ]]; then
+      img="$E2E_OPERATOR_IMAGE"
+      printf '%s\n' --set image.pullPolicy=Never
+    fi
     if [[ -n "$img" ]]; then
       [[ "$img" == */*:* ]] || die "MIRRORD_E2E_IMAGE must be REGISTRY/REPOSITORY:TAG, got '$img'"
       rest="${img#*/}"
@@ -55,14 +68,14 @@ op_helm() {
   mapfile -t mode_values < <(_op_mode_values)
   [[ "$verb" == install ]] && mode_values+=(--create-namespace)
   log "helm $verb $* "
-  [[ "$E2E_MODE" == local ]] && op_webhook_stop
+  op_in_cluster || op_webhook_stop
   "$HELM" "$verb" "$OP_RELEASE" "$OP_CHART" --namespace "$OP_NS" --timeout 60s "${mode_values[@]}" "$@" >"$E2E_DIR/logs/helm-$verb.log" 2>&1 ||
     { cat "$E2E_DIR/logs/helm-$verb.log" >&2; return 1; }
   op_webhook_start
 }
 
 op_uninstall() {
-  [[ "$E2E_MODE" == local ]] && op_webhook_stop
+  op_in_cluster || op_webhook_stop
   "$HELM" uninstall "$OP_RELEASE" --namespace "$OP_NS" --timeout 60s >"$E2E_DIR/logs/helm-uninstall.log" 2>&1 ||
     { cat "$E2E_DIR/logs/helm-uninstall.log" >&2; return 1; }
 }
@@ -73,12 +86,15 @@ op_installed() { "$HELM" status "$OP_RELEASE" --namespace "$OP_NS" >/dev/null 2>
 
 # Starts the webhook and waits for /readyz (self-managed TLS: certificate served and caBundle in place).
 op_webhook_start() {
-  if [[ "$E2E_MODE" == cluster ]]; then
+  if op_in_cluster; then
     local n
     n="$(k -n "$OP_NS" get deploy "$OP_RELEASE" -o jsonpath='{.spec.replicas}')"
     ((n > 0)) || k -n "$OP_NS" scale deploy "$OP_RELEASE" --replicas 1 >/dev/null
     k -n "$OP_NS" rollout status deploy "$OP_RELEASE" --timeout 120s >&2
     wait_for "caBundle in $OP_MWC" 60 _op_cabundle_set
+    # The apiserver calls the endpoints (enable-aggregator-routing), which lag the rollout: with
+    # failurePolicy Fail a call to a replaced pod's address would refuse pods.
+    wait_for "the Service's endpoints to be the ready webhook pods" 60 _op_endpoints_current
     return
   fi
   _op_host_env >"$E2E_DIR/webhook.env" || return 1
@@ -105,7 +121,7 @@ op_webhook_start() {
 }
 
 op_webhook_stop() {
-  if [[ "$E2E_MODE" == cluster ]]; then
+  if op_in_cluster; then
     k -n "$OP_NS" scale deploy "$OP_RELEASE" --replicas 0 >/dev/null
     wait_for "webhook pods gone" 120 _op_no_webhook_pods
     return
@@ -116,8 +132,61 @@ op_webhook_stop() {
   rm -f "$E2E_DIR/webhook.pid"
 }
 
+# The running webhook pod (in-cluster modes).
+_op_webhook_pod() {
+  k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook \
+    --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}'
+}
+
+# Where the host reaches the webhook's TLS port (local modes): the host process on loopback, or the pod's
+# IP on the node's bridge.
+op_webhook_addr() {
+  if op_in_cluster; then
+    echo "$(k -n "$OP_NS" get pod "$(_op_webhook_pod)" -o jsonpath='{.status.podIP}'):$(k -n "$OP_NS" get deploy "$OP_RELEASE" -o jsonpath='{.spec.template.spec.containers[0].ports[?(@.name=="https")].containerPort}')"
+  else
+    echo "127.0.0.1:$WH_PORT"
+  fi
+}
+
+# openssl s_client arguments that check the served certificate for the name the apiserver uses: the
+# Service's DNS name in-cluster, 127.0.0.1 for the host process.
+op_webhook_verify_args() {
+  if op_in_cluster; then
+    echo "-verify_hostname $OP_RELEASE.$OP_NS.svc"
+  else
+    echo "-verify_ip 127.0.0.1"
+  fi
+}
+
+# Identifies the running webhook instance (PID, or pod name and restart count): unchanged as long as it
+# was not restarted.
+op_webhook_instance() {
+  if op_in_cluster; then
+    local pod
+    pod="$(_op_webhook_pod)"
+    echo "$pod/$(k -n "$OP_NS" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')"
+  else
+    cat "$E2E_DIR/webhook.pid"
+  fi
+}
+
 _op_no_webhook_pods() {
-  [[ -z "$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator -o name)" ]]
+  [[ -z "$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook -o name)" ]]
+}
+
+_op_endpoints_current() {
+  local eps pods
+  eps="$(k -n "$OP_NS" get endpoints "$OP_RELEASE" -o jsonpath='{.subsets[*].addresses[*].ip}' | tr ' ' '\n' | sort | paste -sd' ')"
+  pods="$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook -o json | python3 -c '
+import json, sys
+ips = []
+for p in json.load(sys.stdin)["items"]:
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+    if ready and not p["metadata"].get("deletionTimestamp") and p["status"].get("podIP"):
+        ips.append(p["status"]["podIP"])
+print(" ".join(sorted(ips)))')"
+  echo "endpoints [$eps], ready pods [$pods]"
+  [[ -n "$eps" && "$eps" == "$pods" ]]
 }
 
 _op_cabundle_set() {
@@ -191,11 +260,11 @@ _op_sa_secret() {
 
 # The webhook's Prometheus metrics text.
 op_metrics() {
-  if [[ "$E2E_MODE" == local ]]; then
+  if ! op_in_cluster; then
     curl -sf "http://127.0.0.1:$WH_HEALTH_PORT/metrics"
   else
     local pod port
-    pod="$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}')"
+    pod="$(_op_webhook_pod)"
     port="$(k -n "$OP_NS" get deploy "$OP_RELEASE" -o jsonpath='{.spec.template.spec.containers[0].ports[?(@.name=="health")].containerPort}')"
     k get --raw "/api/v1/namespaces/$OP_NS/pods/$pod:${port:-9443}/proxy/metrics"
   fi
@@ -203,7 +272,7 @@ op_metrics() {
 
 # The webhook's log (all runs in local mode).
 op_logs() {
-  if [[ "$E2E_MODE" == local ]]; then
+  if ! op_in_cluster; then
     cat "$E2E_DIR"/logs/webhook.*.log 2>/dev/null
   else
     k -n "$OP_NS" logs deploy/"$OP_RELEASE" --all-containers 2>/dev/null

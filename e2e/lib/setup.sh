@@ -5,16 +5,25 @@
 # audit test does not wait minutes; everything else at chart defaults.
 OP_BASE_VALUES=()
 
-# Chooses the mode, creates the state dir and, in local mode, builds (once) and starts the control plane.
-# Sets E2E_MODE, E2E_DIR, KUBECONFIG, KUBECTL, HELM, OPERATOR_BIN, WH_PORT, WH_HEALTH_PORT.
+# Chooses the mode, creates the state dir and, in local mode, builds (once) and starts the control plane
+# and (unless MIRRORD_E2E_WEBHOOK=host) the node the operator runs on.
+# Sets E2E_MODE, E2E_WEBHOOK, E2E_DIR, KUBECONFIG, KUBECTL, HELM, OPERATOR_BIN, TEST_IMAGE, and in host
+# mode WH_PORT, WH_HEALTH_PORT.
 e2e_setup_cluster() {
   local dir="${1:-}"
   if [[ -n "${KUBECONFIG:-}" ]]; then
     E2E_MODE=cluster
+    E2E_WEBHOOK=pod
   else
     E2E_MODE=local
+    E2E_WEBHOOK="${MIRRORD_E2E_WEBHOOK:-pod}"
+    [[ "$E2E_WEBHOOK" == pod || "$E2E_WEBHOOK" == host ]] || die "MIRRORD_E2E_WEBHOOK must be pod or host, got '$E2E_WEBHOOK'"
   fi
-  export E2E_MODE
+  # Test pods use an image the node has (never pulled: nothing but loopback and the pod bridge is reached).
+  if [[ -z "$TEST_IMAGE" ]]; then
+    if [[ "$E2E_MODE" == local && "$E2E_WEBHOOK" == pod ]]; then TEST_IMAGE="$E2E_APP_IMAGE"; else TEST_IMAGE=busybox:1.36; fi
+  fi
+  export E2E_MODE E2E_WEBHOOK TEST_IMAGE
   op_ensure_tools
   if [[ -z "$dir" ]]; then
     [[ "$E2E_MODE" == local ]] && cp_reap_stale
@@ -33,18 +42,27 @@ e2e_setup_cluster() {
   cp_ensure_deps
   cp_ensure_binaries
   if [[ -z "${MIRRORD_OPERATOR_BIN:-}" ]]; then
-    log "cargo build (the webhook runs on the host)"
-    (cd "$REPO_ROOT" && cargo build --quiet --bin mirrord-operator) || die "cargo build failed"
+    # Debug binaries: the ones `cargo test` builds anyway, so CI compiles nothing extra for the image.
+    log "cargo build (mirrord-operator, mirrord-agent)"
+    (cd "$REPO_ROOT" && cargo build --quiet --bin mirrord-operator --bin mirrord-agent) || die "cargo build failed"
     OPERATOR_BIN="$REPO_ROOT/target/debug/mirrord-operator"
   else
+    # mirrord-agent is taken from the same directory.
     OPERATOR_BIN="$MIRRORD_OPERATOR_BIN"
   fi
   [[ -x "$OPERATOR_BIN" ]] || die "no webhook binary at $OPERATOR_BIN"
   export OPERATOR_BIN
-  cp_start "$E2E_DIR"
-  WH_PORT="$(free_port)"
-  WH_HEALTH_PORT="$(free_port)"
-  export WH_PORT WH_HEALTH_PORT
+  if [[ "$E2E_WEBHOOK" == pod ]]; then
+    node_prepare "$E2E_DIR"
+    node_images "$E2E_DIR" || die "building the images failed"
+    cp_start "$E2E_DIR" || return 1
+    node_start "$E2E_DIR" || return 1
+  else
+    cp_start "$E2E_DIR" || return 1
+    WH_PORT="$(free_port)"
+    WH_HEALTH_PORT="$(free_port)"
+    export WH_PORT WH_HEALTH_PORT
+  fi
 }
 
 e2e_install_operator() {
@@ -73,10 +91,17 @@ e2e_teardown() {
     k delete namespace -l mirrord-e2e=true --wait=false >/dev/null 2>&1 || true
     k label namespace kube-system "$INJECT_LABEL-" >/dev/null 2>&1 || true
   fi
+  local rc=0
+  node_stop "$E2E_DIR"
   cp_stop "$E2E_DIR"
+  if [[ -d "$E2E_DIR/node" ]] && ! node_leftovers "$E2E_DIR" >&2; then
+    log "ERROR: the node left the above behind"
+    rc=1
+  fi
   if [[ -n "${MIRRORD_E2E_ARTIFACTS:-}" ]]; then
     { mkdir -p "$MIRRORD_E2E_ARTIFACTS" && cp -r "$E2E_DIR/logs/." "$MIRRORD_E2E_ARTIFACTS/"; } || log "could not copy logs to $MIRRORD_E2E_ARTIFACTS"
   fi
   rm -rf "$E2E_DIR"
   E2E_DIR=""
+  return "$rc"
 }

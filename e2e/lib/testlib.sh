@@ -6,7 +6,8 @@ INJECT_LABEL="mirrord-injection"
 POD_INJECT_LABEL="mirrord.metalbear.co/inject"
 AGENT="mirrord-agent"
 STATUS_ANNOTATION="agent.mirrord.metalbear.co/status"
-TEST_IMAGE="${MIRRORD_E2E_TEST_IMAGE:-busybox:1.36}"
+# Empty: chosen by e2e_setup_cluster (the node's app image, or busybox:1.36 on a real cluster).
+TEST_IMAGE="${MIRRORD_E2E_TEST_IMAGE:-}"
 
 fail() { log "FAIL: $*"; exit 1; }
 
@@ -172,3 +173,80 @@ print(int(total) if total.is_integer() else total)
 server_minor() {
   k version -o json | python3 -c 'import json,re,sys; print(re.match(r"\d+", json.load(sys.stdin)["serverVersion"]["minor"]).group())'
 }
+
+# ---- pods that really run (our node, or a real cluster) ----------------------------------------------
+
+# Do pods run here? (our node, or a real cluster). Without a node (MIRRORD_E2E_WEBHOOK=host) they stay Pending.
+node_runs_pods() { [[ "$E2E_MODE" == cluster || "${E2E_WEBHOOK:-}" == pod ]]; }
+# Is the node on this host, so that tests may look inside pods from the host (netns, processes)?
+node_is_local() { [[ "$E2E_MODE" == local && "${E2E_WEBHOOK:-}" == pod ]]; }
+
+# app_deployment_yaml NAME REPLICAS: the test app (an HTTP server on 8080 that answers /cgi-bin/hello with
+# "hello from <pod>, GREETING=<its env>"), Ready once it answers.
+app_deployment_yaml() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: $1
+spec:
+  replicas: $2
+  selector:
+    matchLabels: {app: $1}
+  template:
+    metadata:
+      labels: {app: $1}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: app
+        image: $TEST_IMAGE
+        command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+        env:
+        - {name: GREETING, value: hello-e2e}
+        ports:
+        - {name: http, containerPort: 8080}
+        readinessProbe:
+          httpGet: {path: /, port: 8080}
+          periodSeconds: 1
+YAML
+}
+
+# container_state NS POD CONTAINER: running | waiting:<reason> | terminated:<reason> | absent
+container_state() {
+  k -n "$1" get pod "$2" -o json | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+for c in p["status"].get("containerStatuses", []) + p["status"].get("initContainerStatuses", []):
+    if c["name"] == sys.argv[1]:
+        st = c.get("state", {})
+        for k in ("running", "waiting", "terminated"):
+            if k in st:
+                print(k if k == "running" else "%s:%s" % (k, st[k].get("reason", "")))
+                sys.exit(0)
+print("absent")' "$3"
+}
+
+# container_restarts NS POD CONTAINER
+container_restarts() {
+  k -n "$1" get pod "$2" -o jsonpath="{.status.containerStatuses[?(@.name==\"$3\")].restartCount}"
+}
+
+# node_container_pid NS POD CONTAINER: host PID of the container's process (local node only).
+node_container_pid() {
+  local id
+  id="$(k -n "$1" get pod "$2" -o jsonpath="{.status.containerStatuses[?(@.name==\"$3\")].containerID}")"
+  id="${id#containerd://}"
+  [[ -n "$id" ]] || return 1
+  ctr -a "$E2E_DIR/node/run/containerd.sock" -n k8s.io tasks ls | awk -v id="$id" '$1 == id && $3 == "RUNNING" { print $2 }' | grep .
+}
+
+# pod_nat_rules NS POD: the nat table inside the pod's network namespace, read from the host (local node).
+pod_nat_rules() {
+  local pid
+  pid="$(node_container_pid "$1" "$2" app)" || return 1
+  nsenter -t "$pid" -n iptables-save -t nat
+}
+
+# http_get URL: the body, with a short timeout (curl from the host to a pod IP on the node's bridge).
+http_get() { curl -sS --max-time 5 "$1"; }

@@ -5,9 +5,9 @@
 # PEM of the CA bundle in the webhook configuration (entry INDEX).
 _ca_bundle() { k get mutatingwebhookconfiguration "$OP_MWC" -o jsonpath="{.webhooks[$1].clientConfig.caBundle}" | base64 -d; }
 
-# SHA-256 fingerprint of the certificate the host webhook serves (local mode).
+# SHA-256 fingerprint of the certificate the webhook serves (local mode: on the host or in a pod of our node).
 _served_fingerprint() {
-  openssl s_client -connect "127.0.0.1:$WH_PORT" -servername 127.0.0.1 </dev/null 2>/dev/null |
+  openssl s_client -connect "$(op_webhook_addr)" </dev/null 2>/dev/null |
     openssl x509 -noout -fingerprint -sha256 | cut -d= -f2
 }
 
@@ -32,9 +32,10 @@ sys.exit(0 if owners == ["mirrord-operator"] else 1)' >&2 || fail "caBundle is n
   if [[ "$E2E_MODE" == local ]]; then
     # The served chain verifies against caBundle for the address the apiserver calls.
     _ca_bundle 0 >"$E2E_DIR/ca-bundle.pem"
-    openssl s_client -connect "127.0.0.1:$WH_PORT" -CAfile "$E2E_DIR/ca-bundle.pem" -verify_return_error \
-      -verify_ip 127.0.0.1 </dev/null >"$E2E_DIR/s_client.log" 2>&1 || fail "served certificate does not verify: $(tail -5 "$E2E_DIR/s_client.log")"
-    log "ok: served certificate verifies against caBundle for 127.0.0.1"
+    # shellcheck disable=SC2046 # the verify arguments are words
+    openssl s_client -connect "$(op_webhook_addr)" -CAfile "$E2E_DIR/ca-bundle.pem" -verify_return_error \
+      $(op_webhook_verify_args) </dev/null >"$E2E_DIR/s_client.log" 2>&1 || fail "served certificate does not verify: $(tail -5 "$E2E_DIR/s_client.log")"
+    log "ok: served certificate verifies against caBundle ($(op_webhook_verify_args))"
   fi
   new_ns ns tls "$INJECT_LABEL=enabled"
   create_pod "$ns" app >/dev/null
@@ -44,14 +45,14 @@ sys.exit(0 if owners == ["mirrord-operator"] else 1)' >&2 || fail "caBundle is n
 # A 30 s certificate is rotated (after 2/3 of its life) without restarting the webhook; both the Secret
 # and the served certificate change, and the apiserver still trusts the webhook afterwards.
 test_certificate_rotation() {
-  local ns secret0 served0 secret1 served1 pid
+  local ns secret0 served0 secret1 served1 instance
   defer e2e_restore_base
   op_webhook_stop
   # Start from no Secret, so the webhook issues a certificate with the short validity.
   k -n "$OP_NS" delete secret "$OP_TLS_SECRET" --ignore-not-found >/dev/null
   op_helm upgrade "${OP_BASE_VALUES[@]}" --set tls.certValidity=30s --set tls.checkInterval=1s
   local started=$SECONDS
-  pid="$(cat "$E2E_DIR/webhook.pid" 2>/dev/null || true)"
+  instance="$(op_webhook_instance)"
   secret0="$(_secret_cert)"
   [[ -n "$secret0" ]] || fail "no certificate in Secret $OP_TLS_SECRET after start"
   [[ "$E2E_MODE" == local ]] && served0="$(_served_fingerprint)" && log "served certificate: $served0"
@@ -67,10 +68,12 @@ test_certificate_rotation() {
     wait_for "the served certificate to change" 30 _changed _served_fingerprint "$served0"
     served1="$(_served_fingerprint)"
     log "served certificate after rotation: $served1"
-    kill -0 "$pid" 2>/dev/null || fail "the webhook process restarted (pid $pid gone); rotation must be in-process"
+    [[ "$(op_webhook_instance)" == "$instance" ]] ||
+      fail "the webhook restarted ($instance is now $(op_webhook_instance)); rotation must be in-process"
     _ca_bundle 0 >"$E2E_DIR/ca-bundle.pem"
-    openssl s_client -connect "127.0.0.1:$WH_PORT" -CAfile "$E2E_DIR/ca-bundle.pem" -verify_return_error \
-      -verify_ip 127.0.0.1 </dev/null >"$E2E_DIR/s_client.log" 2>&1 || fail "rotated certificate does not verify against caBundle"
+    # shellcheck disable=SC2046 # the verify arguments are words
+    openssl s_client -connect "$(op_webhook_addr)" -CAfile "$E2E_DIR/ca-bundle.pem" -verify_return_error \
+      $(op_webhook_verify_args) </dev/null >"$E2E_DIR/s_client.log" 2>&1 || fail "rotated certificate does not verify against caBundle"
   fi
   [[ "$secret1" != "$secret0" ]] || fail "Secret unchanged"
   create_pod "$ns" after >/dev/null
@@ -141,11 +144,12 @@ _ca_bundle_has() {
   done
 }
 
-# _served_verifies PEM: the certificate the host webhook serves verifies against PEM alone (local mode).
+# _served_verifies PEM: the certificate the webhook serves verifies against PEM alone (local mode).
 _served_verifies() {
   printf '%s\n' "$1" >"$E2E_DIR/only-ca.pem"
-  openssl s_client -connect "127.0.0.1:$WH_PORT" -CAfile "$E2E_DIR/only-ca.pem" -verify_return_error \
-    -verify_ip 127.0.0.1 </dev/null >"$E2E_DIR/s_client.log" 2>&1
+  # shellcheck disable=SC2046 # the verify arguments are words
+  openssl s_client -connect "$(op_webhook_addr)" -CAfile "$E2E_DIR/only-ca.pem" -verify_return_error \
+    $(op_webhook_verify_args) </dev/null >"$E2E_DIR/s_client.log" 2>&1
 }
 
 # _changed CMD... OLD: succeeds once CMD prints something non-empty other than OLD.

@@ -74,6 +74,17 @@ pub fn run(args: AgentArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    // What the pod gave the agent (downward API), so a person debugging sees it resolved.
+    info!(
+        pod = %args.pod_name,
+        namespace = %args.pod_namespace,
+        uid = %args.pod_uid,
+        ip = ?args.pod_ip,
+        node = %args.node_name,
+        target = %args.target_container,
+        redirect = ?args.redirect,
+        "agent starting"
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
         .enable_all()

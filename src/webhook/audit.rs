@@ -54,7 +54,18 @@ pub fn is_uninjected(pod: &Pod) -> bool {
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .any(|c| c.name == AGENT_CONTAINER_NAME);
-    !finished && !has_agent && spec.host_network != Some(true) && !spec.containers.is_empty()
+    // A Job's pod is skipped by the webhook on servers without native sidecars (the agent would keep
+    // the Job from completing), and recreating it is not what fixes a Job: never reported.
+    let job = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Job" && o.api_version.starts_with("batch/"));
+    !finished
+        && !has_agent
+        && !job
+        && spec.host_network != Some(true)
+        && !spec.containers.is_empty()
 }
 
 /// The controller owning the pod (e.g. its ReplicaSet or Job), else the pod itself.
@@ -257,6 +268,10 @@ mod tests {
             serde_json::json!({"metadata":{"name":"a"},"spec":{"containers":[{"name":"app"}]},"status":{"phase":"Succeeded"}}),
         );
         assert!(!is_uninjected(&done));
+        let job = pod(
+            serde_json::json!({"metadata":{"name":"a","ownerReferences":[{"apiVersion":"batch/v1","kind":"Job","name":"once","uid":"u"}]},"spec":{"containers":[{"name":"app"}]}}),
+        );
+        assert!(!is_uninjected(&job));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!
 //! - Skips are checked in this order: excluded namespace (the request's, else the pod's), no
 //!   containers, already injected, opted out, host network, Windows pod (an addition to the
-//!   contract: injecting would get the pod rejected).
+//!   contract: injecting would get the pod rejected), and, once the knobs are resolved, a Job's pod
+//!   without native sidecars (another addition: a regular sidecar never exits, so the Job would never
+//!   complete; on 1.20-1.28 servers Jobs run without the agent, with a warning saying why).
 //! - Knobs: pod annotation, else namespace annotation, else operator default; an invalid value is
 //!   skipped with a warning (at most 256 characters, value quoted and shortened). A request above its
 //!   limit would be refused by the apiserver: the value from the more specific source wins and the
@@ -112,6 +114,10 @@ pub enum SkipReason {
     /// `spec.os.name: windows`: the agent is a Linux program, and the apiserver rejects Linux-only
     /// securityContext fields (runAsGroup, capabilities, seccomp) on Windows pods.
     WindowsPod,
+    /// A Job's pod where the agent would be a regular container (no native sidecars before
+    /// Kubernetes 1.29, or the native-sidecar knob off): the agent never exits, so the pod never
+    /// completes and neither does the Job.
+    JobWithoutNativeSidecar,
 }
 
 impl SkipReason {
@@ -124,6 +130,7 @@ impl SkipReason {
             SkipReason::ExcludedNamespace => "excluded-namespace",
             SkipReason::NoContainers => "no-containers",
             SkipReason::WindowsPod => "windows-pod",
+            SkipReason::JobWithoutNativeSidecar => "job-without-native-sidecar",
         }
     }
 
@@ -138,6 +145,9 @@ impl SkipReason {
             SkipReason::ExcludedNamespace => "the namespace is excluded from injection".to_owned(),
             SkipReason::NoContainers => "the pod has no containers".to_owned(),
             SkipReason::WindowsPod => "the pod runs on Windows; the agent is Linux-only".to_owned(),
+            SkipReason::JobWithoutNativeSidecar => format!(
+                "the pod belongs to a Job and native sidecars are unavailable (Kubernetes 1.29+, knob {KNOB_PREFIX}native-sidecar): as a regular container the agent would keep the Job from ever completing"
+            ),
         };
         format!("{AGENT_CONTAINER_NAME} not injected: {why}")
     }
@@ -262,6 +272,9 @@ fn decide_inner<'a>(
         },
         &mut report,
     );
+    if !knobs.native_sidecar && owned_by_job(pod) {
+        return Decision::Skip(SkipReason::JobWithoutNativeSidecar);
+    }
     let mut warnings = report.warnings;
     if let Some(level) = ctx
         .namespace_labels
@@ -306,12 +319,6 @@ fn decide_inner<'a>(
         &mut warnings,
     );
     let knobs = agent.knobs();
-
-    if !knobs.native_sidecar && owned_by_job(pod) {
-        warnings.push(format!(
-            "{AGENT_CONTAINER_NAME} injected as a regular container into a Job's pod: the Job will not complete while the agent runs (native sidecars need Kubernetes 1.29+)"
-        ));
-    }
 
     let status = Status {
         version: &cfg.operator_version,
@@ -612,6 +619,7 @@ mod tests {
             SkipReason::ExcludedNamespace,
             SkipReason::NoContainers,
             SkipReason::WindowsPod,
+            SkipReason::JobWithoutNativeSidecar,
         ] {
             assert!(
                 reason
