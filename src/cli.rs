@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{certs, telemetry, webhook};
+use crate::{certs, server::telemetry, webhook};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,7 +60,7 @@ pub fn run(cli: Cli) -> ExitCode {
             )
         }
         Command::Webhook(args) => {
-            telemetry::init(args.log_format, "info");
+            telemetry::init(args.server.log_format, "info");
             report(runtime().block_on(webhook::run(*args)))
         }
         Command::Agent(args) => crate::agent::exec_or_run(*args),
