@@ -187,6 +187,18 @@ pub trait SessionDirectory: Send + Sync {
     fn kill<'a>(&'a self, id: u64, reason: &'a str) -> BoxFuture<'a, KillOutcome>;
     /// Ends every session; returns how many were ended.
     fn kill_all<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, usize>;
+    /// Usage counts for `status.statistics`; `None` (the default) leaves them out rather than
+    /// inventing numbers.
+    fn statistics(&self) -> Option<UsageStatistics> {
+        None
+    }
+}
+
+/// `status.statistics` (operator-api.md 2.4): distinct users over the last day and month.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageStatistics {
+    pub dau: u64,
+    pub mau: u64,
 }
 
 /// A directory with no sessions (before the session core exists, and in tests).
@@ -238,6 +250,13 @@ pub struct ConnectRequest {
 /// Opens a session for a connect request: answers 101 and relays, or a `metav1.Status` error.
 pub trait Connector: Send + Sync {
     fn connect(&self, request: ConnectRequest) -> BoxFuture<'static, Response>;
+
+    /// `NewOperatorFeature` names (operator-api.md 2.5) the connector implements end to end, beyond
+    /// `ProxyApi` which the router adds whenever a connector is present (e.g. `LayerReconnect`).
+    /// They go into `spec.supported_features`.
+    fn features(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// The license block of `spec.license`.
