@@ -5,5 +5,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod credentials;
 pub mod queues;
 pub mod session;
+pub mod targets;
