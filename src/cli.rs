@@ -25,6 +25,8 @@ pub enum Command {
     Webhook(Box<webhook::config::WebhookArgs>),
     /// The sidecar the webhook injects into target pods (mirrord-protocol 1.29).
     Agent(Box<crate::agent::AgentArgs>),
+    /// Serve the operator.metalbear.co/v1 aggregated API the mirrord CLI uses (behind an APIService).
+    Coordinator(Box<crate::coordinator::config::CoordinatorArgs>),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -64,5 +66,9 @@ pub fn run(cli: Cli) -> ExitCode {
             report(runtime().block_on(webhook::run(*args)))
         }
         Command::Agent(args) => crate::agent::exec_or_run(*args),
+        Command::Coordinator(args) => {
+            telemetry::init(args.server.log_format, "info");
+            report(runtime().block_on(crate::coordinator::run::run(*args)))
+        }
     }
 }

@@ -162,6 +162,22 @@ pub fn server_config_asking_client_cert(resolver: Arc<CertResolver>) -> Arc<Serv
     Arc::new(config)
 }
 
+/// Whether one of the CA certificates of a PEM `bundle` signed `leaf` (DER): does a client trusting
+/// this caBundle accept the certificate? Unreadable entries are skipped.
+pub fn bundle_signs(bundle: &[u8], leaf: &CertificateDer<'_>) -> bool {
+    let Ok((_, leaf)) = x509_parser::parse_x509_certificate(leaf) else {
+        return false;
+    };
+    CertificateDer::pem_slice_iter(bundle)
+        .filter_map(Result::ok)
+        .any(|ca| {
+            x509_parser::parse_x509_certificate(&ca).is_ok_and(|(_, ca)| {
+                ca.subject() == leaf.issuer()
+                    && leaf.verify_signature(Some(ca.public_key())).is_ok()
+            })
+        })
+}
+
 /// Optional client certificates whose chain is checked later, by the request handler.
 #[derive(Debug)]
 struct AnyClientCert {
@@ -250,6 +266,26 @@ mod tests {
                 .label(),
             "bad-key"
         );
+    }
+
+    #[test]
+    fn a_bundle_signs_what_one_of_its_cas_issued() {
+        let now = time::OffsetDateTime::now_utc();
+        let day = Duration::from_secs(86400);
+        let (a, b) = (
+            generate_ca("a", now, day).unwrap(),
+            generate_ca("b", now, day).unwrap(),
+        );
+        let leaf = issue_serving(&b, &[San::Dns("x.test".into())], now, day).unwrap();
+        let leaf =
+            ServingCert::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+        let leaf = &leaf.key.cert[0];
+        let both = format!("{}{}", a.cert_pem, b.cert_pem);
+        assert!(bundle_signs(both.as_bytes(), leaf));
+        assert!(bundle_signs(b.cert_pem.as_bytes(), leaf));
+        assert!(!bundle_signs(a.cert_pem.as_bytes(), leaf));
+        assert!(!bundle_signs(b"", leaf));
+        assert!(!bundle_signs(b"garbage", leaf));
     }
 
     #[test]
