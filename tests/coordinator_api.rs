@@ -879,6 +879,41 @@ async fn kube_client_runs_the_cli_sequence() {
     assert_eq!(web.data["status"]["available"], true);
 }
 
+#[tokio::test]
+async fn admin_status_prints_what_the_cli_prints() {
+    let harness = harness(false);
+    let client = kube_client(harness.state);
+    let printed = mirrord_operator::admin::fetch_status(&client)
+        .await
+        .unwrap();
+    let golden = data().join("status.txt");
+    if std::env::var_os("BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&golden, &printed).unwrap();
+    }
+    assert_eq!(printed, std::fs::read_to_string(&golden).unwrap());
+    assert!(printed.contains("Operator version: 3.250.0+mirrord-operator.test\n"));
+    assert!(printed.contains("    expire at: 31-Dec-2099\n"));
+    assert!(printed.contains("2m 5s"));
+    assert!(printed.contains("Port: 8080, Type: steal, Filter: ^x-user: alice$"));
+
+    // No operator: the same message as the CLI's.
+    let empty = Router::new().fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"kind": "Status", "apiVersion": "v1", "code": 404, "status": "Failure", "reason": "NotFound", "message": "404 page not found"})),
+        )
+    });
+    let client = kube::Client::new(empty, "default");
+    let error = mirrord_operator::admin::fetch_status(&client)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("mirrord operator was not found in the cluster")
+    );
+}
+
 // ---- Fuzz: nothing panics, every answer is JSON ----
 
 mod fuzz {
