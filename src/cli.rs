@@ -27,6 +27,8 @@ pub enum Command {
     Agent(Box<crate::agent::AgentArgs>),
     /// Serve the operator.metalbear.co/v1 aggregated API the mirrord CLI uses (behind an APIService).
     Coordinator(Box<crate::coordinator::config::CoordinatorArgs>),
+    /// Print the operator's version, license and sessions (what `mirrord operator status` prints).
+    Status(crate::admin::StatusArgs),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -69,6 +71,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Coordinator(args) => {
             telemetry::init(args.server.log_format, "info");
             report(runtime().block_on(crate::coordinator::run::run(*args)))
+        }
+        Command::Status(args) => {
+            telemetry::init(telemetry::LogFormat::Text, "warn");
+            report(runtime().block_on(crate::admin::status(args)))
         }
     }
 }

@@ -248,7 +248,7 @@ pub fn list_targets(inventory: &NamespaceInventory) -> Vec<TargetEntry> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    out.sort_by(|a, b| a.target.object_name().cmp(&b.target.object_name()));
+    out.sort_by_key(|entry| entry.target.object_name());
     out
 }
 
@@ -366,7 +366,7 @@ fn uid(meta: &ObjectMeta) -> Option<&str> {
     meta.uid.as_deref()
 }
 
-fn owned_by<'a>(meta: &'a ObjectMeta, owner_uids: &[&str]) -> bool {
+fn owned_by(meta: &ObjectMeta, owner_uids: &[&str]) -> bool {
     meta.owner_references
         .iter()
         .flatten()

@@ -151,8 +151,11 @@ const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
 const STATUS: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Status";
 
-/// The paths of a resource, as (path, operations) with operation = (method, verb, response kind).
-fn paths_of(r: &Resource) -> Vec<(String, Vec<(&'static str, &'static str, String)>)> {
+/// One operation: (HTTP method, Kubernetes verb, response kind).
+type Operation = (&'static str, &'static str, String);
+
+/// The paths of a resource with their operations.
+fn paths_of(r: &Resource) -> Vec<(String, Vec<Operation>)> {
     let base = format!("/apis/{GROUP_VERSION}");
     let collection = if r.namespaced {
         format!("{base}/namespaces/{{namespace}}/{}", r.name)
