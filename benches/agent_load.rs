@@ -38,7 +38,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use mirrord_operator::{
-    agent::incoming::{Incoming, IncomingConfig, RedirectMode},
+    agent::incoming::{Incoming, IncomingConfig, Redirect},
     protocol::{DaemonMessage, DaemonTcp, Filter, HttpFilter, LayerTcpSteal, StealType},
 };
 use netns::{NetNs, POD_ADDR};
@@ -396,7 +396,7 @@ fn main() {
     // `block_on` polls its future on the calling thread: call it from inside the namespace.
     let (incoming, _session, _rx) = ns.run_in(|| {
         agent_rt.block_on(async {
-            let cfg = IncomingConfig::new(RedirectMode::Iptables, "BENCH".into(), 30777);
+            let cfg = IncomingConfig::new(Redirect::Iptables, "BENCH".into(), 30777);
             let incoming = Incoming::start(cfg).await.unwrap();
             let (tx, mut rx) = mpsc::channel(1024);
             let mut session = incoming.session(tx, Some(semver::Version::new(1, 29, 0)));

@@ -98,7 +98,7 @@ fn small_reply() -> Vec<u8> {
 /// Child mode: the bare axum + rustls endpoint, on the same accept loop as the webhook.
 fn run_bare_server(certs: &str, reply_file: &str) {
     use axum::{Router, routing::post};
-    use mirrord_operator::{shutdown, tls};
+    use mirrord_operator::{server::shutdown, tls};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,7 +122,7 @@ fn run_bare_server(certs: &str, reply_file: &str) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap());
         let (_trigger, shutdown) = shutdown::channel();
-        mirrord_operator::webhook::server::serve_tls(
+        mirrord_operator::server::serve_tls(
             listener,
             tls::server_config(resolver),
             router,

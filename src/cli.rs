@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{certs, telemetry, webhook};
+use crate::{certs, server::telemetry, webhook};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +25,10 @@ pub enum Command {
     Webhook(Box<webhook::config::WebhookArgs>),
     /// The sidecar the webhook injects into target pods (mirrord-protocol 1.29).
     Agent(Box<crate::agent::AgentArgs>),
+    /// Serve the operator.metalbear.co/v1 aggregated API the mirrord CLI uses (behind an APIService).
+    Coordinator(Box<crate::coordinator::config::CoordinatorArgs>),
+    /// Print the operator's version, license and sessions (what `mirrord operator status` prints).
+    Status(crate::admin::StatusArgs),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -60,9 +64,17 @@ pub fn run(cli: Cli) -> ExitCode {
             )
         }
         Command::Webhook(args) => {
-            telemetry::init(args.log_format, "info");
+            telemetry::init(args.server.log_format, "info");
             report(runtime().block_on(webhook::run(*args)))
         }
         Command::Agent(args) => crate::agent::exec_or_run(*args),
+        Command::Coordinator(args) => {
+            telemetry::init(args.server.log_format, "info");
+            report(runtime().block_on(crate::coordinator::run::run(*args)))
+        }
+        Command::Status(args) => {
+            telemetry::init(telemetry::LogFormat::Text, "warn");
+            report(runtime().block_on(crate::admin::status(args)))
+        }
     }
 }

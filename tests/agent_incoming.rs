@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mirrord_operator::{
     agent::incoming::{
-        Incoming, IncomingConfig, IncomingSession, RedirectMode,
+        Incoming, IncomingConfig, IncomingSession, Redirect,
         redirect::{Family, Redirector},
     },
     protocol::{
@@ -160,7 +160,7 @@ fn mt_rt() -> tokio::runtime::Runtime {
 }
 
 fn cfg(prefix: &str) -> IncomingConfig {
-    let mut cfg = IncomingConfig::new(RedirectMode::Iptables, prefix.into(), GID);
+    let mut cfg = IncomingConfig::new(Redirect::Iptables, prefix.into(), GID);
     cfg.http_detection_timeout = Duration::from_millis(500);
     cfg
 }

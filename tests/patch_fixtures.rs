@@ -84,7 +84,9 @@ fn fixtures() -> Vec<Fixture> {
     let mut dirs: Vec<PathBuf> = fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
+        // Other components keep their fixtures in sub-folders of tests/data (coordinator/,
+        // registry-mirror/); a webhook case is a folder with an AdmissionReview.
+        .filter(|p| p.is_dir() && p.join("review.json").exists())
         .collect();
     dirs.sort();
     dirs.into_iter()

@@ -20,12 +20,16 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use mirrord_operator::{
     certs::{self, PemPair, San},
-    shutdown,
-    tls::{self, CertResolver, files::CertFiles},
+    server::{self as runtime, shutdown},
+    tls::{
+        self, CertResolver,
+        files::CertFiles,
+        rotation::IssuePolicy,
+        self_managed::{CaBundleTarget, Reconciled, SelfManaged, SelfManagedConfig},
+    },
     webhook::{
         metrics::Metrics,
         namespaces::NamespaceCache,
-        self_managed::{Reconciled, SelfManaged, SelfManagedConfig},
         server::{self, WebhookState},
     },
 };
@@ -67,7 +71,7 @@ async fn serve(resolver: Arc<CertResolver>) -> Served {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve_tls(
+    tokio::spawn(runtime::serve_tls(
         listener,
         tls::server_config(resolver),
         server::admission_router(state),
@@ -302,9 +306,12 @@ fn self_managed(validity: Duration) -> (SelfManaged, ApiServer, Arc<CertResolver
     let cfg = SelfManagedConfig {
         namespace: "mirrord".into(),
         secret_name: "mirrord-operator-tls".into(),
-        webhook_config_name: "mirrord-operator".into(),
-        sans: sans(),
-        validity,
+        target: CaBundleTarget::MutatingWebhook("mirrord-operator".into()),
+        issue: IssuePolicy {
+            ca_name: "mirrord-operator webhook CA".into(),
+            sans: sans(),
+            validity,
+        },
     };
     let manager = SelfManaged::new(client, cfg, resolver.clone());
     (manager, ApiServer(handle), resolver)

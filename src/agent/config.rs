@@ -4,117 +4,81 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use super::error::AgentError;
-use super::target::{self, TargetMatch};
-
-/// Prefix under which the webhook copies the target container's declared env onto the agent.
-pub const TARGET_ENV_PREFIX: &str = "MIRRORD_TARGET_ENV_";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RedirectMode {
-    /// `nat` REDIRECT rules (needs NET_ADMIN).
-    Iptables,
-    /// Named-port swap done by the webhook (not implemented yet: behaves like `off`).
-    PortSwap,
-    /// No redirection: subscriptions are accepted but no traffic arrives (development).
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EnvMode {
-    /// The target's declared env, copied by the webhook with the `MIRRORD_TARGET_ENV_` prefix.
-    Spec,
-    /// `/proc/<target pid>/environ` (needs a shared process namespace).
-    Proc,
-    /// GetEnvVars answers with an empty set.
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FsMode {
-    /// Target volumes mounted read-only under the target root.
-    Volumes,
-    /// `/proc/<target pid>/root` (needs a shared process namespace).
-    Proc,
-    /// Every file request fails with ENOENT.
-    Off,
-}
+use crate::injection::{self, EnvMode, FsMode, Redirect, TargetMatch, env};
 
 /// `mirrord-operator agent`: the sidecar injected into target pods.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
     /// Name of the pod the agent runs in (downward API).
-    #[arg(long, env = "MIRRORD_AGENT_POD_NAME", default_value = "")]
+    #[arg(long, env = env::POD_NAME, default_value = "")]
     pub pod_name: String,
     /// Namespace of the pod (downward API).
-    #[arg(long, env = "MIRRORD_AGENT_POD_NAMESPACE", default_value = "")]
+    #[arg(long, env = env::POD_NAMESPACE, default_value = "")]
     pub pod_namespace: String,
     /// UID of the pod (downward API).
-    #[arg(long, env = "MIRRORD_AGENT_POD_UID", default_value = "")]
+    #[arg(long, env = env::POD_UID, default_value = "")]
     pub pod_uid: String,
     /// Primary IP of the pod (downward API).
-    #[arg(long, env = "MIRRORD_AGENT_POD_IP")]
+    #[arg(long, env = env::POD_IP)]
     pub pod_ip: Option<IpAddr>,
     /// All IPs of the pod, comma-separated (downward API `status.podIPs`).
-    #[arg(long, env = "MIRRORD_AGENT_POD_IPS", value_delimiter = ',')]
+    #[arg(long, env = env::POD_IPS, value_delimiter = ',')]
     pub pod_ips: Vec<IpAddr>,
     /// Node the pod runs on (downward API).
-    #[arg(long, env = "MIRRORD_AGENT_NODE_NAME", default_value = "")]
+    #[arg(long, env = env::NODE_NAME, default_value = "")]
     pub node_name: String,
     /// Coordinator WebSocket base URL (`wss://host:port`); the agent dials `<url>/agents/connect`.
-    #[arg(long, env = "MIRRORD_AGENT_COORDINATOR_URL")]
+    #[arg(long, env = env::COORDINATOR_URL)]
     pub coordinator_url: Option<String>,
     /// PEM bundle the coordinator's certificate must chain to (the PEM text itself).
-    #[arg(long, env = "MIRRORD_AGENT_COORDINATOR_CA")]
+    #[arg(long, env = env::COORDINATOR_CA)]
     pub coordinator_ca: Option<String>,
     /// Projected ServiceAccount token, re-read on every dial.
     #[arg(
         long,
-        env = "MIRRORD_AGENT_TOKEN_FILE",
-        default_value = "/var/run/secrets/mirrord-operator/token"
+        env = env::TOKEN_FILE,
+        default_value = injection::TOKEN_PATH
     )]
     pub token_file: PathBuf,
     /// tracing filter directive (e.g. `info`, `mirrord_operator::agent=debug`).
-    #[arg(long, env = "MIRRORD_AGENT_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = env::LOG_LEVEL, default_value = "info")]
     pub log_level: String,
     /// How incoming traffic is redirected to the agent.
     #[arg(
         long,
-        env = "MIRRORD_AGENT_REDIRECT",
-        value_enum,
+        env = env::REDIRECT,
         default_value = "iptables"
     )]
-    pub redirect: RedirectMode,
+    pub redirect: Redirect,
     /// Where GetEnvVars takes the target's environment from.
     #[arg(
         long,
-        env = "MIRRORD_AGENT_ENV_MODE",
-        value_enum,
+        env = env::ENV_MODE,
         default_value = "spec"
     )]
     pub env_mode: EnvMode,
     /// Where file requests are served from.
     #[arg(
         long,
-        env = "MIRRORD_AGENT_FS_MODE",
-        value_enum,
+        env = env::FS_MODE,
         default_value = "volumes"
     )]
     pub fs_mode: FsMode,
     /// Name of the target container (informational; reported to the coordinator).
-    #[arg(long, env = "MIRRORD_AGENT_TARGET_CONTAINER", default_value = "")]
+    #[arg(long, env = env::TARGET_CONTAINER, default_value = "")]
     pub target_container: String,
     /// Root under which the target's volumes are mounted at their original paths (fs=volumes).
     #[arg(
         long,
-        env = "MIRRORD_AGENT_TARGET_ROOT",
-        default_value = "/mirrord/target"
+        env = env::TARGET_ROOT,
+        default_value = injection::TARGET_ROOT
     )]
     pub target_root: PathBuf,
     /// The target container's declared ports, comma-separated (reported to the coordinator).
-    #[arg(long, env = "MIRRORD_AGENT_TARGET_PORTS", value_delimiter = ',')]
+    #[arg(long, env = env::TARGET_PORTS, value_delimiter = ',')]
     pub target_ports: Vec<u16>,
     /// PID of the target's main process, for env=proc and fs=proc; without it the agent finds
     /// the process itself (shared process namespace).
@@ -124,10 +88,10 @@ pub struct AgentArgs {
     /// find the target when `--target-pid` is not set: JSON `{"target": F, "others": [F, ..]}`
     /// with `F = {"command": [..], "args": [..], "envNames": [..]}` (the webhook sets it from
     /// the pod spec).
-    #[arg(long, env = "MIRRORD_AGENT_TARGET_MATCH", value_parser = target::parse_match)]
+    #[arg(long, env = env::TARGET_MATCH, value_parser = injection::parse_match)]
     pub target_match: Option<TargetMatch>,
     /// Group id the agent runs as; its traffic is exempted from the redirect rules.
-    #[arg(long, env = "MIRRORD_AGENT_GROUP_ID", default_value_t = 30777)]
+    #[arg(long, env = env::GROUP_ID, default_value_t = injection::DEFAULT_AGENT_GROUP_ID)]
     pub agent_group_id: u32,
     /// Development mode: accept protocol connections directly on ADDR (one TCP connection is one
     /// session). Loopback only unless `--insecure-listen`.

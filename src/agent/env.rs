@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::sync::Arc;
 
-use super::config::{EnvMode, TARGET_ENV_PREFIX};
 use super::target::Target;
+use crate::injection::{EnvMode, TARGET_ENV_PREFIX};
 use crate::protocol::ResponseError;
 
 /// Names the reference agent never returns, whatever the client asks for.

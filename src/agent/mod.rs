@@ -27,13 +27,13 @@ use tracing::{error, info};
 pub use config::AgentArgs;
 pub use error::AgentError;
 
-use self::config::FsMode;
 use self::env::EnvSource;
 use self::files::FsRoot;
 use self::incoming::{Incoming, IncomingConfig};
 use self::metrics::Metrics;
 use self::session::AgentState;
 use self::target::Target;
+use crate::injection::FsMode;
 
 /// Worker threads: the agent is a small sidecar; two keep one slow session from stalling others.
 const WORKER_THREADS: usize = 2;

@@ -23,41 +23,16 @@
 //! `/proc`-like directory, so both are tested with a fake tree. [`Target`] caches the answer and
 //! looks again when the process is gone (container restart).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::env::parse_environ;
 use crate::protocol::{ErrorKindInternal, RemoteIOError, ResponseError};
 
-/// What one container's main process is expected to look like (from its spec).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Fingerprint {
-    /// The container's `command` (replaces the image entrypoint: all of argv before `args`).
-    pub command: Vec<String>,
-    /// The container's `args` (the end of argv).
-    pub args: Vec<String>,
-    /// Names of the container's declared `env` that no other container of the pod declares.
-    pub env_names: BTreeSet<String>,
-}
-
-/// `--target-match`: the target's fingerprint and those of the pod's other long-running
-/// containers (none: the target is the only one).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct TargetMatch {
-    pub target: Fingerprint,
-    pub others: Vec<Fingerprint>,
-}
-
-/// clap parser of `--target-match` (JSON).
-pub fn parse_match(text: &str) -> Result<TargetMatch, String> {
-    serde_json::from_str(text).map_err(|e| format!("not a target match JSON object: {e}"))
-}
+pub use crate::injection::{Fingerprint, TargetMatch, parse_match};
 
 /// One process as `/proc` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

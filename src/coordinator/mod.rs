@@ -5,5 +5,12 @@
 
 pub mod agents;
 pub mod api;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod kube;
+pub mod metrics;
 pub mod queues;
+pub mod run;
 pub mod session;
+pub mod targets;

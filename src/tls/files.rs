@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::shutdown::Shutdown;
+use crate::server::shutdown::Shutdown;
 
 use super::{CertResolver, ServingCert, TlsError};
 

@@ -1,18 +1,26 @@
-//! TLS material for the servers: PEM loading, a hot-swappable certificate resolver, and expiry
-//! reporting. Every mode (files, self-managed, cert-manager) ends in [`CertResolver::swap`], so
-//! rotation never restarts a listener or drops a connection.
+//! TLS material for the servers: PEM loading, a hot-swappable certificate resolver, expiry
+//! reporting, and the self-managed CA (a pure rotation policy in [`rotation`], its Kubernetes writes
+//! in [`self_managed`]). Every mode (files, self-managed, cert-manager) ends in
+//! [`CertResolver::swap`], so rotation never restarts a listener or drops a connection.
 
 use std::{fmt, sync::Arc};
 
 use arc_swap::ArcSwapOption;
 use rustls::{
-    ServerConfig,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::{ClientHello, ResolvesServerCert},
+    DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature},
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    server::{
+        ClientHello, ResolvesServerCert,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
     sign::CertifiedKey,
 };
 
 pub mod files;
+pub mod rotation;
+pub mod self_managed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -135,6 +143,89 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
+/// Like [`server_config`], but asks every client for a certificate without requiring one. A sent
+/// certificate must be backed by its key (the handshake signature is checked) but its issuer is not
+/// checked here: the trusted CA changes at run time (kube-apiserver's front-proxy CA is read from a
+/// watched ConfigMap) and clients without a certificate (agents) share the listener, so the handler
+/// decides, from [`crate::server::PeerCertificates`].
+pub fn server_config_asking_client_cert(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyClientCert {
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Whether one of the CA certificates of a PEM `bundle` signed `leaf` (DER): does a client trusting
+/// this caBundle accept the certificate? Unreadable entries are skipped.
+pub fn bundle_signs(bundle: &[u8], leaf: &CertificateDer<'_>) -> bool {
+    let Ok((_, leaf)) = x509_parser::parse_x509_certificate(leaf) else {
+        return false;
+    };
+    CertificateDer::pem_slice_iter(bundle)
+        .filter_map(Result::ok)
+        .any(|ca| {
+            x509_parser::parse_x509_certificate(&ca).is_ok_and(|(_, ca)| {
+                ca.subject() == leaf.issuer()
+                    && leaf.verify_signature(Some(ca.public_key())).is_ok()
+            })
+        })
+}
+
+/// Optional client certificates whose chain is checked later, by the request handler.
+#[derive(Debug)]
+struct AnyClientCert {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    /// No hints: a Go client (kube-apiserver) then sends its only certificate whatever its issuer.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +266,26 @@ mod tests {
                 .label(),
             "bad-key"
         );
+    }
+
+    #[test]
+    fn a_bundle_signs_what_one_of_its_cas_issued() {
+        let now = time::OffsetDateTime::now_utc();
+        let day = Duration::from_secs(86400);
+        let (a, b) = (
+            generate_ca("a", now, day).unwrap(),
+            generate_ca("b", now, day).unwrap(),
+        );
+        let leaf = issue_serving(&b, &[San::Dns("x.test".into())], now, day).unwrap();
+        let leaf =
+            ServingCert::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+        let leaf = &leaf.key.cert[0];
+        let both = format!("{}{}", a.cert_pem, b.cert_pem);
+        assert!(bundle_signs(both.as_bytes(), leaf));
+        assert!(bundle_signs(b.cert_pem.as_bytes(), leaf));
+        assert!(!bundle_signs(a.cert_pem.as_bytes(), leaf));
+        assert!(!bundle_signs(b"", leaf));
+        assert!(!bundle_signs(b"garbage", leaf));
     }
 
     #[test]

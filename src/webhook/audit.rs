@@ -20,7 +20,7 @@ use super::{
     namespaces::NamespaceCache,
     patch::{AGENT_CONTAINER_NAME, INJECT_LABEL, NAMESPACE_LABEL, STATUS_ANNOTATION},
 };
-use crate::shutdown::Shutdown;
+use crate::server::shutdown::Shutdown;
 
 pub const EVENT_REASON: &str = "NotInjected";
 

@@ -1,7 +1,7 @@
 //! `mirrord-operator webhook` flags. Every flag also reads a `MIRRORD_OPERATOR_*` variable, which is
 //! how the Helm chart configures the Deployment.
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use clap::ValueEnum;
 
@@ -9,21 +9,10 @@ use super::patch::{
     AgentDefaults, DefaultsError, EnvMode, FsMode, InjectorConfig, LogLevel, Quantity,
     QuantityError, Redirect,
 };
-use crate::{certs::San, telemetry::LogFormat};
+use crate::server::{ServerArgs, args::duration};
 
 /// Namespaces that are never injected, whatever their labels say.
 pub const ALWAYS_EXCLUDED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TlsMode {
-    /// Certificate and key files (`--tls-cert-file`, `--tls-key-file`), reloaded when they change.
-    Files,
-    /// A CA and serving certificate generated and rotated by the webhook, kept in a Secret shared by
-    /// all replicas; the MutatingWebhookConfiguration's caBundle is kept equal to the CA.
-    SelfManaged,
-    /// Files from a cert-manager Certificate's Secret; cainjector fills the caBundle.
-    CertManager,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NativeSidecar {
@@ -49,65 +38,19 @@ impl std::str::FromStr for Limit {
     }
 }
 
-fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
-}
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
-    /// Address of the HTTPS admission endpoint (POST /mutate).
-    #[arg(long, env = "MIRRORD_OPERATOR_LISTEN", default_value = "0.0.0.0:8443")]
-    pub listen: SocketAddr,
-
-    /// Address of the plain-HTTP health and metrics endpoint (/healthz, /readyz, /metrics).
-    #[arg(
-        long,
-        env = "MIRRORD_OPERATOR_HEALTH_LISTEN",
-        default_value = "0.0.0.0:9443"
-    )]
-    pub health_listen: SocketAddr,
-
-    /// Where the serving certificate comes from.
-    #[arg(long, env = "MIRRORD_OPERATOR_TLS_MODE", value_enum, default_value_t = TlsMode::Files)]
-    pub tls_mode: TlsMode,
-
-    /// PEM certificate chain (files and cert-manager modes); reloaded when it changes.
-    #[arg(
-        long,
-        env = "MIRRORD_OPERATOR_TLS_CERT_FILE",
-        default_value = "/etc/mirrord-operator/tls/tls.crt"
-    )]
-    pub tls_cert_file: PathBuf,
-
-    /// PEM private key (files and cert-manager modes); reloaded when it changes.
-    #[arg(
-        long,
-        env = "MIRRORD_OPERATOR_TLS_KEY_FILE",
-        default_value = "/etc/mirrord-operator/tls/tls.key"
-    )]
-    pub tls_key_file: PathBuf,
-
-    /// The operator's own namespace: never injected; holds the self-managed TLS Secret.
-    #[arg(long, env = "MIRRORD_OPERATOR_NAMESPACE", default_value = "mirrord")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// The webhook's Service name; the self-managed certificate is valid for <svc>, <svc>.<ns>,
-    /// <svc>.<ns>.svc and <svc>.<ns>.svc.cluster.local.
+    /// <svc>.<ns>.svc and <svc>.<ns>.svc.cluster.local (--namespace).
     #[arg(
         long,
         env = "MIRRORD_OPERATOR_SERVICE_NAME",
         default_value = "mirrord-operator"
     )]
     pub service_name: String,
-
-    /// Extra DNS names or IPs for the self-managed certificate (e.g. 127.0.0.1 when the API server
-    /// calls the webhook by URL). Comma-separated in the environment variable.
-    #[arg(
-        long = "tls-extra-san",
-        env = "MIRRORD_OPERATOR_TLS_EXTRA_SANS",
-        value_delimiter = ','
-    )]
-    pub tls_extra_sans: Vec<San>,
 
     /// Secret that holds the self-managed CA and serving certificate (in --namespace).
     #[arg(
@@ -124,16 +67,6 @@ pub struct WebhookArgs {
         default_value = "mirrord-operator"
     )]
     pub webhook_config_name: String,
-
-    /// Lifetime of a self-managed serving certificate; it is replaced after two thirds of it. The CA
-    /// lives ten times as long and is rotated in stages: the next CA is published in caBundle from
-    /// half of the CA's life and signs from two thirds.
-    #[arg(long, env = "MIRRORD_OPERATOR_CERT_VALIDITY", default_value = "8760h", value_parser = duration)]
-    pub cert_validity: Duration,
-
-    /// How often certificate files are re-read and the self-managed certificate and caBundle checked.
-    #[arg(long, env = "MIRRORD_OPERATOR_CERT_CHECK_INTERVAL", default_value = "60s", value_parser = duration)]
-    pub cert_check_interval: Duration,
 
     /// Image of the injected mirrord-agent container (the per-pod `image` knob overrides it).
     #[arg(long, env = "MIRRORD_OPERATOR_AGENT_IMAGE", default_value = concat!("ghcr.io/mirrord-operator/mirrord-operator:", env!("CARGO_PKG_VERSION")))]
@@ -152,7 +85,7 @@ pub struct WebhookArgs {
     pub coordinator_ca_file: Option<PathBuf>,
 
     /// Dedicated group id of the agent; its redirect rules exempt traffic of this group.
-    #[arg(long, env = "MIRRORD_OPERATOR_AGENT_GROUP_ID", default_value_t = 30777)]
+    #[arg(long, env = "MIRRORD_OPERATOR_AGENT_GROUP_ID", default_value_t = i64::from(crate::injection::DEFAULT_AGENT_GROUP_ID))]
     pub agent_group_id: i64,
 
     /// Default CPU request of the agent (knob `cpu-request`).
@@ -212,10 +145,6 @@ pub struct WebhookArgs {
     /// the webhook was down); 0s disables the audit.
     #[arg(long, env = "MIRRORD_OPERATOR_AUDIT_INTERVAL", default_value = "5m", value_parser = duration)]
     pub audit_interval: Duration,
-
-    /// Log format; the level comes from RUST_LOG (default info).
-    #[arg(long, env = "MIRRORD_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
 }
 
 impl WebhookArgs {
@@ -223,7 +152,7 @@ impl WebhookArgs {
         ALWAYS_EXCLUDED_NAMESPACES
             .iter()
             .map(|ns| ns.to_string())
-            .chain(std::iter::once(self.namespace.clone()))
+            .chain(std::iter::once(self.server.namespace.clone()))
             .chain(
                 self.exclude_namespaces
                     .iter()
@@ -237,26 +166,9 @@ impl WebhookArgs {
         self.coordinator_url.clone().unwrap_or_else(|| {
             format!(
                 "wss://{}.{}.svc:443/agents/connect",
-                self.service_name, self.namespace
+                self.service_name, self.server.namespace
             )
         })
-    }
-
-    /// DNS names and IPs of the self-managed serving certificate.
-    pub fn serving_sans(&self) -> Vec<San> {
-        let (svc, ns) = (&self.service_name, &self.namespace);
-        let mut sans: Vec<San> = [
-            svc.clone(),
-            format!("{svc}.{ns}"),
-            format!("{svc}.{ns}.svc"),
-            format!("{svc}.{ns}.svc.cluster.local"),
-        ]
-        .into_iter()
-        .map(San::Dns)
-        .collect();
-        sans.extend(self.tls_extra_sans.iter().cloned());
-        sans.dedup();
-        sans
     }
 
     /// The operator-wide knob defaults; refused at start when every injected pod would be invalid.

@@ -10,24 +10,30 @@ mod json;
 pub mod metrics;
 pub mod namespaces;
 pub mod patch;
-pub mod self_managed;
 pub mod server;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::sync::{Arc, atomic::Ordering};
 
 use kube::Client;
-use tokio::net::TcpListener;
 
 use self::{
-    config::{NativeSidecar, TlsMode, WebhookArgs},
+    config::{NativeSidecar, WebhookArgs},
     metrics::Metrics,
     namespaces::NamespaceCache,
-    self_managed::{SelfManaged, SelfManagedConfig},
     server::WebhookState,
 };
 use crate::{
-    shutdown::{self, Shutdown},
-    tls::{self, CertResolver, TlsError, files::CertFiles},
+    server::{
+        self as runtime, BindError, TlsMode,
+        shutdown::Shutdown,
+        tls_source::{self, TlsObserver, TlsSourceError},
+    },
+    tls::{
+        self, CertResolver, ServingCert, TlsError,
+        files::ReloadObserver,
+        rotation::IssuePolicy,
+        self_managed::{CaBundleTarget, Reconciled, SelfManagedConfig, SelfManagedError},
+    },
 };
 
 /// First Kubernetes minor with native sidecars on by default.
@@ -35,13 +41,10 @@ const NATIVE_SIDECAR_MINOR: u32 = 29;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("TLS certificate: {0}")]
-    Tls(#[from] TlsError),
+    Tls(#[from] TlsSourceError),
     #[error("--tls-mode self-managed needs Kubernetes access (in-cluster or KUBECONFIG): {0}")]
     NoCluster(kube::Error),
     #[error("reading --coordinator-ca-file {path}: {source}")]
@@ -82,20 +85,9 @@ async fn native_sidecar(mode: NativeSidecar, client: Option<&Client>) -> bool {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, WebhookError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| WebhookError::Bind { addr, source })
-}
-
 /// Runs the webhook until SIGTERM/SIGINT.
 pub async fn run(args: WebhookArgs) -> Result<(), WebhookError> {
-    let (trigger, shutdown) = shutdown::channel();
-    tokio::spawn(async move {
-        shutdown::os_signal().await;
-        trigger.trigger();
-    });
-    run_until(args, shutdown).await
+    run_until(args, runtime::on_os_signal()).await
 }
 
 /// Runs the webhook until `shutdown` (tests drive this directly).
@@ -103,7 +95,7 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
     let defaults = args.agent_defaults()?;
     let client = match Client::try_default().await {
         Ok(client) => Some(client),
-        Err(error) if args.tls_mode == TlsMode::SelfManaged => {
+        Err(error) if args.server.tls_mode == TlsMode::SelfManaged => {
             return Err(WebhookError::NoCluster(error));
         }
         Err(error) => {
@@ -128,7 +120,7 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
         Some(client) => NamespaceCache::watch(client.clone(), shutdown.clone()),
         None => NamespaceCache::default(),
     };
-    let self_managed = args.tls_mode == TlsMode::SelfManaged;
+    let self_managed = args.server.tls_mode == TlsMode::SelfManaged;
     let state = WebhookState::new(
         args.injector_config(defaults, native, coordinator_ca.clone()),
         namespaces.clone(),
@@ -137,46 +129,28 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
         !self_managed,
     );
 
-    match args.tls_mode {
-        TlsMode::Files | TlsMode::CertManager => {
-            let files = CertFiles {
-                cert: args.tls_cert_file.clone(),
-                key: args.tls_key_file.clone(),
-            };
-            let cert = files.load()?;
-            metrics.served(&cert);
-            tracing::info!(serial = %cert.serial, not_after = cert.not_after, mode = ?args.tls_mode, "serving certificate loaded");
-            resolver.swap(cert);
-            tokio::spawn(tls::files::watch(
-                files,
-                resolver.clone(),
-                args.cert_check_interval,
-                metrics.clone(),
-                shutdown.clone(),
-            ));
-        }
-        TlsMode::SelfManaged => {
-            let client = client
-                .clone()
-                .expect("self-managed mode returned early without a client");
-            let cfg = SelfManagedConfig {
-                namespace: args.namespace.clone(),
-                secret_name: args.tls_secret_name.clone(),
-                webhook_config_name: args.webhook_config_name.clone(),
-                sans: args.serving_sans(),
-                validity: args.cert_validity,
-            };
-            let manager = SelfManaged::new(client, cfg, resolver.clone());
-            let use_own_ca = coordinator_ca.is_none();
-            tokio::spawn(keep_self_managed(
-                manager,
-                state.clone(),
-                use_own_ca,
-                args.cert_check_interval,
-                shutdown.clone(),
-            ));
-        }
-    }
+    let self_managed_cfg = SelfManagedConfig {
+        namespace: args.server.namespace.clone(),
+        secret_name: args.tls_secret_name.clone(),
+        target: CaBundleTarget::MutatingWebhook(args.webhook_config_name.clone()),
+        issue: IssuePolicy {
+            ca_name: CA_NAME.into(),
+            sans: args.server.serving_sans(&args.service_name),
+            validity: args.server.cert_validity,
+        },
+    };
+    let observer = Arc::new(WebhookTls {
+        state: state.clone(),
+        use_own_ca: coordinator_ca.is_none(),
+    });
+    tls_source::start(
+        &args.server,
+        client.clone(),
+        self_managed_cfg,
+        resolver.clone(),
+        observer,
+        shutdown.clone(),
+    )?;
 
     if let (Some(client), false) = (&client, args.audit_interval.is_zero()) {
         let audit = audit::Audit::new(
@@ -188,16 +162,16 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
         tokio::spawn(audit.run(args.audit_interval, shutdown.clone()));
     }
 
-    let admission = bind(args.listen).await?;
-    let health = bind(args.health_listen).await?;
-    tracing::info!(listen = %args.listen, health = %args.health_listen, "webhook serving");
+    let admission = runtime::bind(args.server.listen).await?;
+    let health = runtime::bind(args.server.health_listen).await?;
+    tracing::info!(listen = %args.server.listen, health = %args.server.health_listen, "webhook serving");
     let tls_config = tls::server_config(resolver);
-    let health_task = tokio::spawn(server::serve_health(
+    let health_task = tokio::spawn(runtime::serve_health(
         health,
-        server::health_router(state.clone()),
+        runtime::health_router(state.clone()),
         shutdown.clone(),
     ));
-    server::serve_tls(
+    runtime::serve_tls(
         admission,
         tls_config,
         server::admission_router(state),
@@ -210,53 +184,52 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
         .map_err(WebhookError::Health)
 }
 
-/// The self-managed loop: reconcile now, then every `interval`; retry failures sooner, with backoff.
-async fn keep_self_managed(
-    manager: SelfManaged,
+const CA_NAME: &str = "mirrord-operator webhook CA";
+
+/// The webhook's view of its TLS source: metrics, readiness, and (self-managed without
+/// --coordinator-ca-file) the CA bundle injected agents trust.
+struct WebhookTls {
     state: Arc<WebhookState>,
     use_own_ca: bool,
-    interval: Duration,
-    mut shutdown: Shutdown,
-) {
-    let mut retry = Duration::from_millis(500);
-    loop {
-        let wait = match manager.reconcile(time::OffsetDateTime::now_utc()).await {
-            Ok(done) => {
-                retry = Duration::from_millis(500);
-                if let Some(cert) = state.resolver.current() {
-                    state.metrics.served(&cert);
-                }
-                if done.reloaded {
-                    state.metrics.tls_reloads.inc();
-                }
-                state
-                    .ca_bundle_synced
-                    .store(done.ca_bundle_synced, std::sync::atomic::Ordering::Release);
-                let current = state.injector.load();
-                if use_own_ca
-                    && current.coordinator_ca_bundle.as_deref() != Some(done.trust_bundle.as_str())
-                {
-                    let mut updated = (**current).clone();
-                    updated.coordinator_ca_bundle = Some(done.trust_bundle);
-                    state.injector.store(Arc::new(updated));
-                }
-                // Not synced means the configuration is missing: check again soon rather than in a minute.
-                if done.ca_bundle_synced {
-                    interval
-                } else {
-                    interval.min(Duration::from_secs(5))
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?retry, "self-managed TLS reconcile failed");
-                state.metrics.error(error.label());
-                let wait = retry;
-                retry = (retry * 2).min(interval);
-                wait
-            }
-        };
-        if !shutdown.sleep(wait).await {
-            break;
+}
+
+impl ReloadObserver for WebhookTls {
+    fn loaded(&self, cert: &ServingCert) {
+        self.state.metrics.loaded(cert);
+    }
+
+    fn failed(&self, error: &TlsError) {
+        self.state.metrics.failed(error);
+    }
+}
+
+impl TlsObserver for WebhookTls {
+    fn served(&self, cert: &ServingCert) {
+        self.state.metrics.served(cert);
+    }
+
+    fn reconciled(&self, done: &Reconciled) {
+        let state = &self.state;
+        if let Some(cert) = state.resolver.current() {
+            state.metrics.served(&cert);
         }
+        if done.reloaded {
+            state.metrics.tls_reloads.inc();
+        }
+        state
+            .ca_bundle_synced
+            .store(done.ca_bundle_synced, Ordering::Release);
+        let current = state.injector.load();
+        if self.use_own_ca
+            && current.coordinator_ca_bundle.as_deref() != Some(done.trust_bundle.as_str())
+        {
+            let mut updated = (**current).clone();
+            updated.coordinator_ca_bundle = Some(done.trust_bundle.clone());
+            state.injector.store(Arc::new(updated));
+        }
+    }
+
+    fn reconcile_failed(&self, error: &SelfManagedError) {
+        self.state.metrics.error(error.label());
     }
 }

@@ -11,7 +11,7 @@ use kube::{
     runtime::{WatchStreamExt, reflector, watcher},
 };
 
-use crate::shutdown::Shutdown;
+use crate::server::shutdown::Shutdown;
 
 /// Empty when no cluster is reachable (files mode in development): then no namespace has defaults.
 #[derive(Clone, Default)]

@@ -1,5 +1,5 @@
-//! The two listeners: HTTPS admission (`POST /mutate`) over tokio-rustls, and plain-HTTP health and
-//! metrics.
+//! The webhook's routes: `POST /mutate` (served over TLS by [`crate::server::serve_tls`]) and what
+//! the shared health listener asks ([`Health`]).
 
 use std::{
     sync::{
@@ -15,25 +15,15 @@ use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, State, rejection::BytesRejection},
     http::{StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::{get, post},
+    response::Response,
+    routing::post,
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tracing::Instrument;
 
 use super::{admission, metrics::Metrics, namespaces::NamespaceCache, patch::InjectorConfig};
-use crate::{shutdown::Shutdown, tls::CertResolver};
+use crate::{server::Health, tls::CertResolver};
 
 /// The API server never sends more than 3 MiB of object; anything larger is not from it.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
-/// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a request handler reads; swapped pieces (config, certificate) change without a restart.
 #[derive(Debug)]
@@ -81,28 +71,14 @@ pub fn admission_router(state: Arc<WebhookState>) -> Router {
         .with_state(state)
 }
 
-pub fn health_router(state: Arc<WebhookState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
-async fn readyz(State(state): State<Arc<WebhookState>>) -> Response {
-    match state.readiness() {
-        Ok(()) => (StatusCode::OK, "ok").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+impl Health for WebhookState {
+    fn readiness(&self) -> Result<(), String> {
+        WebhookState::readiness(self).map_err(str::to_owned)
     }
-}
 
-async fn metrics(State(state): State<Arc<WebhookState>>) -> Response {
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    (
-        [(header::CONTENT_TYPE, content_type)],
-        state.metrics.render(),
-    )
-        .into_response()
+    fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
 }
 
 async fn mutate(
@@ -168,70 +144,4 @@ fn record(metrics: &Metrics, outcome: &admission::Outcome, elapsed: Duration) {
             .get_or_create(&super::metrics::KnobLabel { knob })
             .inc();
     }
-}
-
-/// Serves `router` over TLS on `listener` until `shutdown`, then lets open requests finish (bounded).
-pub async fn serve_tls(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    router: Router,
-    shutdown: Shutdown,
-) {
-    let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let stop = shutdown.clone().wait();
-    tokio::pin!(stop);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut stop => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(
-            async move {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!("TLS handshake timed out"),
-                };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                if let Err(error) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-            }
-            .instrument(tracing::debug_span!("conn", %peer)),
-        );
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("open admission connections did not finish within 10s");
-    }
-}
-
-/// Serves the health router over plain HTTP until `shutdown`.
-pub async fn serve_health(
-    listener: TcpListener,
-    router: Router,
-    shutdown: Shutdown,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.wait())
-        .await
 }

@@ -38,7 +38,7 @@ use self::{
     state::{SessionState, Stolen, StolenResponse, abort, gates},
     subscriptions::{PortChange, PortSubscriptions, SessionId, SubscriptionTable},
 };
-pub use super::config::RedirectMode;
+pub use crate::injection::Redirect;
 use crate::protocol::{
     BlockedAction, ChunkedResponse, DaemonMessage, DaemonTcp, HttpFilter, HttpResponse,
     InternalHttpBodyFrame, LayerTcp, LayerTcpSteal, ResponseError, StealType,
@@ -47,7 +47,7 @@ use crate::protocol::{
 #[derive(Clone, Debug)]
 pub struct IncomingConfig {
     /// `port-swap` is not implemented here yet and behaves like `off` (no redirection).
-    pub redirect: RedirectMode,
+    pub redirect: Redirect,
     /// Prefix of this agent's iptables chains (`<prefix>-IN`, `<prefix>-OUT`); stable across
     /// restarts of one pod's agent so a restart finds what a killed predecessor left.
     pub chain_prefix: String,
@@ -60,7 +60,7 @@ pub struct IncomingConfig {
 }
 
 impl IncomingConfig {
-    pub fn new(redirect: RedirectMode, chain_prefix: String, agent_gid: u32) -> Self {
+    pub fn new(redirect: Redirect, chain_prefix: String, agent_gid: u32) -> Self {
         IncomingConfig {
             redirect,
             chain_prefix,
@@ -134,7 +134,7 @@ impl Incoming {
         let listener_port = v4.local_addr().map_err(IncomingError::Bind)?.port();
         let mut listeners = vec![v4];
         let redirector = match cfg.redirect {
-            RedirectMode::Iptables => {
+            Redirect::Iptables => {
                 let v6 = bind_v6_only(listener_port);
                 let redirector = Redirector::new(
                     &cfg.chain_prefix,
@@ -155,7 +155,7 @@ impl Incoming {
                 }
                 Some(redirector)
             }
-            RedirectMode::PortSwap | RedirectMode::Off => None,
+            Redirect::PortSwap | Redirect::Off => None,
         };
         info!(listener_port, "incoming traffic ready");
         let shared = Arc::new(Shared {

@@ -7,14 +7,15 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVarSource};
-use serde::Serialize;
 
-use super::{
-    AGENT_CONTAINER_NAME, ContainerView, InjectorConfig, TARGET_ENV_PREFIX, TARGET_ROOT, TOKEN_DIR,
-    TOKEN_PATH,
-    knobs::{EnvMode, FsMode, Knobs, Redirect},
+use super::{ContainerView, InjectorConfig, knobs::Knobs};
+use crate::{
+    injection::{
+        AGENT_CONTAINER_NAME, EnvMode, Fingerprint, FsMode, Redirect, TARGET_ENV_PREFIX,
+        TARGET_ROOT, TOKEN_DIR, TOKEN_PATH, TargetMatch, env,
+    },
+    webhook::json::{push_array, push_prefixed, push_str, push_value},
 };
-use crate::webhook::json::{push_array, push_prefixed, push_str, push_value};
 
 /// Sidecars of other injectors (and our own) that are never the application.
 pub const PROXY_CONTAINERS: [&str; 5] = [
@@ -111,22 +112,12 @@ pub(crate) enum AgentEnv<'a> {
     },
 }
 
-/// What the agent learns about its pod through the downward API: (variable, `fieldPath`).
-const DOWNWARD_API_ENV: [(&str, &str); 6] = [
-    ("MIRRORD_AGENT_POD_NAME", "metadata.name"),
-    ("MIRRORD_AGENT_POD_NAMESPACE", "metadata.namespace"),
-    ("MIRRORD_AGENT_POD_UID", "metadata.uid"),
-    ("MIRRORD_AGENT_POD_IP", "status.podIP"),
-    ("MIRRORD_AGENT_POD_IPS", "status.podIPs"),
-    ("MIRRORD_AGENT_NODE_NAME", "spec.nodeName"),
-];
-
-/// [`DOWNWARD_API_ENV`] as the JSON of `EnvVar`s with a `fieldRef`, comma-separated, rendered on
+/// [`env::DOWNWARD_API`] as the JSON of `EnvVar`s with a `fieldRef`, comma-separated, rendered on
 /// first use: the same for every pod, so no review pays for writing it.
 fn downward_api_env() -> &'static [u8] {
     static RENDERED: LazyLock<Vec<u8>> = LazyLock::new(|| {
         let mut out = Vec::new();
-        for (i, (name, path)) in DOWNWARD_API_ENV.iter().enumerate() {
+        for (i, (name, path)) in env::DOWNWARD_API.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -336,22 +327,6 @@ pub(crate) struct AgentInputs<'a, 'n> {
     pub token_volume: String,
 }
 
-/// What the agent matches in `/proc` to tell containers' main processes apart (the agent's
-/// `--target-match`, see `agent::target`).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Fingerprint<'a> {
-    command: &'a [String],
-    args: &'a [String],
-    env_names: BTreeSet<&'a str>,
-}
-
-#[derive(Serialize)]
-struct TargetMatch<'a> {
-    target: Fingerprint<'a>,
-    others: Vec<Fingerprint<'a>>,
-}
-
 /// The target's fingerprint and its neighbours'. Env names that more than one container declares
 /// are left out: they cannot tell those containers apart.
 fn target_match(target: &ContainerView, neighbours: &[&ContainerView]) -> String {
@@ -365,10 +340,14 @@ fn target_match(target: &ContainerView, neighbours: &[&ContainerView]) -> String
     {
         *count.entry(name).or_default() += 1;
     }
-    fn fingerprint<'a>(c: &'a ContainerView, count: &BTreeMap<&str, usize>) -> Fingerprint<'a> {
+    fn fingerprint<'a>(
+        c: &'a ContainerView,
+        count: &BTreeMap<&str, usize>,
+    ) -> Fingerprint<&'a str> {
+        let strs = |v: &'a Option<Vec<String>>| v.iter().flatten().map(String::as_str).collect();
         Fingerprint {
-            command: c.command.as_deref().unwrap_or_default(),
-            args: c.args.as_deref().unwrap_or_default(),
+            command: strs(&c.command),
+            args: strs(&c.args),
             env_names: names(c)
                 .into_iter()
                 .filter(|n| count.get(n) == Some(&1))
@@ -422,36 +401,33 @@ pub(crate) fn agent_container<'a>(
     // After the downward-API variables (written by `EnvList`).
     let mut env = Vec::with_capacity(16 + target.env.as_ref().map_or(0, Vec::len));
     env.push(plain(
-        "MIRRORD_AGENT_COORDINATOR_URL",
+        env::COORDINATOR_URL,
         Cow::Borrowed(cfg.coordinator_url.as_str()),
     ));
     if let Some(ca) = &cfg.coordinator_ca_bundle {
-        env.push(plain("MIRRORD_AGENT_COORDINATOR_CA", Cow::Borrowed(ca)));
+        env.push(plain(env::COORDINATOR_CA, Cow::Borrowed(ca)));
     }
     env.extend([
-        plain("MIRRORD_AGENT_LOG_LEVEL", knobs.log_level.as_str().into()),
-        plain("MIRRORD_AGENT_REDIRECT", knobs.redirect.as_str().into()),
-        plain("MIRRORD_AGENT_ENV_MODE", knobs.env.as_str().into()),
-        plain("MIRRORD_AGENT_FS_MODE", knobs.fs.as_str().into()),
+        plain(env::LOG_LEVEL, knobs.log_level.as_str().into()),
+        plain(env::REDIRECT, knobs.redirect.as_str().into()),
+        plain(env::ENV_MODE, knobs.env.as_str().into()),
+        plain(env::FS_MODE, knobs.fs.as_str().into()),
         plain(
-            "MIRRORD_AGENT_TARGET_CONTAINER",
+            env::TARGET_CONTAINER,
             Cow::Owned(knobs.target_container.clone()),
         ),
-        plain("MIRRORD_AGENT_TARGET_PORTS", Cow::Owned(ports)),
-        plain(
-            "MIRRORD_AGENT_GROUP_ID",
-            Cow::Owned(cfg.agent_group_id.to_string()),
-        ),
-        plain("MIRRORD_AGENT_TOKEN_FILE", TOKEN_PATH.into()),
+        plain(env::TARGET_PORTS, Cow::Owned(ports)),
+        plain(env::GROUP_ID, Cow::Owned(cfg.agent_group_id.to_string())),
+        plain(env::TOKEN_FILE, TOKEN_PATH.into()),
     ]);
     if knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc {
         env.push(plain(
-            "MIRRORD_AGENT_TARGET_MATCH",
+            env::TARGET_MATCH,
             Cow::Owned(target_match(target, neighbours)),
         ));
     }
     if knobs.fs == FsMode::Volumes {
-        env.push(plain("MIRRORD_AGENT_TARGET_ROOT", TARGET_ROOT.into()));
+        env.push(plain(env::TARGET_ROOT, TARGET_ROOT.into()));
     }
     let env_copied = knobs.env == EnvMode::Spec;
     let env_from = if env_copied {
@@ -744,7 +720,7 @@ mod tests {
     fn every_downward_api_variable_is_rendered() {
         let rendered: Vec<Value> =
             serde_json::from_slice(&[b"[", downward_api_env(), b"]"].concat()).unwrap();
-        let expected: Vec<Value> = DOWNWARD_API_ENV
+        let expected: Vec<Value> = env::DOWNWARD_API
             .iter()
             .map(|(name, path)| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } }))
             .collect();
@@ -768,7 +744,7 @@ mod tests {
     }
 
     /// Written text compared with what k8s-openapi writes for the same values.
-    fn same_as_k8s_openapi<T: serde::de::DeserializeOwned + Serialize>(out: &[u8]) -> T {
+    fn same_as_k8s_openapi<T: serde::de::DeserializeOwned + serde::Serialize>(out: &[u8]) -> T {
         let typed: T = serde_json::from_slice(out).unwrap();
         assert_eq!(
             std::str::from_utf8(out).unwrap(),

@@ -1,64 +1,11 @@
 //! Per-pod knobs: typed values, operator-wide defaults, and resolution
 //! (pod annotation, then namespace annotation, then the operator default).
 
-use std::{collections::BTreeMap, fmt, str::FromStr};
+use std::{collections::BTreeMap, str::FromStr};
 
 use super::quantity::Quantity;
-
-/// Error for a string that is not one of an enum's spellings; `expected` lists them for the message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected one of {}", expected.join("|"))]
-pub struct UnknownValue {
-    pub expected: &'static [&'static str],
-}
-
-/// String enums spelled as in injection.md, shared by annotations and CLI flags.
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $text),+ }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok(Self::$variant),)+
-                    _ => Err(UnknownValue { expected: &[$($text),+] }),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-string_enum!(
-    /// How incoming traffic reaches the agent.
-    Redirect { Iptables => "iptables", PortSwap => "port-swap", Off => "off" }
-);
-string_enum!(
-    /// Where the agent reads the target's environment from.
-    EnvMode { Spec => "spec", Proc => "proc", Off => "off" }
-);
-string_enum!(
-    /// Where the agent reads the target's files from.
-    FsMode { Volumes => "volumes", Proc => "proc", Off => "off" }
-);
-string_enum!(
-    /// The agent's log level; deliberately not a RUST_LOG directive, so a typo cannot silence it.
-    LogLevel { Trace => "trace", Debug => "debug", Info => "info", Warn => "warn", Error => "error" }
-);
+use crate::injection::UnknownValue;
+pub use crate::injection::{EnvMode, FsMode, LogLevel, Redirect};
 
 /// Operator-wide knob defaults (from the webhook's flags).
 #[derive(Debug, Clone, PartialEq, Eq)]

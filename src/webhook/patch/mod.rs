@@ -39,33 +39,24 @@ use serde_json::value::RawValue;
 
 use super::json::{push_array, push_str, push_str_in_str, push_value};
 
-pub use container::{AgentContainer, NON_ROOT_UID, PROXY_CONTAINERS};
-pub use knobs::{
-    AgentDefaults, DefaultsError, EnvMode, FsMode, ImageError, Knob, LogLevel, Redirect,
-    UnknownValue, validate_image,
+pub use crate::injection::{
+    AGENT_CONTAINER_NAME, EnvMode, FsMode, LogLevel, Redirect, TARGET_ENV_PREFIX, TARGET_ROOT,
+    TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_PATH, TOKEN_VOLUME_NAME,
+    UnknownValue,
 };
+pub use container::{AgentContainer, NON_ROOT_UID, PROXY_CONTAINERS};
+pub use knobs::{AgentDefaults, DefaultsError, ImageError, Knob, validate_image};
 pub use quantity::{Quantity, QuantityError};
 pub use view::{
     ContainerView, MetadataView, OsView, OwnerView, PodView, PortView, SpecView, VolumeView,
 };
 
-pub const AGENT_CONTAINER_NAME: &str = "mirrord-agent";
 pub const STATUS_ANNOTATION: &str = "agent.mirrord.metalbear.co/status";
 pub const INJECT_LABEL: &str = "mirrord.metalbear.co/inject";
 pub const KNOB_PREFIX: &str = "agent.mirrord.metalbear.co/";
 pub const NAMESPACE_LABEL: &str = "mirrord-injection";
 /// Namespace label of Pod Security Admission naming the enforced level.
 pub const POD_SECURITY_ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
-/// Prefix of the target's env copies on the agent (the agent strips it to answer GetEnvVars).
-pub const TARGET_ENV_PREFIX: &str = "MIRRORD_TARGET_ENV_";
-/// Audience of the agent's projected ServiceAccount token, checked by the coordinator's TokenReview.
-pub const TOKEN_AUDIENCE: &str = "mirrord-operator";
-pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
-pub const TOKEN_VOLUME_NAME: &str = "mirrord-agent-token";
-pub const TOKEN_DIR: &str = "/var/run/secrets/mirrord.metalbear.co";
-pub const TOKEN_PATH: &str = "/var/run/secrets/mirrord.metalbear.co/token";
-/// Where the target's volumes appear, read-only, inside the agent (fs=volumes).
-pub const TARGET_ROOT: &str = "/mirrord/target";
 
 /// Operator-wide injection settings, resolved by the caller from flags and the server version.
 #[derive(Debug, Clone)]

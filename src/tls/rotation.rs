@@ -1,38 +1,23 @@
-//! Self-managed TLS: a CA and serving certificate generated with rcgen, kept in one Secret so every
-//! replica serves the same chain, hot-swapped into rustls, and the MutatingWebhookConfiguration's
-//! caBundle kept equal to the trusted CAs by server-side apply under the field manager
-//! `mirrord-operator` (Helm and Argo CD own every other field, so nobody fights).
+//! The self-managed certificate policy, pure: given the Secret's material, the caBundles the API
+//! server holds and the time, what the Secret should hold next. No client, no clock: the Kubernetes
+//! writes are in [`super::self_managed`].
 //!
 //! The serving certificate is renewed after two thirds of its life. The CA is rotated in stages (as
 //! Linkerd and Istio rotate trust anchors) so the API server never meets a certificate from a CA it
 //! does not trust yet: from half of the CA's life the next CA is generated and published in the
-//! caBundle while the current one keeps signing; from two thirds, once the configuration's caBundle
-//! holds the next CA, it is promoted and signs the serving certificate, and the old CA stays in the
-//! bundle until it expires. See [`ca_step`].
+//! caBundle while the current one keeps signing; from two thirds, once every caBundle holds the next
+//! CA, it is promoted and signs the serving certificate, and the old CA stays in the bundle until it
+//! expires. See [`ca_step`].
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use k8s_openapi::{
-    ByteString,
-    api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret},
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
-};
-use kube::{
-    Api, Client,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
-};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use serde_json::json;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
-use crate::{
-    certs::{self, CertError, PemPair, San},
-    tls::{CertResolver, ServingCert, TlsError},
-};
+use crate::certs::{self, CertError, PemPair, San};
 
-pub const FIELD_MANAGER: &str = "mirrord-operator";
-const CA_NAME: &str = "mirrord-operator webhook CA";
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 /// The CA being retired, kept in the bundle until it expires so certificates it signed stay trusted.
@@ -42,75 +27,30 @@ const NEXT_CA_CERT: &str = "ca-next.crt";
 const NEXT_CA_KEY: &str = "ca-next.key";
 const TLS_CERT: &str = "tls.crt";
 const TLS_KEY: &str = "tls.key";
-/// Optimistic-concurrency retries when replicas race on the Secret.
-const MAX_CONFLICT_RETRIES: usize = 5;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SelfManagedError {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Cert(#[from] CertError),
-    #[error("secret certificate unusable: {0}")]
-    Tls(#[from] TlsError),
-    #[error("gave up after {MAX_CONFLICT_RETRIES} conflicting updates of the TLS Secret")]
-    Conflicts,
-}
-
-impl SelfManagedError {
-    pub fn label(&self) -> &'static str {
-        match self {
-            SelfManagedError::Kube(_) => "kube-api",
-            SelfManagedError::Cert(_) => "cert-generation",
-            SelfManagedError::Tls(e) => e.label(),
-            SelfManagedError::Conflicts => "secret-conflicts",
-        }
-    }
-}
-
+/// What to issue: the CA's name, the serving certificate's names and lifetime.
 #[derive(Debug, Clone)]
-pub struct SelfManagedConfig {
-    pub namespace: String,
-    pub secret_name: String,
-    pub webhook_config_name: String,
+pub struct IssuePolicy {
+    pub ca_name: String,
     pub sans: Vec<San>,
     pub validity: Duration,
 }
 
-impl SelfManagedConfig {
+impl IssuePolicy {
     /// The CA outlives many serving certificates so its rotation (and the caBundle change) is rare.
     fn ca_validity(&self) -> Duration {
         self.validity.saturating_mul(10)
     }
 }
 
-/// What one reconcile pass found and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reconciled {
-    /// PEM bundle the API server must trust: the previous CA while it is valid, the current CA, and
-    /// the next CA while one is staged.
-    pub trust_bundle: String,
-    /// Serial of the serving certificate now served.
-    pub serial: String,
-    /// The Secret was created or replaced in this pass.
-    pub secret_written: bool,
-    /// A different certificate replaced the one served before this pass (a staged CA alone changes
-    /// the Secret but not the served certificate).
-    pub reloaded: bool,
-    /// Whether the caBundle now matches (false when the configuration does not exist yet).
-    pub ca_bundle_synced: bool,
-    /// The caBundle was patched in this pass.
-    pub ca_bundle_patched: bool,
-}
-
 /// The Secret's certificates, parsed.
 #[derive(Debug, Clone)]
-struct Material {
+pub struct Material {
     ca: PemPair,
     /// Present from half of the current CA's life until its promotion.
     next_ca: Option<PemPair>,
     previous_ca: Option<String>,
-    serving: PemPair,
+    pub serving: PemPair,
 }
 
 /// A certificate's life in seconds since the epoch. It counts from issuance, not from the back-dated
@@ -153,7 +93,7 @@ impl Life {
 }
 
 /// Past two thirds of its life (or unreadable): time to replace it.
-fn needs_rotation(cert_pem: &str, now: OffsetDateTime) -> bool {
+pub fn needs_rotation(cert_pem: &str, now: OffsetDateTime) -> bool {
     Life::of(cert_pem).is_none_or(|life| now.unix_timestamp() >= life.at(2, 3))
 }
 
@@ -246,7 +186,7 @@ fn covers(cert_pem: &str, sans: &[San]) -> bool {
 
 /// Whether every caBundle (one per webhook entry) holds `cert_pem`. Compared as DER, so re-encoded
 /// PEM still counts; no entries, or an unreadable bundle, count as not holding it.
-fn published_in(ca_bundles: &[&[u8]], cert_pem: &str) -> bool {
+pub fn published_in(ca_bundles: &[&[u8]], cert_pem: &str) -> bool {
     let Some(Ok(cert)) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else {
         return false;
     };
@@ -268,7 +208,7 @@ fn has_data(secret: &Secret, key: &str) -> bool {
 impl Material {
     /// None when the current CA or serving pair is missing. A Secret written before CA staging
     /// existed simply has no next CA.
-    fn from_secret(secret: &Secret) -> Option<Material> {
+    pub fn from_secret(secret: &Secret) -> Option<Material> {
         // Half a next pair (or non-UTF-8 PEM) is kept as an unusable one, so it gets regenerated.
         let next_ca =
             (has_data(secret, NEXT_CA_CERT) || has_data(secret, NEXT_CA_KEY)).then(|| PemPair {
@@ -289,7 +229,7 @@ impl Material {
         })
     }
 
-    fn data(&self) -> BTreeMap<String, ByteString> {
+    pub fn data(&self) -> BTreeMap<String, ByteString> {
         let mut entries = vec![
             (CA_CERT, &self.ca.cert_pem),
             (CA_KEY, &self.ca.key_pem),
@@ -311,7 +251,7 @@ impl Material {
 
     /// Oldest first, so promoting the next CA leaves the bundle byte for byte the same: the API
     /// server already holds it and nothing is applied at the moment the signing CA changes.
-    fn trust_bundle(&self, now: OffsetDateTime) -> String {
+    pub fn trust_bundle(&self, now: OffsetDateTime) -> String {
         let now = now.unix_timestamp();
         let previous = self
             .previous_ca
@@ -335,8 +275,8 @@ impl Material {
         bundle
     }
 
-    fn fresh(cfg: &SelfManagedConfig, now: OffsetDateTime) -> Result<Material, CertError> {
-        let ca = certs::generate_ca(CA_NAME, now, cfg.ca_validity())?;
+    pub fn fresh(cfg: &IssuePolicy, now: OffsetDateTime) -> Result<Material, CertError> {
+        let ca = certs::generate_ca(&cfg.ca_name, now, cfg.ca_validity())?;
         let serving = certs::issue_serving(&ca, &cfg.sans, now, cfg.validity)?;
         Ok(Material {
             ca,
@@ -355,9 +295,9 @@ impl Material {
 
     /// The material this Secret should hold at `now`, given the caBundles the API server holds (one
     /// per webhook entry), with what changed (for the log); None when it is fine as it is.
-    fn renewed(
+    pub fn renewed(
         &self,
-        cfg: &SelfManagedConfig,
+        cfg: &IssuePolicy,
         ca_bundles: &[&[u8]],
         now: OffsetDateTime,
     ) -> Result<Option<(Material, &'static str)>, CertError> {
@@ -387,7 +327,7 @@ impl Material {
                 return Ok(Some((material, "replaced an unusable or expired CA")));
             }
             (CaStep::Stage, _) => {
-                let next = certs::generate_ca(CA_NAME, now, cfg.ca_validity())?;
+                let next = certs::generate_ca(&cfg.ca_name, now, cfg.ca_validity())?;
                 let material = Material {
                     next_ca: Some(next),
                     ..self.clone()
@@ -406,214 +346,6 @@ impl Material {
             ));
         }
         Ok(change.map(|change| (material, change)))
-    }
-}
-
-/// The Secret is a dependent of the configuration: uninstalling (deleting the configuration) lets the
-/// garbage collector remove the Secret the webhook created at run time, so nothing is left behind.
-fn owner_reference(config: &MutatingWebhookConfiguration) -> Option<OwnerReference> {
-    Some(OwnerReference {
-        api_version: "admissionregistration.k8s.io/v1".into(),
-        kind: "MutatingWebhookConfiguration".into(),
-        name: config.metadata.name.clone()?,
-        uid: config.metadata.uid.clone()?,
-        ..Default::default()
-    })
-}
-
-/// Keeps the Secret, the served certificate and the caBundle in line.
-pub struct SelfManaged {
-    cfg: SelfManagedConfig,
-    secrets: Api<Secret>,
-    webhooks: Api<MutatingWebhookConfiguration>,
-    resolver: Arc<CertResolver>,
-}
-
-impl SelfManaged {
-    pub fn new(client: Client, cfg: SelfManagedConfig, resolver: Arc<CertResolver>) -> Self {
-        SelfManaged {
-            secrets: Api::namespaced(client.clone(), &cfg.namespace),
-            webhooks: Api::all(client),
-            cfg,
-            resolver,
-        }
-    }
-
-    /// One pass: make sure the Secret holds valid, current material; serve it; sync the caBundle.
-    pub async fn reconcile(&self, now: OffsetDateTime) -> Result<Reconciled, SelfManagedError> {
-        let config = self.webhooks.get_opt(&self.cfg.webhook_config_name).await?;
-        let owner = config.as_ref().and_then(owner_reference);
-        // What the API server trusts before this pass writes anything: a next CA found here was
-        // published by an earlier pass and may be promoted.
-        let ca_bundles: Vec<&[u8]> = config
-            .iter()
-            .flat_map(|c| c.webhooks.iter().flatten())
-            .map(|w| w.client_config.ca_bundle.as_ref().map_or(&[][..], |b| &b.0))
-            .collect();
-        let (material, secret_written) =
-            self.ensure_secret(now, &ca_bundles, owner.as_ref()).await?;
-        let serving = ServingCert::from_pem(
-            material.serving.cert_pem.as_bytes(),
-            material.serving.key_pem.as_bytes(),
-        )?;
-        let serial = serving.serial.clone();
-        let served = self.resolver.current();
-        let changed = served
-            .as_ref()
-            .is_none_or(|current| current.serial != serial);
-        if changed {
-            tracing::info!(%serial, not_after = serving.not_after, "serving the self-managed certificate");
-            self.resolver.swap(serving);
-        }
-        let trust_bundle = material.trust_bundle(now);
-        let (ca_bundle_synced, ca_bundle_patched) = match config {
-            Some(config) => self.sync_ca_bundle(config, &trust_bundle).await?,
-            None => {
-                tracing::warn!(name = %self.cfg.webhook_config_name, "MutatingWebhookConfiguration not found; caBundle not synced");
-                (false, false)
-            }
-        };
-        Ok(Reconciled {
-            trust_bundle,
-            serial,
-            secret_written,
-            reloaded: changed && served.is_some(),
-            ca_bundle_synced,
-            ca_bundle_patched,
-        })
-    }
-
-    async fn ensure_secret(
-        &self,
-        now: OffsetDateTime,
-        ca_bundles: &[&[u8]],
-        owner: Option<&OwnerReference>,
-    ) -> Result<(Material, bool), SelfManagedError> {
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            let existing = self.secrets.get_opt(&self.cfg.secret_name).await?;
-            let Some(secret) = existing else {
-                let material = Material::fresh(&self.cfg, now)?;
-                match self
-                    .secrets
-                    .create(&PostParams::default(), &self.secret(&material, None, owner))
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::info!(secret = %self.cfg.secret_name, "created the self-managed TLS Secret");
-                        return Ok((material, true));
-                    }
-                    // Another replica created it first: use theirs.
-                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            let current = Material::from_secret(&secret);
-            let renewed = match &current {
-                Some(material) => material.renewed(&self.cfg, ca_bundles, now)?,
-                None => None,
-            };
-            // A Secret from before the configuration existed gains its owner on the next pass.
-            let owned = owner.is_none_or(|o| {
-                let refs = secret.metadata.owner_references.iter().flatten();
-                refs.into_iter().any(|r| r.uid == o.uid)
-            });
-            let (renewed, change) = match (current, renewed) {
-                (_, Some((renewed, change))) => (renewed, Some(change)),
-                (Some(current), None) if owned => return Ok((current, false)),
-                (Some(current), None) => (current, None),
-                // Unreadable material (edited by hand?): start over.
-                (None, None) => (
-                    Material::fresh(&self.cfg, now)?,
-                    Some("replaced unreadable material"),
-                ),
-            };
-            let replacement =
-                self.secret(&renewed, secret.metadata.resource_version.clone(), owner);
-            let replaced = self
-                .secrets
-                .replace(&self.cfg.secret_name, &PostParams::default(), &replacement)
-                .await;
-            match (replaced, change) {
-                (Ok(_), Some(change)) => {
-                    tracing::info!(secret = %self.cfg.secret_name, change, "rotated the self-managed certificate");
-                    return Ok((renewed, true));
-                }
-                (Ok(_), None) => {
-                    tracing::info!(secret = %self.cfg.secret_name, "TLS Secret now owned by the webhook configuration");
-                    return Ok((renewed, false));
-                }
-                // Another replica rotated first (resourceVersion moved): read theirs.
-                (Err(kube::Error::Api(e)), _) if e.code == 409 => continue,
-                (Err(e), _) => return Err(e.into()),
-            }
-        }
-        Err(SelfManagedError::Conflicts)
-    }
-
-    fn secret(
-        &self,
-        material: &Material,
-        resource_version: Option<String>,
-        owner: Option<&OwnerReference>,
-    ) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(self.cfg.secret_name.clone()),
-                namespace: Some(self.cfg.namespace.clone()),
-                resource_version,
-                owner_references: owner.map(|o| vec![o.clone()]),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    FIELD_MANAGER.to_string(),
-                )])),
-                ..Default::default()
-            },
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(material.data()),
-            ..Default::default()
-        }
-    }
-
-    /// Returns (synced, patched). A configuration that does not exist yet is never created here: it is
-    /// the installer's, and an apply of only caBundle would create a broken one.
-    async fn sync_ca_bundle(
-        &self,
-        config: MutatingWebhookConfiguration,
-        bundle: &str,
-    ) -> Result<(bool, bool), SelfManagedError> {
-        let webhooks = config.webhooks.unwrap_or_default();
-        if webhooks.is_empty() {
-            return Ok((false, false));
-        }
-        let in_sync = webhooks.iter().all(|w| {
-            w.client_config
-                .ca_bundle
-                .as_ref()
-                .is_some_and(|b| b.0 == bundle.as_bytes())
-        });
-        if in_sync {
-            return Ok((true, false));
-        }
-        let patch = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": { "name": self.cfg.webhook_config_name },
-            "webhooks": webhooks.iter().map(|w| json!({
-                "name": w.name,
-                "clientConfig": { "caBundle": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bundle) },
-            })).collect::<Vec<_>>(),
-        });
-        // force: the caBundle is ours by design; taking it from whoever wrote it last is the point.
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.webhooks
-            .patch(
-                &self.cfg.webhook_config_name,
-                &params,
-                &Patch::Apply(&patch),
-            )
-            .await?;
-        tracing::info!(name = %self.cfg.webhook_config_name, "caBundle updated by server-side apply");
-        Ok((true, true))
     }
 }
 
@@ -650,11 +382,9 @@ mod tests {
     }
 
     /// Serving certificates live 30 s, so the CA lives 300 s: staged at 150 s, promotable at 200 s.
-    fn cfg() -> SelfManagedConfig {
-        SelfManagedConfig {
-            namespace: "mirrord".into(),
-            secret_name: "tls".into(),
-            webhook_config_name: "mirrord-operator".into(),
+    fn cfg() -> IssuePolicy {
+        IssuePolicy {
+            ca_name: "test CA".into(),
             sans: vec![San::Dns("a.test".into())],
             validity: Duration::from_secs(30),
         }

@@ -1,0 +1,164 @@
+//! Watch-fed caches (kube-runtime reflectors) of the workloads targets resolve to: pods,
+//! deployments, replicasets, statefulsets, jobs, cronjobs, and Argo Rollouts when their CRD exists.
+//! Requests read snapshots of these stores; nothing asks the API server per request.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet, StatefulSet},
+    batch::v1::{CronJob, Job},
+    core::v1::Pod,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::GroupVersionKind,
+    core::DynamicObject,
+    discovery,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    coordinator::api::state::{Inventory, NamespaceInventory},
+    server::shutdown::Shutdown,
+};
+
+/// The caches; cheap to clone.
+#[derive(Clone)]
+pub struct Caches {
+    pods: Store<Pod>,
+    deployments: Store<Deployment>,
+    replica_sets: Store<ReplicaSet>,
+    stateful_sets: Store<StatefulSet>,
+    jobs: Store<Job>,
+    cron_jobs: Store<CronJob>,
+    rollouts: Option<Store<DynamicObject>>,
+    /// Stores whose first list has not completed.
+    pending: Arc<AtomicUsize>,
+}
+
+/// Runs one reflector into `writer` until `shutdown`, retrying with backoff when the watch breaks,
+/// and counts it in `pending` until its first list completes.
+fn reflect<K>(
+    kind: &'static str,
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    pending: Arc<AtomicUsize>,
+    shutdown: Shutdown,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+{
+    let store = writer.as_reader();
+    pending.fetch_add(1, Ordering::AcqRel);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        // managedFields are most of an object's size and nothing here reads them.
+        .modify(|object| object.managed_fields_mut().clear())
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream.take_until(shutdown.wait()));
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::warn!(%error, kind, "watch failed; retrying");
+            }
+        }
+    });
+    let ready = store.clone();
+    tokio::spawn(async move {
+        if ready.wait_until_ready().await.is_ok() {
+            tracing::info!(kind, "cache synced");
+            pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    });
+    store
+}
+
+impl Caches {
+    /// Starts every reflector. Rollouts are watched only when `argoproj.io/v1alpha1` serves them.
+    pub async fn start(client: Client, shutdown: Shutdown) -> Caches {
+        let pending = Arc::new(AtomicUsize::new(0));
+        macro_rules! typed {
+            ($kind:ty) => {
+                reflect(
+                    stringify!($kind),
+                    Api::<$kind>::all(client.clone()),
+                    reflector::store::Writer::default(),
+                    pending.clone(),
+                    shutdown.clone(),
+                )
+            };
+        }
+        let rollout = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout");
+        let rollouts = match discovery::pinned_kind(&client, &rollout).await {
+            Ok((resource, _)) => Some(reflect(
+                "Rollout",
+                Api::<DynamicObject>::all_with(client.clone(), &resource),
+                reflector::store::Writer::new(resource),
+                pending.clone(),
+                shutdown.clone(),
+            )),
+            Err(error) => {
+                tracing::info!(%error, "no argoproj.io/v1alpha1 Rollouts: not watching them");
+                None
+            }
+        };
+        Caches {
+            pods: typed!(Pod),
+            deployments: typed!(Deployment),
+            replica_sets: typed!(ReplicaSet),
+            stateful_sets: typed!(StatefulSet),
+            jobs: typed!(Job),
+            cron_jobs: typed!(CronJob),
+            rollouts,
+            pending,
+        }
+    }
+
+    /// True once every store has completed its first list.
+    pub fn synced(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+}
+
+fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let mut objects: Vec<Arc<K>> = store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+        .collect();
+    // Stores are hash maps: sort so answers are stable.
+    objects.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+    objects
+}
+
+impl Inventory for Caches {
+    fn namespace(&self, namespace: &str) -> NamespaceInventory {
+        NamespaceInventory {
+            pods: in_namespace(&self.pods, namespace),
+            deployments: in_namespace(&self.deployments, namespace),
+            replica_sets: in_namespace(&self.replica_sets, namespace),
+            stateful_sets: in_namespace(&self.stateful_sets, namespace),
+            jobs: in_namespace(&self.jobs, namespace),
+            cron_jobs: in_namespace(&self.cron_jobs, namespace),
+            rollouts: self
+                .rollouts
+                .as_ref()
+                .map(|s| in_namespace(s, namespace))
+                .unwrap_or_default(),
+        }
+    }
+}
