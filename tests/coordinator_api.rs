@@ -826,6 +826,30 @@ async fn kube_client_runs_the_cli_sequence() {
     );
     let groups = client.list_api_groups().await.unwrap();
     assert_eq!(groups.groups[0].name, "operator.metalbear.co");
+    // Aggregated discovery (what kube-apiserver ≥ 1.30 and kubectl ask for first).
+    let aggregated = client.list_api_groups_aggregated().await.unwrap();
+    let version = &aggregated.items[0].versions[0];
+    assert_eq!(version.version.as_deref(), Some("v1"));
+    let operators = version
+        .resources
+        .iter()
+        .find(|r| r.resource.as_deref() == Some("mirrordoperators"))
+        .unwrap();
+    assert_eq!(operators.scope.as_deref(), Some("Cluster"));
+    assert_eq!(
+        operators.subresources[0].subresource.as_deref(),
+        Some("certificate")
+    );
+    let sessions = version
+        .resources
+        .iter()
+        .find(|r| r.resource.as_deref() == Some("sessions"))
+        .unwrap();
+    assert_eq!(sessions.scope.as_deref(), Some("Namespaced"));
+    assert_eq!(
+        sessions.response_kind.as_ref().unwrap().kind.as_deref(),
+        Some("Session")
+    );
 
     // Step 3: the credential, exactly as captured.
     let post = captured("mirrordclusteroperatorusercredentials", "POST");

@@ -73,6 +73,60 @@ fn api_group_body() -> Value {
     })
 }
 
+/// The media type of aggregated discovery (kube-apiserver ≥ 1.30 asks for it first and otherwise
+/// falls back to one request per group-version).
+pub const AGGREGATED_DISCOVERY_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an `Accept` header asks for aggregated discovery v2.
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|media| {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
+/// `GET /apis` with aggregated discovery: the APIGroupDiscoveryList of our group.
+pub fn api_group_discovery_list() -> Value {
+    let response_kind = |kind: &str| json!({"group": GROUP, "version": VERSION, "kind": kind});
+    let resources: Vec<Value> = kinds()
+        .map(|r| {
+            let subresources: Vec<Value> = RESOURCES
+                .iter()
+                .filter_map(|s| {
+                    let (parent, sub) = s.name.split_once('/')?;
+                    (parent == r.name).then(|| {
+                        json!({
+                            "subresource": sub,
+                            "responseKind": response_kind(s.kind),
+                            "verbs": s.verbs,
+                        })
+                    })
+                })
+                .collect();
+            json!({
+                "resource": r.name,
+                "responseKind": response_kind(r.kind),
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular,
+                "verbs": r.verbs,
+                "subresources": subresources,
+            })
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": [{
+            "metadata": {"name": GROUP},
+            "versions": [{"version": VERSION, "resources": resources, "freshness": "Current"}],
+        }],
+    })
+}
+
 /// `GET /apis/operator.metalbear.co`.
 pub fn api_group() -> Value {
     let mut group = api_group_body();

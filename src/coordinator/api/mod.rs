@@ -46,7 +46,7 @@ type ApiResult<T = Response> = Result<T, ApiError>;
 pub fn router(state: ApiState) -> Router {
     let v1 = "/apis/operator.metalbear.co/v1";
     Router::new()
-        .route("/apis", get(|| async { Json(discovery::api_group_list()) }))
+        .route("/apis", get(apis))
         .route(
             "/apis/operator.metalbear.co",
             get(|| async { Json(discovery::api_group()) }),
@@ -205,6 +205,23 @@ async fn read_body(state: &ApiState, headers: &HeaderMap, body: Body) -> ApiResu
 
 fn json_response(status: StatusCode, value: Value) -> Response {
     (status, Json(value)).into_response()
+}
+
+/// `GET /apis`: aggregated discovery when asked for, else the APIGroupList.
+async fn apis(headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if discovery::wants_aggregated(accept) {
+        let mut response = json_response(StatusCode::OK, discovery::api_group_discovery_list());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(discovery::AGGREGATED_DISCOVERY_V2),
+        );
+        return response;
+    }
+    json_response(StatusCode::OK, discovery::api_group_list())
 }
 
 fn openapi_version() -> String {

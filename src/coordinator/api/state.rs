@@ -271,11 +271,23 @@ pub struct License {
 /// Static facts about this operator, fixed at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperatorInfo {
-    /// What `spec.operator_version` says; see `docs/coordinator.md`.
+    /// What `spec.operator_version` says (normally from [`OperatorInfo::new`]).
     pub operator_version: String,
     /// Where the operator runs (`spec.default_namespace`).
     pub default_namespace: String,
     pub license: License,
+}
+
+impl OperatorInfo {
+    /// The info of this build: `operator_version` is `objects::operator_version()`
+    /// (`3.250.0+mirrord-operator.<crate version>`, see docs/coordinator.md).
+    pub fn new(default_namespace: impl Into<String>, license: License) -> Self {
+        Self {
+            operator_version: super::objects::operator_version(),
+            default_namespace: default_namespace.into(),
+            license,
+        }
+    }
 }
 
 /// How long a user certificate is valid and how big request bodies may be.
