@@ -71,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
             &format!("{v1}/mirrordclusteroperatorusercredentials"),
             post(create_credential),
         )
+        .route(&format!("{v1}/targets"), get(list_all_targets))
         .route(
             &format!("{v1}/namespaces/{{namespace}}/targets"),
             get(list_targets),
@@ -259,6 +260,7 @@ async fn openapi_v3_group() -> Response {
 async fn list_operators(State(state): State<ApiState>, request: Request) -> ApiResult {
     let identity = identity(request.extensions().get())?;
     authorize(&state, &identity, &authz::operator(None)).await?;
+    refuse_watch(&request)?;
     Ok(json_response(
         StatusCode::OK,
         objects::list("MirrordOperator", vec![objects::operator_object(&state)]),
@@ -370,6 +372,27 @@ fn credential_name(doc: &Value, csr: &str, now: time::OffsetDateTime) -> String 
     format!("{prefix}{suffix}")
 }
 
+/// Lists are answered whole; a watch would need a stream this API does not serve.
+fn refuse_watch(request: &Request) -> ApiResult<()> {
+    match query_pairs(request.uri().query())
+        .get("watch")
+        .map(String::as_str)
+    {
+        Some("true" | "1") => Err(ApiError::method_not_allowed(
+            "watch is not supported on this resource; list it instead",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn target_items(state: &ApiState, namespace: &str) -> Vec<Value> {
+    let inventory = state.inventory.namespace(namespace);
+    targets::list_targets(&inventory)
+        .iter()
+        .map(|entry| objects::target_object(namespace, entry))
+        .collect()
+}
+
 async fn list_targets(
     State(state): State<ApiState>,
     namespace: Result<Path<String>, PathRejection>,
@@ -378,10 +401,23 @@ async fn list_targets(
     let namespace = path(namespace)?;
     let identity = identity(request.extensions().get())?;
     authorize(&state, &identity, &authz::target(&namespace, None)).await?;
-    let inventory = state.inventory.namespace(&namespace);
-    let items = targets::list_targets(&inventory)
+    refuse_watch(&request)?;
+    let items = target_items(&state, &namespace);
+    Ok(json_response(
+        StatusCode::OK,
+        objects::list("Target", items),
+    ))
+}
+
+async fn list_all_targets(State(state): State<ApiState>, request: Request) -> ApiResult {
+    let identity = identity(request.extensions().get())?;
+    authorize(&state, &identity, &authz::targets_all_namespaces()).await?;
+    refuse_watch(&request)?;
+    let items = state
+        .inventory
+        .namespaces()
         .iter()
-        .map(|entry| objects::target_object(&namespace, entry))
+        .flat_map(|namespace| target_items(&state, namespace))
         .collect();
     Ok(json_response(
         StatusCode::OK,
@@ -549,6 +585,7 @@ async fn list_sessions(state: ApiState, namespace: Option<String>, request: Requ
         &authz::sessions_read(namespace.as_deref(), None),
     )
     .await?;
+    refuse_watch(&request)?;
     let key = key_selector(&query_pairs(request.uri().query()))?;
     let items = state
         .sessions

@@ -128,6 +128,11 @@ pub struct NamespaceInventory {
 pub trait Inventory: Send + Sync {
     /// Everything cached in `namespace` (empty when the namespace is unknown).
     fn namespace(&self, namespace: &str) -> NamespaceInventory;
+    /// The namespaces that have cached objects, for cluster-wide lists (`kubectl get targets -A`).
+    /// The default (no namespaces) makes that list empty; implementations with caches override it.
+    fn namespaces(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// An [`Inventory`] held in memory, for tests and fixtures.
@@ -139,6 +144,9 @@ pub struct StaticInventory {
 impl Inventory for StaticInventory {
     fn namespace(&self, namespace: &str) -> NamespaceInventory {
         self.namespaces.get(namespace).cloned().unwrap_or_default()
+    }
+    fn namespaces(&self) -> Vec<String> {
+        self.namespaces.keys().cloned().collect()
     }
 }
 
