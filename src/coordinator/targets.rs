@@ -646,4 +646,16 @@ mod tests {
         assert!(matches!(err, TargetNameError::AgentContainer(_)));
         assert!(err.to_string().contains("target the app container"));
     }
+
+    proptest::proptest! {
+        /// Any string either parses into a name that prints back to an equivalent form, or is
+        /// refused; never a panic.
+        #[test]
+        fn parse_never_panics_and_round_trips(segment in "[a-z0-9.-]{0,40}|\\PC{0,40}") {
+            if let Ok(target) = TargetRef::parse(&segment) {
+                proptest::prop_assert_eq!(TargetRef::parse(&target.url_name()).unwrap(), target.clone());
+                proptest::prop_assert_eq!(TargetRef::parse(&target.object_name()).unwrap(), target);
+            }
+        }
+    }
 }
