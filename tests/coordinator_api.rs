@@ -274,10 +274,13 @@ async fn golden_cases() {
         // Each case gets a fresh state: deletes must not leak into the next case.
         let harness = harness(false);
         let (status, headers, body) = send(router(harness.state), case_request(&case)).await;
-        assert_eq!(
-            headers.get("content-type").map(|v| v.to_str().unwrap()),
-            Some("application/json"),
-            "{}: every answer is JSON",
+        let content_type = headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{}: every answer is JSON, got {content_type:?}",
             dir.display()
         );
         let body: Value = serde_json::from_slice(&body)

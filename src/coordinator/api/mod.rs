@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod error;
 pub mod objects;
 pub mod state;
+pub mod table;
 
 use std::collections::BTreeMap;
 
@@ -110,6 +111,7 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::method_not_allowed("this method is not supported on this resource")
         })
+        .layer(middleware::from_fn(tables))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -147,6 +149,41 @@ async fn guard(State(state): State<ApiState>, mut request: Request, next: Next) 
         }
     }
     next.run(request).await
+}
+
+/// Turns a successful object or list answer into a `meta.k8s.io/v1` Table when the client (kubectl)
+/// asks for one. Answers are small, so buffering them is fine.
+async fn tables(request: Request, next: Next) -> Response {
+    let wants = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wants_table);
+    let response = next.run(request).await;
+    if !wants || response.status() != StatusCode::OK {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            return ApiError::internal(format!("buffering the answer: {error}")).into_response();
+        }
+    };
+    let converted = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|doc| table::to_table(&doc));
+    match converted {
+        Some(table) => {
+            let mut response = json_response(StatusCode::OK, table);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(table::TABLE_MEDIA_TYPE),
+            );
+            response
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
+    }
 }
 
 fn identity(request_identity: Option<&Identity>) -> ApiResult<Identity> {
