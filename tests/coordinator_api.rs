@@ -640,6 +640,12 @@ async fn openapi_documents_are_valid_and_cacheable() {
     assert!(headers.get("etag").is_some());
     let v3: Value = serde_json::from_slice(&v3).unwrap();
     assert_eq!(v3["openapi"], "3.0.0");
+    // For checking with an external validator: OPENAPI_DUMP=<dir> writes both documents.
+    if let Some(dir) = std::env::var_os("OPENAPI_DUMP") {
+        let dir = PathBuf::from(dir);
+        std::fs::write(dir.join("v2.json"), v2.to_string()).unwrap();
+        std::fs::write(dir.join("v3.json"), v3.to_string()).unwrap();
+    }
     let gvks: Vec<&str> = v3["components"]["schemas"]
         .as_object()
         .unwrap()

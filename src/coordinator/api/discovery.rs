@@ -201,9 +201,11 @@ fn definition_name(kind: &str) -> String {
     format!("co.metalbear.operator.v1.{kind}")
 }
 
-const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
-const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
-const STATUS: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Status";
+// Our own names for the meta types: kube-apiserver merges every aggregated OpenAPI v2 document into
+// one, and a definition that shares a name with one of its own but differs would be renamed.
+const OBJECT_META: &str = "co.metalbear.operator.v1.ObjectMeta";
+const LIST_META: &str = "co.metalbear.operator.v1.ListMeta";
+const STATUS: &str = "co.metalbear.operator.v1.Status";
 
 /// One operation: (HTTP method, Kubernetes verb, response kind).
 type Operation = (&'static str, &'static str, String);
@@ -351,8 +353,7 @@ fn schemas(v3: bool) -> Map<String, Value> {
         json!({"type": "object", "properties": {
             "apiVersion": {"type": "string"}, "kind": {"type": "string"},
             "status": {"type": "string"}, "message": {"type": "string"},
-            "reason": {"type": "string"}, "code": {"type": "integer", "format": "int32"}},
-            "x-kubernetes-group-version-kind": [{"group": "", "version": "v1", "kind": "Status"}]}),
+            "reason": {"type": "string"}, "code": {"type": "integer", "format": "int32"}}}),
     );
     defs
 }
