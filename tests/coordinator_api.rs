@@ -18,9 +18,9 @@ use mirrord_operator::coordinator::{
     api::{
         router,
         state::{
-            ApiLimits, ApiState, Authorizer, AuthorizerError, ConnectRequest, Connector, Decision,
-            Identity, KillOutcome, License, LockedPort, NamespaceInventory, OperatorInfo,
-            ResourceAttributes, SessionDirectory, SessionSummary, StaticInventory,
+            AgentRegistry, ApiLimits, ApiState, Authorizer, AuthorizerError, ConnectRequest,
+            Connector, Decision, Identity, KillOutcome, License, LockedPort, NamespaceInventory,
+            OperatorInfo, ResourceAttributes, SessionDirectory, SessionSummary, StaticInventory,
         },
     },
     credentials::UserCa,
@@ -583,6 +583,49 @@ async fn connect_reaches_the_connector_with_everything_it_needs() {
         let body: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["code"], code);
     }
+}
+
+/// Only `db-0` has a connected agent.
+struct OnlyDb;
+
+impl AgentRegistry for OnlyDb {
+    fn is_connected(&self, namespace: &str, pod: &str) -> bool {
+        namespace == "default" && pod == "db-0"
+    }
+}
+
+#[tokio::test]
+async fn availability_follows_the_agent_registry() {
+    let mut harness = harness(false);
+    let targets = |state: ApiState| async move {
+        let (_, _, body) = send(
+            router(state),
+            request(
+                "GET",
+                "/apis/operator.metalbear.co/v1/namespaces/default/targets",
+                Body::empty(),
+            ),
+        )
+        .await;
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"]["available"] == true)
+            .map(|t| t["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let injected = targets(harness.state.clone()).await;
+    assert!(injected.contains(&"deploy.web.container.app".to_owned()));
+    harness.state = harness.state.with_agents(Arc::new(OnlyDb));
+    assert_eq!(
+        targets(harness.state).await,
+        [
+            "pod.db-0.container.postgres",
+            "statefulset.db.container.postgres"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -424,7 +424,7 @@ fn refuse_watch(request: &Request) -> ApiResult<()> {
 
 fn target_items(state: &ApiState, namespace: &str) -> Vec<Value> {
     let inventory = state.inventory.namespace(namespace);
-    targets::list_targets(&inventory)
+    targets::list_targets(&inventory, &|pod| state.pod_has_agent(namespace, pod))
         .iter()
         .map(|entry| objects::target_object(namespace, entry))
         .collect()
@@ -483,7 +483,8 @@ async fn get_or_connect_target(
     }
     let target = TargetRef::parse(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
     let inventory = state.inventory.namespace(&namespace);
-    let entry = targets::resolve(&inventory, &target).map_err(|e| match e {
+    let agent = |pod: &k8s_openapi::api::core::v1::Pod| state.pod_has_agent(&namespace, pod);
+    let entry = targets::resolve(&inventory, &target, &agent).map_err(|e| match e {
         targets::ResolveError::NotFound(_) => ApiError::not_found(format!(
             "targets.operator.metalbear.co {name:?} not found in namespace {namespace:?}: {e}"
         )),
@@ -564,7 +565,8 @@ async fn connect(
     let params = connect_params(&request)?;
     if matches!(target, TargetRef::Workload { .. }) {
         let inventory = state.inventory.namespace(&namespace);
-        targets::resolve(&inventory, &target).map_err(|e| match e {
+        let agent = |pod: &k8s_openapi::api::core::v1::Pod| state.pod_has_agent(&namespace, pod);
+        targets::resolve(&inventory, &target, &agent).map_err(|e| match e {
             targets::ResolveError::NotFound(_) => {
                 ApiError::not_found(format!("{e} in namespace {namespace:?}"))
             }

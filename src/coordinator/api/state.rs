@@ -150,6 +150,12 @@ impl Inventory for StaticInventory {
     }
 }
 
+/// Which pods have a connected agent. Implemented by `coordinator/agents`; without it a target
+/// counts as available when a Running pod has an injected agent.
+pub trait AgentRegistry: Send + Sync {
+    fn is_connected(&self, namespace: &str, pod: &str) -> bool;
+}
+
 /// One port a session holds on its target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockedPort {
@@ -329,6 +335,7 @@ pub struct ApiState {
     pub inventory: Arc<dyn Inventory>,
     pub sessions: Arc<dyn SessionDirectory>,
     pub connector: Option<Arc<dyn Connector>>,
+    pub agents: Option<Arc<dyn AgentRegistry>>,
     pub limits: ApiLimits,
     pub clock: Clock,
 }
@@ -348,6 +355,7 @@ impl ApiState {
             inventory,
             sessions: Arc::new(NoSessions),
             connector: None,
+            agents: None,
             limits: ApiLimits::default(),
             clock: Arc::new(OffsetDateTime::now_utc),
         }
@@ -361,6 +369,23 @@ impl ApiState {
     pub fn with_connector(mut self, connector: Arc<dyn Connector>) -> Self {
         self.connector = Some(connector);
         self
+    }
+
+    pub fn with_agents(mut self, agents: Arc<dyn AgentRegistry>) -> Self {
+        self.agents = Some(agents);
+        self
+    }
+
+    /// Whether `pod` (in `namespace`) has an agent a session can attach to: injected, and
+    /// connected when a registry is configured.
+    pub fn pod_has_agent(&self, namespace: &str, pod: &Pod) -> bool {
+        crate::coordinator::targets::has_agent(pod)
+            && self.agents.as_ref().is_none_or(|registry| {
+                pod.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|name| registry.is_connected(namespace, name))
+            })
     }
 
     pub fn with_limits(mut self, limits: ApiLimits) -> Self {
