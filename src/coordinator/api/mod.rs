@@ -95,7 +95,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             &format!("{v1}/sessions/inactive"),
-            delete(delete_inactive_sessions).get(get_cluster_session),
+            delete(delete_inactive_sessions),
         )
         .route(
             &format!("{v1}/sessions/{{id}}"),
@@ -700,11 +700,7 @@ async fn get_cluster_session(
     id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> ApiResult {
-    // `/sessions/inactive` shares this handler for GET.
-    let id = match id {
-        Ok(Path(id)) => id,
-        Err(_) => "inactive".to_owned(),
-    };
+    let id = path(id)?;
     get_session(state, None, id, request).await
 }
 
