@@ -77,7 +77,8 @@ pub async fn fetch_status(client: &kube::Client) -> Result<String, AdminError> {
         .await
         .map_err(|error| match &error {
             kube::Error::Api(status) if status.code == 404 => AdminError::NotInstalled,
-            _ => AdminError::Api(error),
+            kube::Error::Api(_) => AdminError::Api(error),
+            _ => AdminError::Unreachable(error),
         })?;
     render_status(&operator)
 }
