@@ -18,9 +18,9 @@ use mirrord_operator::coordinator::{
     api::{
         router,
         state::{
-            ApiLimits, ApiState, Authorizer, AuthorizerError, ConnectRequest, Connector, Decision,
-            Identity, KillOutcome, License, LockedPort, NamespaceInventory, OperatorInfo,
-            ResourceAttributes, SessionDirectory, SessionSummary, StaticInventory,
+            AgentRegistry, ApiLimits, ApiState, Authorizer, AuthorizerError, ConnectRequest,
+            Connector, Decision, Identity, KillOutcome, License, LockedPort, NamespaceInventory,
+            OperatorInfo, ResourceAttributes, SessionDirectory, SessionSummary, StaticInventory,
         },
     },
     credentials::UserCa,
@@ -267,17 +267,20 @@ async fn golden_cases() {
         .map(|e| e.unwrap().path())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 40, "cases went missing: {}", dirs.len());
+    assert!(dirs.len() >= 46, "cases went missing: {}", dirs.len());
     let mut failures = Vec::new();
     for dir in &dirs {
         let case = read_json(&dir.join("request.json"));
         // Each case gets a fresh state: deletes must not leak into the next case.
         let harness = harness(false);
         let (status, headers, body) = send(router(harness.state), case_request(&case)).await;
-        assert_eq!(
-            headers.get("content-type").map(|v| v.to_str().unwrap()),
-            Some("application/json"),
-            "{}: every answer is JSON",
+        let content_type = headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{}: every answer is JSON, got {content_type:?}",
             dir.display()
         );
         let body: Value = serde_json::from_slice(&body)
@@ -582,6 +585,49 @@ async fn connect_reaches_the_connector_with_everything_it_needs() {
     }
 }
 
+/// Only `db-0` has a connected agent.
+struct OnlyDb;
+
+impl AgentRegistry for OnlyDb {
+    fn is_connected(&self, namespace: &str, pod: &str) -> bool {
+        namespace == "default" && pod == "db-0"
+    }
+}
+
+#[tokio::test]
+async fn availability_follows_the_agent_registry() {
+    let mut harness = harness(false);
+    let targets = |state: ApiState| async move {
+        let (_, _, body) = send(
+            router(state),
+            request(
+                "GET",
+                "/apis/operator.metalbear.co/v1/namespaces/default/targets",
+                Body::empty(),
+            ),
+        )
+        .await;
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"]["available"] == true)
+            .map(|t| t["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let injected = targets(harness.state.clone()).await;
+    assert!(injected.contains(&"deploy.web.container.app".to_owned()));
+    harness.state = harness.state.with_agents(Arc::new(OnlyDb));
+    assert_eq!(
+        targets(harness.state).await,
+        [
+            "pod.db-0.container.postgres",
+            "statefulset.db.container.postgres"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn supported_features_follow_the_state() {
     for (connector, expected) in [
@@ -637,6 +683,12 @@ async fn openapi_documents_are_valid_and_cacheable() {
     assert!(headers.get("etag").is_some());
     let v3: Value = serde_json::from_slice(&v3).unwrap();
     assert_eq!(v3["openapi"], "3.0.0");
+    // For checking with an external validator: OPENAPI_DUMP=<dir> writes both documents.
+    if let Some(dir) = std::env::var_os("OPENAPI_DUMP") {
+        let dir = PathBuf::from(dir);
+        std::fs::write(dir.join("v2.json"), v2.to_string()).unwrap();
+        std::fs::write(dir.join("v3.json"), v3.to_string()).unwrap();
+    }
     let gvks: Vec<&str> = v3["components"]["schemas"]
         .as_object()
         .unwrap()
@@ -826,6 +878,30 @@ async fn kube_client_runs_the_cli_sequence() {
     );
     let groups = client.list_api_groups().await.unwrap();
     assert_eq!(groups.groups[0].name, "operator.metalbear.co");
+    // Aggregated discovery (what kube-apiserver ≥ 1.30 and kubectl ask for first).
+    let aggregated = client.list_api_groups_aggregated().await.unwrap();
+    let version = &aggregated.items[0].versions[0];
+    assert_eq!(version.version.as_deref(), Some("v1"));
+    let operators = version
+        .resources
+        .iter()
+        .find(|r| r.resource.as_deref() == Some("mirrordoperators"))
+        .unwrap();
+    assert_eq!(operators.scope.as_deref(), Some("Cluster"));
+    assert_eq!(
+        operators.subresources[0].subresource.as_deref(),
+        Some("certificate")
+    );
+    let sessions = version
+        .resources
+        .iter()
+        .find(|r| r.resource.as_deref() == Some("sessions"))
+        .unwrap();
+    assert_eq!(sessions.scope.as_deref(), Some("Namespaced"));
+    assert_eq!(
+        sessions.response_kind.as_ref().unwrap().kind.as_deref(),
+        Some("Session")
+    );
 
     // Step 3: the credential, exactly as captured.
     let post = captured("mirrordclusteroperatorusercredentials", "POST");

@@ -29,6 +29,8 @@ pub enum AdminError {
     NotInstalled,
     #[error("the operator refused the request: {0}")]
     Api(kube::Error),
+    #[error("cannot reach the cluster's API server: {0}")]
+    Unreachable(kube::Error),
     #[error("the operator answered an object this command cannot read: {0}")]
     Shape(String),
 }
@@ -41,6 +43,7 @@ impl AdminError {
             Self::Client(_) => "client",
             Self::NotInstalled => "not_installed",
             Self::Api(_) => "api",
+            Self::Unreachable(_) => "unreachable",
             Self::Shape(_) => "shape",
         }
     }
@@ -74,7 +77,8 @@ pub async fn fetch_status(client: &kube::Client) -> Result<String, AdminError> {
         .await
         .map_err(|error| match &error {
             kube::Error::Api(status) if status.code == 404 => AdminError::NotInstalled,
-            _ => AdminError::Api(error),
+            kube::Error::Api(_) => AdminError::Api(error),
+            _ => AdminError::Unreachable(error),
         })?;
     render_status(&operator)
 }

@@ -351,4 +351,26 @@ mod tests {
         assert!(UserCa::from_pem(a.cert_pem(), &b.key_pem).is_err());
         assert!(UserCa::from_pem(a.cert_pem(), &a.key_pem).is_ok());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Bytes from the network never panic the CSR, legacy-body or x-client-der parsers.
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let now = at(1_800_000_000);
+            let ca = test_ca();
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = legacy_csr_body(&bytes);
+            let _ = ca.sign_csr(&text, now, Duration::days(1));
+            let pem = format!("-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n", STANDARD.encode(&bytes));
+            proptest::prop_assert!(ca.sign_csr(&pem, now, Duration::days(1)).is_err());
+            proptest::prop_assert!(ca.verify_client(&STANDARD.encode(&bytes), now).is_err());
+            let _ = ca.verify_client(&text, now);
+        }
+    }
+
+    fn test_ca() -> &'static UserCa {
+        static CA: std::sync::OnceLock<UserCa> = std::sync::OnceLock::new();
+        CA.get_or_init(|| UserCa::generate("fuzz", at(1_800_000_000)).unwrap())
+    }
 }

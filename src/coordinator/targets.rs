@@ -229,11 +229,15 @@ struct Workload<'a> {
 }
 
 /// All targets of a namespace, one per (workload, app container), sorted by kind then name.
-pub fn list_targets(inventory: &NamespaceInventory) -> Vec<TargetEntry> {
+/// Decides whether a Running pod carries an agent a session can use. [`has_agent`] until the agent
+/// registry is wired in; then also "its agent is connected".
+pub type AgentCheck<'a> = &'a dyn Fn(&Pod) -> bool;
+
+pub fn list_targets(inventory: &NamespaceInventory, agent: AgentCheck<'_>) -> Vec<TargetEntry> {
     let mut out: Vec<TargetEntry> = workloads(inventory)
         .into_iter()
         .flat_map(|w| {
-            let ready = ready_pods(&w.pods);
+            let ready = ready_pods(&w.pods, agent);
             w.containers
                 .iter()
                 .map(move |c| TargetEntry {
@@ -274,6 +278,7 @@ pub enum ResolveError {
 pub fn resolve(
     inventory: &NamespaceInventory,
     target: &TargetRef,
+    agent: AgentCheck<'_>,
 ) -> Result<TargetEntry, ResolveError> {
     let TargetRef::Workload {
         kind,
@@ -303,7 +308,7 @@ pub fn resolve(
             .or_else(|| workload.containers.first().cloned())
             .ok_or_else(|| ResolveError::NoContainer(target.to_string()))?,
     };
-    let ready = ready_pods(&workload.pods);
+    let ready = ready_pods(&workload.pods, agent);
     Ok(TargetEntry {
         target: TargetRef::Workload {
             kind: *kind,
@@ -316,12 +321,11 @@ pub fn resolve(
 }
 
 /// Running pods with an injected agent (the container, or the webhook's status annotation).
-fn ready_pods(pods: &[&Pod]) -> Vec<String> {
+fn ready_pods(pods: &[&Pod], agent: AgentCheck<'_>) -> Vec<String> {
     let mut names: Vec<String> = pods
         .iter()
         .filter(|pod| {
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                && has_agent(pod)
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && agent(pod)
         })
         .filter_map(|pod| pod.metadata.name.clone())
         .collect();
@@ -645,5 +649,17 @@ mod tests {
         let err = TargetRef::parse("deployment.web.container.mirrord-agent").unwrap_err();
         assert!(matches!(err, TargetNameError::AgentContainer(_)));
         assert!(err.to_string().contains("target the app container"));
+    }
+
+    proptest::proptest! {
+        /// Any string either parses into a name that prints back to an equivalent form, or is
+        /// refused; never a panic.
+        #[test]
+        fn parse_never_panics_and_round_trips(segment in "[a-z0-9.-]{0,40}|\\PC{0,40}") {
+            if let Ok(target) = TargetRef::parse(&segment) {
+                proptest::prop_assert_eq!(TargetRef::parse(&target.url_name()).unwrap(), target.clone());
+                proptest::prop_assert_eq!(TargetRef::parse(&target.object_name()).unwrap(), target);
+            }
+        }
     }
 }

@@ -53,6 +53,11 @@ pub fn user_credential() -> ResourceAttributes {
     )
 }
 
+/// `GET targets` (list across namespaces).
+pub fn targets_all_namespaces() -> ResourceAttributes {
+    attributes("list", "targets", None, None, None)
+}
+
 /// `GET namespaces/{ns}/targets` (list) or `…/targets/{name}` (get; also the non-proxy connect).
 /// `name` is the last path segment as sent (`deployment.web`), which is what an RBAC
 /// `resourceNames` entry must match.

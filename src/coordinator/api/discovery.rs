@@ -73,6 +73,60 @@ fn api_group_body() -> Value {
     })
 }
 
+/// The media type of aggregated discovery (kube-apiserver ≥ 1.30 asks for it first and otherwise
+/// falls back to one request per group-version).
+pub const AGGREGATED_DISCOVERY_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an `Accept` header asks for aggregated discovery v2.
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|media| {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
+/// `GET /apis` with aggregated discovery: the APIGroupDiscoveryList of our group.
+pub fn api_group_discovery_list() -> Value {
+    let response_kind = |kind: &str| json!({"group": GROUP, "version": VERSION, "kind": kind});
+    let resources: Vec<Value> = kinds()
+        .map(|r| {
+            let subresources: Vec<Value> = RESOURCES
+                .iter()
+                .filter_map(|s| {
+                    let (parent, sub) = s.name.split_once('/')?;
+                    (parent == r.name).then(|| {
+                        json!({
+                            "subresource": sub,
+                            "responseKind": response_kind(s.kind),
+                            "verbs": s.verbs,
+                        })
+                    })
+                })
+                .collect();
+            json!({
+                "resource": r.name,
+                "responseKind": response_kind(r.kind),
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular,
+                "verbs": r.verbs,
+                "subresources": subresources,
+            })
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": [{
+            "metadata": {"name": GROUP},
+            "versions": [{"version": VERSION, "resources": resources, "freshness": "Current"}],
+        }],
+    })
+}
+
 /// `GET /apis/operator.metalbear.co`.
 pub fn api_group() -> Value {
     let mut group = api_group_body();
@@ -147,9 +201,11 @@ fn definition_name(kind: &str) -> String {
     format!("co.metalbear.operator.v1.{kind}")
 }
 
-const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
-const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
-const STATUS: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Status";
+// Our own names for the meta types: kube-apiserver merges every aggregated OpenAPI v2 document into
+// one, and a definition that shares a name with one of its own but differs would be renamed.
+const OBJECT_META: &str = "co.metalbear.operator.v1.ObjectMeta";
+const LIST_META: &str = "co.metalbear.operator.v1.ListMeta";
+const STATUS: &str = "co.metalbear.operator.v1.Status";
 
 /// One operation: (HTTP method, Kubernetes verb, response kind).
 type Operation = (&'static str, &'static str, String);
@@ -297,8 +353,7 @@ fn schemas(v3: bool) -> Map<String, Value> {
         json!({"type": "object", "properties": {
             "apiVersion": {"type": "string"}, "kind": {"type": "string"},
             "status": {"type": "string"}, "message": {"type": "string"},
-            "reason": {"type": "string"}, "code": {"type": "integer", "format": "int32"}},
-            "x-kubernetes-group-version-kind": [{"group": "", "version": "v1", "kind": "Status"}]}),
+            "reason": {"type": "string"}, "code": {"type": "integer", "format": "int32"}}}),
     );
     defs
 }

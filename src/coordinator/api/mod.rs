@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod error;
 pub mod objects;
 pub mod state;
+pub mod table;
 
 use std::collections::BTreeMap;
 
@@ -46,7 +47,7 @@ type ApiResult<T = Response> = Result<T, ApiError>;
 pub fn router(state: ApiState) -> Router {
     let v1 = "/apis/operator.metalbear.co/v1";
     Router::new()
-        .route("/apis", get(|| async { Json(discovery::api_group_list()) }))
+        .route("/apis", get(apis))
         .route(
             "/apis/operator.metalbear.co",
             get(|| async { Json(discovery::api_group()) }),
@@ -71,6 +72,7 @@ pub fn router(state: ApiState) -> Router {
             &format!("{v1}/mirrordclusteroperatorusercredentials"),
             post(create_credential),
         )
+        .route(&format!("{v1}/targets"), get(list_all_targets))
         .route(
             &format!("{v1}/namespaces/{{namespace}}/targets"),
             get(list_targets),
@@ -93,7 +95,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             &format!("{v1}/sessions/inactive"),
-            delete(delete_inactive_sessions).get(get_cluster_session),
+            delete(delete_inactive_sessions),
         )
         .route(
             &format!("{v1}/sessions/{{id}}"),
@@ -109,6 +111,7 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::method_not_allowed("this method is not supported on this resource")
         })
+        .layer(middleware::from_fn(tables))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -146,6 +149,41 @@ async fn guard(State(state): State<ApiState>, mut request: Request, next: Next) 
         }
     }
     next.run(request).await
+}
+
+/// Turns a successful object or list answer into a `meta.k8s.io/v1` Table when the client (kubectl)
+/// asks for one. Answers are small, so buffering them is fine.
+async fn tables(request: Request, next: Next) -> Response {
+    let wants = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wants_table);
+    let response = next.run(request).await;
+    if !wants || response.status() != StatusCode::OK {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            return ApiError::internal(format!("buffering the answer: {error}")).into_response();
+        }
+    };
+    let converted = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|doc| table::to_table(&doc));
+    match converted {
+        Some(table) => {
+            let mut response = json_response(StatusCode::OK, table);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(table::TABLE_MEDIA_TYPE),
+            );
+            response
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
+    }
 }
 
 fn identity(request_identity: Option<&Identity>) -> ApiResult<Identity> {
@@ -207,6 +245,23 @@ fn json_response(status: StatusCode, value: Value) -> Response {
     (status, Json(value)).into_response()
 }
 
+/// `GET /apis`: aggregated discovery when asked for, else the APIGroupList.
+async fn apis(headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if discovery::wants_aggregated(accept) {
+        let mut response = json_response(StatusCode::OK, discovery::api_group_discovery_list());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(discovery::AGGREGATED_DISCOVERY_V2),
+        );
+        return response;
+    }
+    json_response(StatusCode::OK, discovery::api_group_list())
+}
+
 fn openapi_version() -> String {
     objects::operator_version()
 }
@@ -242,6 +297,7 @@ async fn openapi_v3_group() -> Response {
 async fn list_operators(State(state): State<ApiState>, request: Request) -> ApiResult {
     let identity = identity(request.extensions().get())?;
     authorize(&state, &identity, &authz::operator(None)).await?;
+    refuse_watch(&request)?;
     Ok(json_response(
         StatusCode::OK,
         objects::list("MirrordOperator", vec![objects::operator_object(&state)]),
@@ -353,6 +409,27 @@ fn credential_name(doc: &Value, csr: &str, now: time::OffsetDateTime) -> String 
     format!("{prefix}{suffix}")
 }
 
+/// Lists are answered whole; a watch would need a stream this API does not serve.
+fn refuse_watch(request: &Request) -> ApiResult<()> {
+    match query_pairs(request.uri().query())
+        .get("watch")
+        .map(String::as_str)
+    {
+        Some("true" | "1") => Err(ApiError::method_not_allowed(
+            "watch is not supported on this resource; list it instead",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn target_items(state: &ApiState, namespace: &str) -> Vec<Value> {
+    let inventory = state.inventory.namespace(namespace);
+    targets::list_targets(&inventory, &|pod| state.pod_has_agent(namespace, pod))
+        .iter()
+        .map(|entry| objects::target_object(namespace, entry))
+        .collect()
+}
+
 async fn list_targets(
     State(state): State<ApiState>,
     namespace: Result<Path<String>, PathRejection>,
@@ -361,10 +438,23 @@ async fn list_targets(
     let namespace = path(namespace)?;
     let identity = identity(request.extensions().get())?;
     authorize(&state, &identity, &authz::target(&namespace, None)).await?;
-    let inventory = state.inventory.namespace(&namespace);
-    let items = targets::list_targets(&inventory)
+    refuse_watch(&request)?;
+    let items = target_items(&state, &namespace);
+    Ok(json_response(
+        StatusCode::OK,
+        objects::list("Target", items),
+    ))
+}
+
+async fn list_all_targets(State(state): State<ApiState>, request: Request) -> ApiResult {
+    let identity = identity(request.extensions().get())?;
+    authorize(&state, &identity, &authz::targets_all_namespaces()).await?;
+    refuse_watch(&request)?;
+    let items = state
+        .inventory
+        .namespaces()
         .iter()
-        .map(|entry| objects::target_object(&namespace, entry))
+        .flat_map(|namespace| target_items(&state, namespace))
         .collect();
     Ok(json_response(
         StatusCode::OK,
@@ -393,7 +483,8 @@ async fn get_or_connect_target(
     }
     let target = TargetRef::parse(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
     let inventory = state.inventory.namespace(&namespace);
-    let entry = targets::resolve(&inventory, &target).map_err(|e| match e {
+    let agent = |pod: &k8s_openapi::api::core::v1::Pod| state.pod_has_agent(&namespace, pod);
+    let entry = targets::resolve(&inventory, &target, &agent).map_err(|e| match e {
         targets::ResolveError::NotFound(_) => ApiError::not_found(format!(
             "targets.operator.metalbear.co {name:?} not found in namespace {namespace:?}: {e}"
         )),
@@ -474,7 +565,8 @@ async fn connect(
     let params = connect_params(&request)?;
     if matches!(target, TargetRef::Workload { .. }) {
         let inventory = state.inventory.namespace(&namespace);
-        targets::resolve(&inventory, &target).map_err(|e| match e {
+        let agent = |pod: &k8s_openapi::api::core::v1::Pod| state.pod_has_agent(&namespace, pod);
+        targets::resolve(&inventory, &target, &agent).map_err(|e| match e {
             targets::ResolveError::NotFound(_) => {
                 ApiError::not_found(format!("{e} in namespace {namespace:?}"))
             }
@@ -532,6 +624,7 @@ async fn list_sessions(state: ApiState, namespace: Option<String>, request: Requ
         &authz::sessions_read(namespace.as_deref(), None),
     )
     .await?;
+    refuse_watch(&request)?;
     let key = key_selector(&query_pairs(request.uri().query()))?;
     let items = state
         .sessions
@@ -607,11 +700,7 @@ async fn get_cluster_session(
     id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> ApiResult {
-    // `/sessions/inactive` shares this handler for GET.
-    let id = match id {
-        Ok(Path(id)) => id,
-        Err(_) => "inactive".to_owned(),
-    };
+    let id = path(id)?;
     get_session(state, None, id, request).await
 }
 

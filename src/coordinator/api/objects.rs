@@ -173,3 +173,22 @@ pub fn credential_object(
         "status": { "certificate": certificate_pem },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_version_passes_the_cli_gate_and_names_this_release() {
+        let version = semver::Version::parse(&operator_version()).unwrap();
+        assert!(
+            semver::VersionReq::parse(">=3.84.0")
+                .unwrap()
+                .matches(&version)
+        );
+        assert_eq!(
+            version.build.as_str(),
+            format!("mirrord-operator.{}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}

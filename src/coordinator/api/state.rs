@@ -128,6 +128,11 @@ pub struct NamespaceInventory {
 pub trait Inventory: Send + Sync {
     /// Everything cached in `namespace` (empty when the namespace is unknown).
     fn namespace(&self, namespace: &str) -> NamespaceInventory;
+    /// The namespaces that have cached objects, for cluster-wide lists (`kubectl get targets -A`).
+    /// The default (no namespaces) makes that list empty; implementations with caches override it.
+    fn namespaces(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// An [`Inventory`] held in memory, for tests and fixtures.
@@ -140,6 +145,15 @@ impl Inventory for StaticInventory {
     fn namespace(&self, namespace: &str) -> NamespaceInventory {
         self.namespaces.get(namespace).cloned().unwrap_or_default()
     }
+    fn namespaces(&self) -> Vec<String> {
+        self.namespaces.keys().cloned().collect()
+    }
+}
+
+/// Which pods have a connected agent. Implemented by `coordinator/agents`; without it a target
+/// counts as available when a Running pod has an injected agent.
+pub trait AgentRegistry: Send + Sync {
+    fn is_connected(&self, namespace: &str, pod: &str) -> bool;
 }
 
 /// One port a session holds on its target.
@@ -271,11 +285,23 @@ pub struct License {
 /// Static facts about this operator, fixed at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperatorInfo {
-    /// What `spec.operator_version` says; see `docs/coordinator.md`.
+    /// What `spec.operator_version` says (normally from [`OperatorInfo::new`]).
     pub operator_version: String,
     /// Where the operator runs (`spec.default_namespace`).
     pub default_namespace: String,
     pub license: License,
+}
+
+impl OperatorInfo {
+    /// The info of this build: `operator_version` is `objects::operator_version()`
+    /// (`3.250.0+mirrord-operator.<crate version>`, see docs/coordinator.md).
+    pub fn new(default_namespace: impl Into<String>, license: License) -> Self {
+        Self {
+            operator_version: super::objects::operator_version(),
+            default_namespace: default_namespace.into(),
+            license,
+        }
+    }
 }
 
 /// How long a user certificate is valid and how big request bodies may be.
@@ -309,6 +335,7 @@ pub struct ApiState {
     pub inventory: Arc<dyn Inventory>,
     pub sessions: Arc<dyn SessionDirectory>,
     pub connector: Option<Arc<dyn Connector>>,
+    pub agents: Option<Arc<dyn AgentRegistry>>,
     pub limits: ApiLimits,
     pub clock: Clock,
 }
@@ -328,6 +355,7 @@ impl ApiState {
             inventory,
             sessions: Arc::new(NoSessions),
             connector: None,
+            agents: None,
             limits: ApiLimits::default(),
             clock: Arc::new(OffsetDateTime::now_utc),
         }
@@ -341,6 +369,23 @@ impl ApiState {
     pub fn with_connector(mut self, connector: Arc<dyn Connector>) -> Self {
         self.connector = Some(connector);
         self
+    }
+
+    pub fn with_agents(mut self, agents: Arc<dyn AgentRegistry>) -> Self {
+        self.agents = Some(agents);
+        self
+    }
+
+    /// Whether `pod` (in `namespace`) has an agent a session can attach to: injected, and
+    /// connected when a registry is configured.
+    pub fn pod_has_agent(&self, namespace: &str, pod: &Pod) -> bool {
+        crate::coordinator::targets::has_agent(pod)
+            && self.agents.as_ref().is_none_or(|registry| {
+                pod.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|name| registry.is_connected(namespace, name))
+            })
     }
 
     pub fn with_limits(mut self, limits: ApiLimits) -> Self {
