@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod certs;
 pub mod cli;
 pub mod coordinator;
+pub mod link;
 pub mod protocol;
 pub mod registry_mirror;
 pub mod shutdown;

@@ -5,5 +5,6 @@
 
 pub mod agents;
 pub mod api;
+pub mod filters;
 pub mod queues;
 pub mod session;
