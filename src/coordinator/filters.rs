@@ -205,10 +205,9 @@ impl Leaf {
                         .utf8(unicode),
                 )
                 .build(source)
+                .map_err(|e| format!("regex {source:?} is beyond the overlap checker: {e}"))
         };
-        let dfa = build(true)
-            .or_else(|_| build(false))
-            .map_err(|e| format!("regex {source:?} is beyond the overlap checker: {e}"))?;
+        let dfa = build(true).or_else(|_| build(false))?;
         let start = dfa
             .start_state(&start::Config::new().anchored(Anchored::No))
             .map_err(|e| format!("regex {source:?}: {e}"))?;
@@ -1070,8 +1069,9 @@ mod tests {
         /// examples (one value per header name, as the decision assumes).
         #[test]
         fn disjoint_is_not_contradicted(a in filter(), b in filter()) {
-            if overlap(&a, &b) == Overlap::Disjoint {
-                if let (Overlap::Overlapping(x), Overlap::Overlapping(y)) = (satisfiable(&a), satisfiable(&b)) {
+            if overlap(&a, &b) == Overlap::Disjoint
+                && let (Overlap::Overlapping(x), Overlap::Overlapping(y)) = (satisfiable(&a), satisfiable(&b))
+            {
                     for (base, other) in [(&x, &y), (&y, &x)] {
                         for take_path in [false, true] {
                             let mut mixed = base.clone();
@@ -1091,7 +1091,6 @@ mod tests {
                         }
                     }
                 }
-            }
         }
 
         /// Anchored literal header filters are disjoint exactly when the literals differ.
