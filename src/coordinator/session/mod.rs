@@ -10,7 +10,7 @@
 pub mod frames;
 pub mod relay;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
 use tracing::info;
 
-use super::agents::{AgentInfo, PodKey};
+use super::agents::{AgentInfo, AgentRegistry, PodKey};
 use super::filters::{Claim, Decision, Mode, OnConcurrentSteal, decide};
 use crate::protocol::HttpFilter;
 
@@ -79,7 +79,8 @@ pub struct SessionState {
     last_activity: AtomicU64,
     connections: AtomicUsize,
     ended: AtomicBool,
-    pods: Mutex<BTreeSet<PodKey>>,
+    /// Pods with an agent session, and how many of the session's connections have one there.
+    pods: Mutex<BTreeMap<PodKey, usize>>,
     /// The pod that serves env, files, DNS and outgoing traffic: stable for the session.
     primary: Mutex<Option<PodKey>>,
     commands: broadcast::Sender<Command>,
@@ -120,15 +121,18 @@ impl SessionState {
     }
 
     pub fn pods(&self) -> Vec<PodKey> {
-        lock(&self.pods).iter().cloned().collect()
+        lock(&self.pods).keys().cloned().collect()
     }
 
     fn set_pod(&self, pod: &PodKey, present: bool) {
         let mut pods = lock(&self.pods);
         if present {
-            pods.insert(pod.clone());
-        } else {
-            pods.remove(pod);
+            *pods.entry(pod.clone()).or_default() += 1;
+        } else if let Some(n) = pods.get_mut(pod) {
+            *n -= 1;
+            if *n == 0 {
+                pods.remove(pod);
+            }
         }
     }
 
@@ -529,6 +533,18 @@ impl SessionTable {
             }
         }
     }
+}
+
+/// Joins (or starts) the session of `spec` with one more CLI connection and relays it until it
+/// ends. What a Connector calls once the WebSocket is upgraded.
+pub async fn attach(
+    registry: Arc<AgentRegistry>,
+    table: Arc<SessionTable>,
+    spec: SessionSpec,
+    cli: frames::Frames,
+) -> Result<relay::RelayEnd, JoinError> {
+    let (session, connection) = table.join(spec)?;
+    Ok(relay::run(registry, table, session, connection, cli).await)
 }
 
 /// Claims conflict per workload: namespace and target.
