@@ -505,7 +505,7 @@ fn two_pods_one_session_steal_overlap_kill() {
             alice.ask(steal("^x-user: alice$")).await,
             DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Ok(APP)))
         );
-        pod_b.start_agent();
+        let agent_b = pod_b.start_agent();
         wait_for_agents(&registry, 2).await;
         let deadline = Instant::now() + TIMEOUT;
         while table.list()[0].pods.len() != 2 {
@@ -585,24 +585,37 @@ fn two_pods_one_session_steal_overlap_kill() {
         assert_eq!(registry.agents().len(), 2);
         alice.ping().await;
 
+        eprintln!("step: agent B killed");
+        // Pod B's agent dies (SIGKILL): the hub drops it within seconds, the session goes on with
+        // pod A.
+        pod_b.ns.kill(agent_b);
+        let killed = Instant::now();
+        wait_for_agents(&registry, 1).await;
+        assert!(
+            killed.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            killed.elapsed()
+        );
+        let deadline = Instant::now() + TIMEOUT;
+        while table.list()[0].pods != ["web-a"] {
+            assert!(Instant::now() < deadline, "{:?}", table.list());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        alice.ping().await;
+        curl_stolen(&pod_a, "x-user: alice", &mut alice, "alice after b").await;
+
         eprintln!("step: kill");
         // Kill alice: the CLI gets the reason, the pods' apps get alice's requests back.
         assert!(table.kill(alice_id, "stopped by the test"));
         alice.expect_close("stopped by the test").await;
         let deadline = Instant::now() + Duration::from_secs(5);
-        for pod in [&pod_a, &pod_b] {
-            loop {
-                let body = tokio::task::block_in_place(|| pod.curl(Some("x-user: alice")));
-                if body == format!("app of {}", pod.name) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} still stolen: {body:?}",
-                    pod.name
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            let body = tokio::task::block_in_place(|| pod_a.curl(Some("x-user: alice")));
+            if body == "app of web-a" {
+                break;
             }
+            assert!(Instant::now() < deadline, "still stolen: {body:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // A reconnect of the killed session is refused.
         let mut again = Cli::connect(cli_addr, alice_id, "alice").await;
