@@ -25,6 +25,8 @@ pub enum Command {
     Webhook(Box<webhook::config::WebhookArgs>),
     /// The sidecar the webhook injects into target pods (mirrord-protocol 1.29).
     Agent(Box<crate::agent::AgentArgs>),
+    /// Print the operator's version, license and sessions (what `mirrord operator status` prints).
+    Status(crate::admin::StatusArgs),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -64,5 +66,9 @@ pub fn run(cli: Cli) -> ExitCode {
             report(runtime().block_on(webhook::run(*args)))
         }
         Command::Agent(args) => crate::agent::exec_or_run(*args),
+        Command::Status(args) => {
+            telemetry::init(telemetry::LogFormat::Text, "warn");
+            report(runtime().block_on(crate::admin::status(args)))
+        }
     }
 }

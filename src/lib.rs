@@ -3,6 +3,7 @@
 //! One folder per component; pure logic (patch builder, protocol codec, filter matching) lives in
 //! modules without I/O so it can be tested with fixtures.
 
+pub mod admin;
 pub mod agent;
 pub mod allocator;
 pub mod certs;

@@ -6,5 +6,7 @@
 pub mod agents;
 pub mod api;
 pub mod filters;
+pub mod credentials;
 pub mod queues;
 pub mod session;
+pub mod targets;

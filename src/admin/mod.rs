@@ -1,0 +1,249 @@
+//! Admin commands for people without the mirrord CLI: `mirrord-operator status` prints what
+//! `mirrord operator status` prints (operator-api.md §6.3): version, license, statistics, sessions.
+//!
+//! The request goes through kube-apiserver with the caller's kubeconfig, like the mirrord CLI's, so
+//! the same RBAC applies (`get` on `mirrordoperators`).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::coordinator::api::objects::OPERATOR_NAME;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// kubeconfig context to use (default: the current context).
+    #[arg(long, env = "MIRRORD_OPERATOR_CONTEXT")]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("reading the kubeconfig: {0}")]
+    Config(#[from] kube::config::KubeconfigError),
+    #[error("building the Kubernetes client: {0}")]
+    Client(kube::Error),
+    #[error(
+        "mirrord operator was not found in the cluster (GET /apis/operator.metalbear.co/v1/mirrordoperators/{OPERATOR_NAME} answered 404; is the coordinator installed and its APIService Available?)"
+    )]
+    NotInstalled,
+    #[error("the operator refused the request: {0}")]
+    Api(kube::Error),
+    #[error("the operator answered an object this command cannot read: {0}")]
+    Shape(String),
+}
+
+impl AdminError {
+    /// Label for logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config",
+            Self::Client(_) => "client",
+            Self::NotInstalled => "not_installed",
+            Self::Api(_) => "api",
+            Self::Shape(_) => "shape",
+        }
+    }
+}
+
+/// `mirrord-operator status`.
+pub async fn status(args: StatusArgs) -> Result<(), AdminError> {
+    let options = kube::config::KubeConfigOptions {
+        context: args.context,
+        ..Default::default()
+    };
+    let config = match kube::Config::from_kubeconfig(&options).await {
+        Ok(config) => config,
+        // In a pod without a kubeconfig: the in-cluster service account.
+        Err(error) => kube::Config::incluster().map_err(|_| AdminError::Config(error))?,
+    };
+    let client = kube::Client::try_from(config).map_err(AdminError::Client)?;
+    print!("{}", fetch_status(&client).await?);
+    Ok(())
+}
+
+/// GETs the operator object and renders it.
+pub async fn fetch_status(client: &kube::Client) -> Result<String, AdminError> {
+    let request = http::Request::get(format!(
+        "/apis/operator.metalbear.co/v1/mirrordoperators/{OPERATOR_NAME}"
+    ))
+    .body(Vec::new())
+    .map_err(|e| AdminError::Shape(e.to_string()))?;
+    let operator: Value = client
+        .request(request)
+        .await
+        .map_err(|error| match &error {
+            kube::Error::Api(status) if status.code == 404 => AdminError::NotInstalled,
+            _ => AdminError::Api(error),
+        })?;
+    render_status(&operator)
+}
+
+fn text<'a>(doc: &'a Value, pointer: &str) -> Result<&'a str, AdminError> {
+    doc.pointer(pointer)
+        .and_then(Value::as_str)
+        .ok_or_else(|| AdminError::Shape(format!("{pointer} is missing or not a string")))
+}
+
+/// ` 1-Jan-2030`, the CLI's `%e-%b-%Y`.
+fn display_date(date: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = date.split('-').collect();
+    match parts.as_slice() {
+        [year, month, day] => match (month.parse::<usize>(), day.parse::<u8>()) {
+            (Ok(m @ 1..=12), Ok(d)) => format!("{d:>2}-{}-{year}", MONTHS[m - 1]),
+            _ => date.to_owned(),
+        },
+        _ => date.to_owned(),
+    }
+}
+
+/// Renders the `MirrordOperator` object the way `mirrord operator status` does (pure).
+pub fn render_status(operator: &Value) -> Result<String, AdminError> {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Operator version: {}",
+        text(operator, "/spec/operator_version")?
+    );
+    let _ = writeln!(
+        out,
+        "Operator default namespace: {}",
+        text(operator, "/spec/default_namespace")?
+    );
+    let _ = writeln!(out, "Operator License");
+    let _ = writeln!(out, "    name: {}", text(operator, "/spec/license/name")?);
+    let _ = writeln!(
+        out,
+        "    organization: {}",
+        text(operator, "/spec/license/organization")?
+    );
+    let _ = writeln!(
+        out,
+        "    expire at: {}",
+        display_date(text(operator, "/spec/license/expire_at")?)
+    );
+    let Some(status) = operator.get("status").filter(|s| s.is_object()) else {
+        let _ = writeln!(
+            out,
+            "\nThe operator answered without a status: could not retrieve the operator status."
+        );
+        return Ok(out);
+    };
+    if let Some(stats) = status.get("statistics").filter(|s| s.is_object()) {
+        let _ = writeln!(out, "\nOperator Daily Users: {}", stats["dau"]);
+        let _ = writeln!(out, "Operator Monthly Users: {}", stats["mau"]);
+    }
+    let sessions = status["sessions"]
+        .as_array()
+        .ok_or_else(|| AdminError::Shape("status.sessions is missing".into()))?;
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .filter(|s| s["user"] != "preview-env")
+        .map(session_row)
+        .collect::<Result<_, _>>()?;
+    out.push('\n');
+    if rows.is_empty() {
+        out.push_str("No active sessions.\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "Session ID",
+                "Target",
+                "Namespace",
+                "User",
+                "Ports",
+                "Session Duration",
+            ],
+            &rows,
+        ));
+    }
+    Ok(out)
+}
+
+fn session_row(session: &Value) -> Result<Vec<String>, AdminError> {
+    let duration = session["duration_secs"]
+        .as_u64()
+        .ok_or_else(|| AdminError::Shape("a session has no duration_secs".into()))?;
+    let ports: Vec<String> = session["locked_ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|port| {
+            let mut line = format!(
+                "Port: {}, Type: {}",
+                port["port"],
+                port["kind"].as_str().unwrap_or_default()
+            );
+            if let Some(filter) = port["filter"].as_str() {
+                let _ = write!(line, ", Filter: {filter}");
+            }
+            line
+        })
+        .collect();
+    Ok(vec![
+        session["id"].as_str().unwrap_or_default().to_owned(),
+        text(session, "/target")?.to_owned(),
+        session["namespace"].as_str().unwrap_or("N/A").to_owned(),
+        text(session, "/user")?.to_owned(),
+        ports.join("\n"),
+        humantime::format_duration(std::time::Duration::from_secs(duration)).to_string(),
+    ])
+}
+
+/// A plain-text table; a cell may span several lines.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            for line in cell.lines() {
+                widths[i] = widths[i].max(line.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut push_line = |cells: &[&str]| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join(" | ").trim_end());
+        out.push('\n');
+    };
+    push_line(header);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+    push_line(&rule);
+    for row in rows {
+        let lines: Vec<Vec<&str>> = row.iter().map(|c| c.lines().collect()).collect();
+        let height = lines.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        for i in 0..height {
+            let cells: Vec<&str> = lines
+                .iter()
+                .map(|l| l.get(i).copied().unwrap_or(""))
+                .collect();
+            push_line(&cells);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_print_like_the_cli() {
+        assert_eq!(display_date("2030-01-01"), " 1-Jan-2030");
+        assert_eq!(display_date("2099-12-31"), "31-Dec-2099");
+        assert_eq!(display_date("garbage"), "garbage");
+    }
+
+    #[test]
+    fn refuses_objects_without_required_fields() {
+        assert!(render_status(&serde_json::json!({"spec": {}})).is_err());
+    }
+}
