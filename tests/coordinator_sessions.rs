@@ -19,22 +19,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path as UrlPath, State};
+use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::get;
+use base64::Engine;
 use futures::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
 use mirrord_operator::coordinator::agents::identity::StaticReviewer;
 use mirrord_operator::coordinator::agents::{self, AgentRegistry, HubConfig};
-use mirrord_operator::coordinator::filters::OnConcurrentSteal;
-use mirrord_operator::coordinator::session::frames::Frames;
-use mirrord_operator::coordinator::session::{self, SessionSpec, SessionTable, TableConfig};
+use mirrord_operator::coordinator::api::router;
+use mirrord_operator::coordinator::api::state::{
+    AllowAll, ApiState, Identity, License, NamespaceInventory, OperatorInfo, StaticInventory,
+};
+use mirrord_operator::coordinator::credentials::UserCa;
+use mirrord_operator::coordinator::session::connector::{SUBPROTOCOL, SessionService};
+use mirrord_operator::coordinator::session::{SessionTable, TableConfig};
 use mirrord_operator::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
 use mirrord_operator::protocol::*;
 use netns::NetNs;
+use std::path::Path;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tower::ServiceExt;
 
 const APP: u16 = 8080;
 const HUB_PORT: u16 = 47001;
@@ -49,34 +56,114 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-#[derive(Clone)]
-struct Hub {
-    registry: Arc<AgentRegistry>,
-    table: Arc<SessionTable>,
+/// Stands in for the front-proxy authentication (server's part): `x-test-user` becomes the
+/// request's identity.
+async fn identity(mut request: axum::extract::Request, next: Next) -> Response {
+    let user = request
+        .headers()
+        .get("x-test-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous")
+        .to_owned();
+    request.extensions_mut().insert(Identity {
+        user,
+        groups: vec!["system:authenticated".into()],
+        extra: Default::default(),
+    });
+    next.run(request).await
 }
 
-/// Stands in for the Connector: `/cli/{user}/{id}` joins session `id` (decimal) as `user`, on
-/// every agent of namespace `default`.
-async fn cli_route(
-    State(hub): State<Hub>,
-    UrlPath((user, id)): UrlPath<(String, u64)>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let spec = SessionSpec {
-        id,
-        owner: user.clone(),
-        user,
-        user_id: None,
-        target: "deployment/web".into(),
-        namespace: Some("default".into()),
-        key: None,
-        header_filter: None,
-        on_concurrent_steal: OnConcurrentSteal::Abort,
-        pods: Arc::new(|agent| agent.pod.namespace == "default"),
+fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Arc<T> {
+    Arc::new(serde_json::from_value(value).unwrap())
+}
+
+/// Deployment `web` → ReplicaSet → Running pods `web-a`, `web-b`, each with the injected agent.
+fn inventory() -> StaticInventory {
+    let container = |name: &str| serde_json::json!({"name": name, "image": "x"});
+    let pod = |name: &str| {
+        object(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-1"}]},
+            "spec": {"containers": [container("web"), container("mirrord-agent")]},
+            "status": {"phase": "Running"}
+        }))
     };
-    ws.on_upgrade(move |socket| async move {
-        let _ = session::attach(hub.registry, hub.table, spec, Frames::websocket(socket)).await;
-    })
+    let namespace = NamespaceInventory {
+        pods: vec![pod("web-a"), pod("web-b")],
+        deployments: vec![object(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "deploy-1"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "template": {"spec": {"containers": [container("web")]}}}
+        }))],
+        replica_sets: vec![object(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "default", "uid": "rs-1",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "deploy-1"}]},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}}
+        }))],
+        ..Default::default()
+    };
+    StaticInventory {
+        namespaces: [("default".to_owned(), namespace)].into(),
+    }
+}
+
+/// The coordinator's API router with the session service as connector and directory.
+fn api(registry: Arc<AgentRegistry>, table: Arc<SessionTable>) -> Router {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coordinator");
+    let ca = UserCa::from_pem(
+        &std::fs::read_to_string(data.join("user-ca.crt")).unwrap(),
+        &std::fs::read_to_string(data.join("user-ca.key")).unwrap(),
+    )
+    .unwrap();
+    let inventory = Arc::new(inventory());
+    let service = Arc::new(SessionService {
+        registry,
+        table,
+        inventory: inventory.clone(),
+    });
+    let info = OperatorInfo::new(
+        "mirrord",
+        License {
+            name: "test".into(),
+            organization: "test".into(),
+            expire_at: time::Date::from_calendar_date(2099, time::Month::December, 31).unwrap(),
+        },
+    );
+    let state = ApiState::new(info, ca, Arc::new(AllowAll), inventory)
+        .with_sessions(Arc::new(service.clone()))
+        .with_connector(Arc::new(service));
+    router(state).layer(axum::middleware::from_fn(identity))
+}
+
+/// A user certificate from the API for the CSR the real CLI sent (capture), as `x-client-der`.
+async fn client_der(api: &Router) -> String {
+    let capture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/coordinator/cli-capture-3.250.jsonl"),
+    )
+    .unwrap();
+    let csr_request: serde_json::Value = capture
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["method"] == "POST")
+        .unwrap();
+    let request =
+        http::Request::post("/apis/operator.metalbear.co/v1/mirrordclusteroperatorusercredentials")
+            .header("content-type", "application/json")
+            .header("x-test-user", "alice")
+            .body(axum::body::Body::from(
+                csr_request["body"].as_str().unwrap().to_owned(),
+            ))
+            .unwrap();
+    let answer = api.clone().oneshot(request).await.unwrap();
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let pem = answer["status"]["certificate"].as_str().unwrap();
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(der)
 }
 
 /// One pod: its namespace (with a caller namespace), app, target root and agent settings.
@@ -185,11 +272,35 @@ struct Cli {
 }
 
 impl Cli {
-    async fn connect(addr: SocketAddr, id: u64, user: &str) -> Cli {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/cli/{user}/{id}"))
-            .await
-            .unwrap();
-        Cli { ws }
+    /// The CLI's upgrade request (operator-api.md §5.4), through the API router.
+    async fn connect(addr: SocketAddr, der: &str, id: u64, user: &str) -> Cli {
+        Cli::try_connect(addr, der, id, user).await.unwrap()
+    }
+
+    async fn try_connect(
+        addr: SocketAddr,
+        der: &str,
+        id: u64,
+        user: &str,
+    ) -> Result<Cli, tokio_tungstenite::tungstenite::Error> {
+        let url = format!(
+            "ws://{addr}/apis/operator.metalbear.co/v1/proxy/namespaces/default/targets/deployment.web?connect=true&on_concurrent_steal=abort&key=k-{user}"
+        );
+        let mut request = url.into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
+        headers.insert("x-session-id", id.to_string().parse().unwrap());
+        headers.insert("x-client-der", der.parse().unwrap());
+        headers.insert("x-client-name", user.parse().unwrap());
+        headers.insert("x-mirrord-cli-version", "3.250.0".parse().unwrap());
+        headers.insert("x-test-user", user.parse().unwrap());
+        let (ws, response) = tokio_tungstenite::connect_async(request).await?;
+        assert_eq!(
+            response.headers()["sec-websocket-protocol"],
+            SUBPROTOCOL,
+            "subprotocol echoed"
+        );
+        Ok(Cli { ws })
     }
 
     async fn send(&mut self, msg: ClientMessage) {
@@ -376,15 +487,9 @@ fn two_pods_one_session_steal_overlap_kill() {
             .with_pod("token-web-b", "default", "web-b", "uid-web-b");
         let registry = AgentRegistry::new(Arc::new(reviewer), HubConfig::default());
         let table = SessionTable::new(TableConfig::default());
-        let hub = Hub {
-            registry: registry.clone(),
-            table: table.clone(),
-        };
-        let app = agents::router(registry.clone()).merge(
-            Router::new()
-                .route("/cli/{user}/{id}", get(cli_route))
-                .with_state(hub),
-        );
+        let api = api(registry.clone(), table.clone());
+        let der = client_der(&api).await;
+        let app = agents::router(registry.clone()).merge(api.clone());
         let cli_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .unwrap();
@@ -403,7 +508,7 @@ fn two_pods_one_session_steal_overlap_kill() {
 
         // Connection #1: version, env from the pod.
         let alice_id = 0xA11CE;
-        let mut first = Cli::connect(cli_addr, alice_id, "alice").await;
+        let mut first = Cli::connect(cli_addr, &der, alice_id, "alice").await;
         first.negotiate().await;
         let env = first
             .ask(ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest {
@@ -417,7 +522,7 @@ fn two_pods_one_session_steal_overlap_kill() {
         assert_eq!(env["GREETING"], "hello from web-a");
 
         // Connection #2 of the same session (the internal proxy); #1 then closes.
-        let mut alice = Cli::connect(cli_addr, alice_id, "alice").await;
+        let mut alice = Cli::connect(cli_addr, &der, alice_id, "alice").await;
         alice.ping().await;
         first.ws.close(None).await.unwrap();
         alice.negotiate().await;
@@ -540,7 +645,7 @@ fn two_pods_one_session_steal_overlap_kill() {
 
         eprintln!("step: bob");
         // Bob: an overlapping filter is refused with alice named; a disjoint one is accepted.
-        let mut bob = Cli::connect(cli_addr, 0xB0B, "bob").await;
+        let mut bob = Cli::connect(cli_addr, &der, 0xB0B, "bob").await;
         bob.negotiate().await;
         bob.send(ClientMessage::ReadyForLogs).await;
         bob.send(steal("x-user: ali")).await;
@@ -568,7 +673,7 @@ fn two_pods_one_session_steal_overlap_kill() {
         curl_stolen(&pod_a, "x-user: alice", &mut alice, "alice again").await;
         let rows = table.list();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].user, "alice");
+        assert_eq!(rows[0].user, "alice/alice");
         assert_eq!(rows[0].pods, ["web-a", "web-b"]);
         assert_eq!(
             rows[0].ports[0].filter.as_deref(),
@@ -606,8 +711,41 @@ fn two_pods_one_session_steal_overlap_kill() {
 
         eprintln!("step: kill");
         // Kill alice: the CLI gets the reason, the pods' apps get alice's requests back.
-        assert!(table.kill(alice_id, "stopped by the test"));
-        alice.expect_close("stopped by the test").await;
+        let status = api
+            .clone()
+            .oneshot(
+                http::Request::get("/apis/operator.metalbear.co/v1/mirrordoperators/operator")
+                    .header("x-test-user", "alice")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status: serde_json::Value =
+            serde_json::from_slice(&status.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        let sessions = &status["status"]["sessions"];
+        assert_eq!(sessions[0]["id"], "A11CE", "{status}");
+        assert_eq!(
+            sessions[0]["target"], "deployment/web/container/web",
+            "{status}"
+        );
+        assert_eq!(sessions[0]["locked_ports"][0]["port"], APP, "{status}");
+        let killed = api
+            .clone()
+            .oneshot(
+                http::Request::delete(format!(
+                    "/apis/operator.metalbear.co/v1/sessions/{alice_id}"
+                ))
+                .header("x-test-user", "alice")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from("{}"))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(killed.status().is_success(), "{:?}", killed.status());
+        alice.expect_close("killed").await;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let body = tokio::task::block_in_place(|| pod_a.curl(Some("x-user: alice")));
@@ -617,15 +755,18 @@ fn two_pods_one_session_steal_overlap_kill() {
             assert!(Instant::now() < deadline, "still stolen: {body:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // A reconnect of the killed session is refused.
-        let mut again = Cli::connect(cli_addr, alice_id, "alice").await;
-        let end = tokio::time::timeout(TIMEOUT, again.ws.next())
-            .await
-            .expect("closed in time");
-        assert!(
-            matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
-            "{end:?}"
-        );
+        // A reconnect of the killed session is refused before the upgrade: 410
+        // ReconnectNotPossible (the CLI stops retrying on it).
+        match Cli::try_connect(cli_addr, &der, alice_id, "alice").await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 410);
+                let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                    .into_owned();
+                assert!(body.contains("ReconnectNotPossible"), "{body}");
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a killed session was joined again"),
+        }
     });
     drop(runtime);
 }

@@ -5,8 +5,8 @@
 
 pub mod agents;
 pub mod api;
-pub mod filters;
 pub mod credentials;
+pub mod filters;
 pub mod queues;
 pub mod session;
 pub mod targets;

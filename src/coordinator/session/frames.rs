@@ -57,7 +57,13 @@ impl Frames {
                     Ok(Message::Text(_)) => {
                         Err("a Text frame (only Binary frames carry messages)".to_owned())
                     }
-                    Err(e) => Err(format!("WebSocket: {e}")),
+                    // An oversized message is the peer's fault and worth a reason; any other
+                    // transport error (a reset) just ends the stream.
+                    Err(e) if is_capacity(&e) => Err(format!("WebSocket: {e}")),
+                    Err(e) => {
+                        debug!(error = %e, "WebSocket read failed");
+                        return;
+                    }
                 };
                 let stop = item.is_err();
                 if in_tx.send(item).await.is_err() || stop {
@@ -78,4 +84,10 @@ async fn forward(mut from: mpsc::Receiver<Bytes>, to: mpsc::Sender<Inbound>) {
             return;
         }
     }
+}
+
+/// axum wraps tungstenite's errors opaquely; its capacity errors read "Space limit exceeded".
+fn is_capacity(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit") || text.contains("too long")
 }

@@ -7,6 +7,7 @@
 //! (operator-api.md §5.7: connection #1 and the internal proxy's #2), each relayed on its own, and
 //! lives on for [`TableConfig::reconnect_window`] after its last connection closes (§5.10).
 
+pub mod connector;
 pub mod frames;
 pub mod relay;
 
@@ -343,6 +344,14 @@ impl SessionTable {
     pub fn kill_all(&self, reason: &str) -> usize {
         let ids: Vec<u64> = self.lock().sessions.keys().copied().collect();
         ids.into_iter().filter(|id| self.kill(*id, reason)).count()
+    }
+
+    /// Whether `id` belongs to a session that ended recently (a reconnect gets 410).
+    pub fn is_ended(&self, id: u64) -> bool {
+        let mut inner = self.lock();
+        let memory = self.config.ended_memory;
+        inner.ended.retain(|_, at| at.elapsed() < memory);
+        inner.ended.contains_key(&id)
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<SessionState>> {
