@@ -10,6 +10,7 @@ pub mod certs;
 pub mod cli;
 pub mod coordinator;
 pub mod injection;
+pub mod link;
 pub mod protocol;
 pub mod registry_mirror;
 pub mod server;

@@ -14,7 +14,6 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use http::Uri;
 use rustls::pki_types::ServerName;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -24,51 +23,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::error::AgentError;
 use super::session::{self, AgentState, Outbound};
+pub use crate::link::{AgentControl, CoordinatorControl, Registration};
+use crate::link::{CONNECT_PATH, session_path, valid_session_id};
 use crate::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
 use crate::protocol::{ClientMessage, version::PROTOCOL_VERSION_STR};
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Agent → coordinator control messages (JSON Text frames).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-pub enum AgentControl {
-    Register(Registration),
-    SessionEnded { session_id: String },
-}
-
-/// Who this agent is: the coordinator cross-checks it with the token's pod claims.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Registration {
-    pub pod_name: String,
-    pub pod_namespace: String,
-    pub pod_uid: String,
-    pub pod_ips: Vec<String>,
-    pub node_name: String,
-    pub target_container: String,
-    pub target_ports: Vec<u16>,
-    pub protocol_version: String,
-    pub agent_version: String,
-}
-
-/// Coordinator → agent control messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-pub enum CoordinatorControl {
-    /// Open `/agents/sessions/<session_id>` and serve a session on it.
-    OpenSession { session_id: String },
-}
 
 #[derive(Clone)]
 pub struct LinkConfig {
@@ -217,7 +179,7 @@ pub async fn run(cfg: LinkConfig, state: Arc<AgentState>) -> Result<(), AgentErr
 }
 
 async fn control_session(cfg: &LinkConfig, state: &Arc<AgentState>) -> Result<(), AgentError> {
-    let mut ws = dial(cfg, "/agents/connect").await?;
+    let mut ws = dial(cfg, CONNECT_PATH).await?;
     let register = serde_json::to_string(&AgentControl::Register(cfg.registration.clone()))
         .map_err(|e| AgentError::Link(e.to_string()))?;
     ws.send(Message::text(register))
@@ -256,17 +218,6 @@ async fn control_session(cfg: &LinkConfig, state: &Arc<AgentState>) -> Result<()
     }
 }
 
-/// Session ids become URL path segments; anything else is refused.
-fn valid_session_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && id != "."
-        && id != ".."
-}
-
 fn open_session(
     cfg: &LinkConfig,
     state: &Arc<AgentState>,
@@ -285,7 +236,7 @@ fn open_session(
     let span = info_span!("link_session", %session_id);
     tokio::spawn(
         async move {
-            match dial(&cfg, &format!("/agents/sessions/{session_id}")).await {
+            match dial(&cfg, &session_path(&session_id)).await {
                 Ok(ws) => serve_websocket(state, ws).await,
                 Err(e) => warn!(error = %e, "cannot open the session WebSocket"),
             }
@@ -378,35 +329,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn control_messages_are_tagged_json() {
-        let open: CoordinatorControl =
-            serde_json::from_str(r#"{"type":"openSession","sessionId":"abc-1"}"#).unwrap();
-        assert_eq!(
-            open,
-            CoordinatorControl::OpenSession {
-                session_id: "abc-1".into()
-            }
-        );
-        let ended = serde_json::to_value(AgentControl::SessionEnded {
-            session_id: "abc-1".into(),
-        })
-        .unwrap();
-        assert_eq!(
-            ended,
-            serde_json::json!({"type": "sessionEnded", "sessionId": "abc-1"})
-        );
-    }
-
-    #[test]
-    fn session_ids_are_path_segments() {
-        assert!(valid_session_id("0f1e2d3c-4b5a"));
-        assert!(!valid_session_id("../connect"));
-        assert!(!valid_session_id(".."));
-        assert!(!valid_session_id("a/b"));
-        assert!(!valid_session_id(""));
-    }
-
-    #[test]
     fn urls_and_schemes() {
         let reg = Registration {
             pod_name: String::new(),
@@ -420,7 +342,7 @@ mod tests {
             agent_version: String::new(),
         };
         let cfg = LinkConfig::new("ws://coord:8080/", None, "/t".into(), reg.clone()).unwrap();
-        assert_eq!(cfg.url("/agents/connect"), "ws://coord:8080/agents/connect");
+        assert_eq!(cfg.url(CONNECT_PATH), "ws://coord:8080/agents/connect");
         assert!(LinkConfig::new("wss://coord", None, "/t".into(), reg.clone()).is_err());
         assert!(LinkConfig::new("http://coord", None, "/t".into(), reg.clone()).is_err());
         assert!(LinkConfig::new("wss://coord", Some("junk"), "/t".into(), reg).is_err());

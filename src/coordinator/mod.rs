@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod filters;
 pub mod kube;
 pub mod metrics;
 pub mod queues;

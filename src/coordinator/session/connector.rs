@@ -1,0 +1,234 @@
+//! The API's [`Connector`] and [`SessionDirectory`] backed by the session table, the agent
+//! registry and the relay (operator-api.md §5, §6).
+//!
+//! `connect` answers `metav1.Status` errors before the upgrade (bad `on_concurrent_steal` 400,
+//! targetless/label targets 501, another user's session id 403, an ended session 410
+//! `ReconnectNotPossible`, no connected agent 503 naming the pods), else 101 with the subprotocol
+//! echoed (`v4.channel.k8s.io`) and relays the connection. Connections with the same
+//! `x-session-id` join one session (§5.7); a reconnect within the window rejoins it (§5.10).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::FromRequestParts;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use http::StatusCode;
+
+use super::frames::Frames;
+use super::{JoinError, PodSelector, SessionSpec, SessionTable, attach};
+use crate::coordinator::agents::{AgentInfo, AgentRegistry};
+use crate::coordinator::api::error::ApiError;
+use crate::coordinator::api::state::{
+    ConnectRequest, Connector, Inventory, KillOutcome, LockedPort, SessionDirectory, SessionSummary,
+};
+use crate::coordinator::filters::OnConcurrentSteal;
+use crate::coordinator::targets::{self, TargetRef};
+use crate::protocol::MAX_MESSAGE_SIZE;
+
+/// The subprotocol the CLI asks for and checks byte for byte (§5.5).
+pub const SUBPROTOCOL: &str = "v4.channel.k8s.io";
+
+/// Sessions for the API: connect, list, kill.
+pub struct SessionService {
+    pub registry: Arc<AgentRegistry>,
+    pub table: Arc<SessionTable>,
+    pub inventory: Arc<dyn Inventory>,
+}
+
+impl SessionService {
+    /// The pods a target covers now and later: Running pods of the workload with an injected
+    /// agent (from the inventory), whose agent serves the chosen container.
+    fn selector(&self, namespace: &str, target: &TargetRef) -> PodSelector {
+        let inventory = self.inventory.clone();
+        let namespace = namespace.to_owned();
+        let target = target.clone();
+        Arc::new(move |agent: &AgentInfo| {
+            if agent.pod.namespace != namespace {
+                return false;
+            }
+            let Ok(entry) = targets::resolve(&inventory.namespace(&namespace), &target) else {
+                return false;
+            };
+            let container_ok = match &entry.target {
+                TargetRef::Workload {
+                    container: Some(c), ..
+                } => {
+                    agent.registration.target_container.is_empty()
+                        || agent.registration.target_container == *c
+                }
+                _ => true,
+            };
+            container_ok && entry.ready_pods.contains(&agent.pod.name)
+        })
+    }
+
+    fn spec(&self, request: &ConnectRequest) -> Result<SessionSpec, ApiError> {
+        if !matches!(request.target, TargetRef::Workload { .. }) {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                format!(
+                    "{} sessions are not supported: every session runs on the pre-injected agents of a workload's pods",
+                    request.target
+                ),
+            ));
+        }
+        let on_concurrent_steal = match request.params.get("on_concurrent_steal") {
+            None => OnConcurrentSteal::Abort,
+            Some(v) => v.parse().map_err(ApiError::bad_request)?,
+        };
+        let header = |name: &str| {
+            request
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let user = match (header("x-client-name"), header("x-client-hostname")) {
+            (Some(name), Some(host)) => format!("{}/{name}@{host}", request.identity.user),
+            (Some(name), None) => format!("{}/{name}", request.identity.user),
+            _ => request.identity.user.clone(),
+        };
+        let target = match targets::resolve(
+            &self.inventory.namespace(&request.namespace),
+            &request.target,
+        ) {
+            Ok(entry) => entry.target.to_string(),
+            Err(_) => request.target.to_string(),
+        };
+        Ok(SessionSpec {
+            id: request.session_id,
+            owner: request.identity.user.clone(),
+            user,
+            user_id: Some(request.client.user_id.clone()),
+            target,
+            namespace: Some(request.namespace.clone()),
+            key: request.params.get("key").cloned(),
+            header_filter: request.params.get("header_filter").cloned(),
+            on_concurrent_steal,
+            pods: self.selector(&request.namespace, &request.target),
+        })
+    }
+
+    /// 503 naming the workload's agent-carrying pods that have no connected agent.
+    fn no_agent(&self, request: &ConnectRequest) -> ApiError {
+        let ready = targets::resolve(
+            &self.inventory.namespace(&request.namespace),
+            &request.target,
+        )
+        .map(|e| e.ready_pods)
+        .unwrap_or_default();
+        let message = if ready.is_empty() {
+            format!(
+                "{} in namespace {:?} has no Running pod with an injected mirrord-agent (not injected, or not ready)",
+                request.target, request.namespace
+            )
+        } else {
+            format!(
+                "no agent of {} in namespace {:?} is connected to the coordinator: pods {} run an injected agent that has not connected (yet)",
+                request.target,
+                request.namespace,
+                ready.join(", ")
+            )
+        };
+        ApiError::unavailable(message)
+    }
+}
+
+impl Connector for Arc<SessionService> {
+    fn connect(&self, request: ConnectRequest) -> BoxFuture<'static, Response> {
+        let service = self.clone();
+        Box::pin(async move {
+            let spec = match service.spec(&request) {
+                Ok(spec) => spec,
+                Err(e) => return e.into_response(),
+            };
+            if !service.registry.agents().iter().any(|a| (spec.pods)(a)) {
+                return service.no_agent(&request).into_response();
+            }
+            if let Some(existing) = service.table.get(spec.id)
+                && existing.spec.owner != spec.owner
+            {
+                return ApiError::forbidden(JoinError::NotOwner(spec.id).to_string())
+                    .into_response();
+            }
+            if service.table.is_ended(spec.id) {
+                return ApiError::new(
+                    StatusCode::GONE,
+                    "ReconnectNotPossible",
+                    JoinError::Ended(spec.id).to_string(),
+                )
+                .into_response();
+            }
+            let (mut parts, _body) = request.request.into_parts();
+            let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+                Ok(ws) => ws,
+                Err(rejection) => {
+                    return ApiError::bad_request(format!("not a WebSocket upgrade: {rejection}"))
+                        .into_response();
+                }
+            };
+            let (registry, table) = (service.registry.clone(), service.table.clone());
+            ws.protocols([SUBPROTOCOL])
+                .max_message_size(MAX_MESSAGE_SIZE)
+                .on_upgrade(move |socket| async move {
+                    // A join refused between the checks above and now ends the socket at once.
+                    let _ = attach(registry, table, spec, Frames::websocket(socket)).await;
+                })
+        })
+    }
+
+    fn features(&self) -> Vec<&'static str> {
+        vec!["LayerReconnect"]
+    }
+}
+
+impl SessionDirectory for Arc<SessionService> {
+    fn list(&self) -> Vec<SessionSummary> {
+        let now = SystemTime::now();
+        self.table
+            .list()
+            .into_iter()
+            .map(|row| SessionSummary {
+                id: row.id,
+                owner: row.owner,
+                user: row.user,
+                user_id: row.user_id,
+                target: row.target,
+                namespace: row.namespace,
+                duration_secs: now
+                    .duration_since(row.started)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default(),
+                key: row.key,
+                locked_ports: row
+                    .ports
+                    .into_iter()
+                    .map(|p| LockedPort {
+                        port: p.port,
+                        kind: p.kind,
+                        filter: p.filter,
+                    })
+                    .collect(),
+                header_filter: row.header_filter,
+            })
+            .collect()
+    }
+
+    fn kill<'a>(&'a self, id: u64, reason: &'a str) -> BoxFuture<'a, KillOutcome> {
+        Box::pin(async move {
+            if self.table.kill(id, reason) {
+                KillOutcome::Killed
+            } else {
+                KillOutcome::NotFound
+            }
+        })
+    }
+
+    fn kill_all<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async move { self.table.kill_all(reason) })
+    }
+}
