@@ -136,6 +136,14 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
         resolver.clone(),
         !self_managed,
     );
+    if let Some(client) = &client {
+        let _ = state.queue_registries.set(
+            crate::coordinator::queues::registry_cache::QueueRegistryCache::watch(
+                client.clone(),
+                shutdown.clone(),
+            ),
+        );
+    }
 
     match args.tls_mode {
         TlsMode::Files | TlsMode::CertManager => {

@@ -4,6 +4,7 @@
 //! - [`crd`]: the `queues.mirrord.metalbear.co/v1alpha` resources (drop-in with mirrord's YAML).
 //! - [`filter`], [`overlap`], [`names`]: pure routing, the filter-overlap decision, queue names.
 //! - [`rabbitmq`]: the RabbitMQ splitter (lapin), reporting through [`metrics::SplitterMetrics`].
+//! - [`registry_cache`]: the watch-fed registries the webhook reads while admitting.
 
 pub mod crd;
 pub mod filter;
@@ -11,3 +12,4 @@ pub mod metrics;
 pub mod names;
 pub mod overlap;
 pub mod rabbitmq;
+pub mod registry_cache;
