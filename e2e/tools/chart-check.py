@@ -31,6 +31,7 @@ INJECT_LABEL = "mirrord.metalbear.co/inject"
 ALLOWED_RULES = {
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "pods"): {"list", "watch"},
+    ("queues.mirrord.metalbear.co", "mirrordworkloadqueueregistries"): {"list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"get", "patch"},

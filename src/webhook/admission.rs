@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 
 use super::json::{push_array, push_str};
 use super::patch::{self, Decision, InjectorConfig, MetadataView, PodContext, PodView, SkipReason};
+use crate::coordinator::queues::crd::{MirrordWorkloadQueueRegistry, QueueRegistrySpec};
 
 const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 const REVIEW_KIND: &str = "AdmissionReview";
@@ -235,6 +236,21 @@ pub fn review<F>(body: &[u8], cfg: &InjectorConfig, lookup_namespace: F) -> Outc
 where
     F: Fn(&str) -> Option<Arc<Namespace>>,
 {
+    review_with_queues(body, cfg, lookup_namespace, |_| Vec::new())
+}
+
+/// [`review`], with `lookup_registries` giving the namespace's queue registries from an in-memory
+/// cache (never an API call), so a registered workload's pod reads its output queues.
+pub fn review_with_queues<F, G>(
+    body: &[u8],
+    cfg: &InjectorConfig,
+    lookup_namespace: F,
+    lookup_registries: G,
+) -> Outcome
+where
+    F: Fn(&str) -> Option<Arc<Namespace>>,
+    G: Fn(&str) -> Vec<Arc<MirrordWorkloadQueueRegistry>>,
+{
     // UTF-8 is checked once for the whole body (fast) instead of string by string by the parser.
     let pod_review = std::str::from_utf8(body)
         .ok()
@@ -297,7 +313,9 @@ where
         namespace_annotations: ns_meta.and_then(|m| m.annotations.as_ref()),
         namespace_labels: ns_meta.and_then(|m| m.labels.as_ref()),
     };
-    match patch::decide(pod, &ctx, cfg) {
+    let registries = lookup_registries(&outcome.namespace);
+    let specs: Vec<&QueueRegistrySpec> = registries.iter().map(|r| &r.spec).collect();
+    match patch::decide_with_queues(pod, &ctx, cfg, &specs) {
         Decision::Skip(reason) => {
             outcome.body = allowed_with_warning(&req, reason.warning());
             outcome.result = "skipped";

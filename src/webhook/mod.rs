@@ -128,6 +128,14 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
         resolver.clone(),
         !self_managed,
     );
+    if let Some(client) = &client {
+        let _ = state.queue_registries.set(
+            crate::coordinator::queues::registry_cache::QueueRegistryCache::watch(
+                client.clone(),
+                shutdown.clone(),
+            ),
+        );
+    }
 
     let self_managed_cfg = SelfManagedConfig {
         namespace: args.server.namespace.clone(),

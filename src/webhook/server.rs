@@ -20,6 +20,7 @@ use axum::{
 };
 
 use super::{admission, metrics::Metrics, namespaces::NamespaceCache, patch::InjectorConfig};
+use crate::coordinator::queues::registry_cache::QueueRegistryCache;
 use crate::{server::Health, tls::CertResolver};
 
 /// The API server never sends more than 3 MiB of object; anything larger is not from it.
@@ -34,6 +35,9 @@ pub struct WebhookState {
     pub resolver: Arc<CertResolver>,
     /// False until the caBundle is known to match (self-managed); true from the start otherwise.
     pub ca_bundle_synced: AtomicBool,
+    /// Queue registries (set once when a cluster is reachable): registered workloads' pods read
+    /// their output queues.
+    pub queue_registries: std::sync::OnceLock<QueueRegistryCache>,
 }
 
 impl WebhookState {
@@ -50,6 +54,7 @@ impl WebhookState {
             metrics,
             resolver,
             ca_bundle_synced: AtomicBool::new(ca_bundle_synced),
+            queue_registries: std::sync::OnceLock::new(),
         })
     }
 
@@ -95,7 +100,15 @@ async fn mutate(
     let outcome = match body {
         Ok(body) => {
             let injector = state.injector.load();
-            admission::review(&body, &injector, |ns| state.namespaces.get(ns))
+            match state.queue_registries.get() {
+                Some(queues) => admission::review_with_queues(
+                    &body,
+                    &injector,
+                    |ns| state.namespaces.get(ns),
+                    |ns| queues.in_namespace(ns),
+                ),
+                None => admission::review(&body, &injector, |ns| state.namespaces.get(ns)),
+            }
         }
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             admission::Outcome::too_large(MAX_BODY_BYTES)

@@ -1,1 +1,15 @@
-//! Queue splitting: the splitter per broker, routing each message to exactly one consumer.
+//! Queue splitting: each message of a registered queue goes to exactly one consumer, chosen by the
+//! developers' filters, without restarting the workload (`docs/queues.md`).
+//!
+//! - [`crd`]: the `queues.mirrord.metalbear.co/v1alpha` resources (drop-in with mirrord's YAML).
+//! - [`filter`], [`overlap`], [`names`]: pure routing, the filter-overlap decision, queue names.
+//! - [`rabbitmq`]: the RabbitMQ splitter (lapin), reporting through [`metrics::SplitterMetrics`].
+//! - [`registry_cache`]: the watch-fed registries the webhook reads while admitting.
+
+pub mod crd;
+pub mod filter;
+pub mod metrics;
+pub mod names;
+pub mod overlap;
+pub mod rabbitmq;
+pub mod registry_cache;

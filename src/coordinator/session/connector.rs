@@ -48,7 +48,7 @@ impl SessionService {
             if agent.pod.namespace != namespace {
                 return false;
             }
-            let Ok(entry) = targets::resolve(&inventory.namespace(&namespace), &target) else {
+            let Ok(entry) = targets::resolve(&inventory.namespace(&namespace), &target, &targets::has_agent) else {
                 return false;
             };
             let container_ok = match &entry.target {
@@ -95,6 +95,7 @@ impl SessionService {
         let target = match targets::resolve(
             &self.inventory.namespace(&request.namespace),
             &request.target,
+            &targets::has_agent,
         ) {
             Ok(entry) => entry.target.to_string(),
             Err(_) => request.target.to_string(),
@@ -118,6 +119,7 @@ impl SessionService {
         let ready = targets::resolve(
             &self.inventory.namespace(&request.namespace),
             &request.target,
+            &targets::has_agent,
         )
         .map(|e| e.ready_pods)
         .unwrap_or_default();

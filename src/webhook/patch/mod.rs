@@ -30,14 +30,17 @@
 mod container;
 mod knobs;
 mod quantity;
+mod queues;
 mod view;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::json::{push_array, push_str, push_str_in_str, push_value};
+use crate::coordinator::queues::crd::QueueRegistrySpec;
 
 pub use crate::injection::{
     AGENT_CONTAINER_NAME, EnvMode, FsMode, LogLevel, Redirect, TARGET_ENV_PREFIX, TARGET_ROOT,
@@ -47,6 +50,7 @@ pub use crate::injection::{
 pub use container::{AgentContainer, NON_ROOT_UID, PROXY_CONTAINERS};
 pub use knobs::{AgentDefaults, DefaultsError, ImageError, Knob, validate_image};
 pub use quantity::{Quantity, QuantityError};
+pub use queues::{QueueEnvUpdate, owning_workload};
 pub use view::{
     ContainerView, MetadataView, OsView, OwnerView, PodView, PortView, SpecView, VolumeView,
 };
@@ -150,6 +154,8 @@ struct Status<'a> {
     version: &'a str,
     token_volume: &'a str,
     knobs: &'a knobs::Knobs,
+    /// Queue env vars pointed at output queues; written only when there are any.
+    queues: &'a [QueueEnvUpdate],
 }
 
 impl Status<'_> {
@@ -182,14 +188,48 @@ impl Status<'_> {
             out.push(b':');
             push_str_in_str(&mut out, value);
         }
-        out.extend_from_slice(br#"}}""#);
+        out.push(b'}');
+        if !self.queues.is_empty() {
+            out.extend_from_slice(br#",\"queues\":"#);
+            push_array(&mut out, self.queues, |out, update| {
+                let fields = [
+                    ("queue", &update.queue_id),
+                    ("container", &update.container),
+                    ("env", &update.env),
+                    ("originalName", &update.original_name),
+                    ("outputName", &update.output_name),
+                ];
+                out.push(b'{');
+                for (i, (key, value)) in fields.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    push_str_in_str(out, key);
+                    out.push(b':');
+                    push_str_in_str(out, value);
+                }
+                out.push(b'}');
+            });
+        }
+        out.extend_from_slice(br#"}""#);
         out
     }
 }
 
 /// Decides whether to inject the agent into `pod` and, if so, builds the patch.
 pub fn decide<'a>(pod: &'a PodView, ctx: &PodContext<'_>, cfg: &'a InjectorConfig) -> Decision<'a> {
-    let decision = decide_inner(pod, ctx, cfg);
+    decide_with_queues(pod, ctx, cfg, &[])
+}
+
+/// [`decide`], also pointing the queue env of a registered workload's pod at its output queues
+/// (`registries`: the queue registries of the pod's namespace; see [`queues`]).
+pub fn decide_with_queues<'a>(
+    pod: &'a PodView,
+    ctx: &PodContext<'_>,
+    cfg: &'a InjectorConfig,
+    registries: &[&QueueRegistrySpec],
+) -> Decision<'a> {
+    let decision = decide_inner(pod, ctx, cfg, registries);
     match &decision {
         Decision::Skip(reason) => tracing::debug!(reason = reason.as_label(), "injection skipped"),
         Decision::Inject {
@@ -209,6 +249,7 @@ fn decide_inner<'a>(
     pod: &'a PodView,
     ctx: &PodContext<'_>,
     cfg: &'a InjectorConfig,
+    registries: &[&QueueRegistrySpec],
 ) -> Decision<'a> {
     let metadata = pod.metadata.as_ref();
     let namespace = if ctx.namespace.is_empty() {
@@ -311,31 +352,39 @@ fn decide_inner<'a>(
     );
     let knobs = agent.knobs();
 
+    // Nothing to look at (and nothing allocated) unless the namespace has queue registries.
+    let queue_rewrites = if registries.is_empty() {
+        queues::QueueRewrites::default()
+    } else {
+        queues::rewrites(pod, registries)
+    };
+    warnings.extend(queue_rewrites.warnings);
     let status = Status {
         version: &cfg.operator_version,
         token_volume: &token_volume,
         knobs,
+        queues: &queue_rewrites.updates,
     }
     .to_json_string();
     let native_sidecar = knobs.native_sidecar;
     let reads_proc = knobs.env == EnvMode::Proc || knobs.fs == FsMode::Proc;
 
-    let mut ops = Vec::with_capacity(4);
+    let mut ops = Vec::with_capacity(4 + queue_rewrites.ops.len());
     // A pod decoded without metadata cannot tell an absent `metadata` from an empty one; adding the
     // whole object is right for both.
     ops.push(if metadata.is_none() {
         PatchOp {
-            path: "/metadata",
+            path: Cow::Borrowed("/metadata"),
             value: PatchValue::Status(status, StatusAt::InMetadata),
         }
     } else if annotations.is_none() {
         PatchOp {
-            path: "/metadata/annotations",
+            path: Cow::Borrowed("/metadata/annotations"),
             value: PatchValue::Status(status, StatusAt::InAnnotations),
         }
     } else {
         PatchOp {
-            path: STATUS_ANNOTATION_POINTER,
+            path: Cow::Borrowed(STATUS_ANNOTATION_POINTER),
             value: PatchValue::Status(status, StatusAt::Annotation),
         }
     });
@@ -351,32 +400,34 @@ fn decide_inner<'a>(
             );
         }
         ops.push(PatchOp {
-            path: "/spec/shareProcessNamespace",
+            path: Cow::Borrowed("/spec/shareProcessNamespace"),
             value: PatchValue::True,
         });
     }
     ops.push(match spec.volumes {
         Some(_) => PatchOp {
-            path: "/spec/volumes/-",
+            path: Cow::Borrowed("/spec/volumes/-"),
             value: PatchValue::TokenVolume(token_volume),
         },
         None => PatchOp {
-            path: "/spec/volumes",
+            path: Cow::Borrowed("/spec/volumes"),
             value: PatchValue::TokenVolumeList(token_volume),
         },
     });
+    // Env rewrites address the pod's own containers by index: before the agent is added.
+    ops.extend(queue_rewrites.ops);
     let agent = Box::new(agent);
     ops.push(match (native_sidecar, &spec.init_containers) {
         (true, Some(_)) => PatchOp {
-            path: "/spec/initContainers/0",
+            path: Cow::Borrowed("/spec/initContainers/0"),
             value: PatchValue::Agent(agent),
         },
         (true, None) => PatchOp {
-            path: "/spec/initContainers",
+            path: Cow::Borrowed("/spec/initContainers"),
             value: PatchValue::AgentList(agent),
         },
         (false, _) => PatchOp {
-            path: "/spec/containers/-",
+            path: Cow::Borrowed("/spec/containers/-"),
             value: PatchValue::Agent(agent),
         },
     });
@@ -425,8 +476,8 @@ const STATUS_ANNOTATION_POINTER: &str = "/metadata/annotations/agent.mirrord.met
 /// written straight into the answer's JSON, never built as a `serde_json::Value` tree.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatchOp<'a> {
-    /// An RFC 6901 JSON Pointer.
-    pub path: &'static str,
+    /// An RFC 6901 JSON Pointer (owned only for queue env rewrites, which index containers).
+    pub path: Cow<'static, str>,
     pub value: PatchValue<'a>,
 }
 
@@ -442,6 +493,12 @@ pub enum PatchValue<'a> {
     /// The status annotation's value (a JSON string literal), and where it goes.
     Status(Vec<u8>, StatusAt),
     True,
+    /// A string value (a queue env var's new value).
+    Text(String),
+    /// An env entry for a container (a queue env var from the registry's fallbackName).
+    EnvVar(k8s_openapi::api::core::v1::EnvVar),
+    /// A list holding only that env entry: the container had no `env`.
+    EnvVarList(k8s_openapi::api::core::v1::EnvVar),
 }
 
 /// How much of the annotation's surroundings the pod lacks, so the status op adds them.
@@ -491,6 +548,9 @@ impl PatchValue<'_> {
                 }
             }
             PatchValue::True => out.extend_from_slice(b"true"),
+            PatchValue::Text(text) => push_str(out, text),
+            PatchValue::EnvVar(env) => push_value(out, env),
+            PatchValue::EnvVarList(env) => push_value(out, std::slice::from_ref(env)),
         }
     }
 }
@@ -498,7 +558,7 @@ impl PatchValue<'_> {
 impl PatchOp<'_> {
     fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(br#"{"op":"add","path":"#);
-        push_str(out, self.path);
+        push_str(out, &self.path);
         out.extend_from_slice(br#","value":"#);
         self.value.write_json(out);
         out.push(b'}');
