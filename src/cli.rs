@@ -25,6 +25,8 @@ pub enum Command {
     Webhook(Box<webhook::config::WebhookArgs>),
     /// The sidecar the webhook injects into target pods (mirrord-protocol 1.29).
     Agent(Box<crate::agent::AgentArgs>),
+    /// The RegistryMirror controller (k8s.osp.tech/v1), or its node agent / CRD printer.
+    RegistryMirror(Box<crate::registry_mirror::RegistryMirrorArgs>),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -64,5 +66,6 @@ pub fn run(cli: Cli) -> ExitCode {
             report(runtime().block_on(webhook::run(*args)))
         }
         Command::Agent(args) => crate::agent::exec_or_run(*args),
+        Command::RegistryMirror(args) => crate::registry_mirror::main(*args),
     }
 }
