@@ -169,6 +169,18 @@ pub fn validate_name(name: &str) -> Result<(), InputError> {
     Ok(())
 }
 
+/// The checks that need no Secret: the name, `spec.upstreamUrl` and `spec.volumeClaimTemplate`.
+pub fn validate_spec(
+    name: &str,
+    spec: &super::crd::RegistryMirrorSpec,
+) -> Result<(Upstream, CacheVolume), InputError> {
+    validate_name(name)?;
+    Ok((
+        Upstream::parse(&spec.upstream_url)?,
+        CacheVolume::resolve(spec.volume_claim_template.as_ref())?,
+    ))
+}
+
 /// Upstream credentials from the Secret named by `spec.credentialsSecret`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {

@@ -10,7 +10,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder},
@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use super::{
     crd::{MirrorCondition, RegistryMirror, RegistryMirrorStatus},
     error::ReconcileError,
-    input::{CacheVolume, Credentials, InputError, Upstream, validate_name},
+    input::{CacheVolume, Credentials, InputError, Upstream, validate_spec},
     metrics::{ErrorLabel, Metrics, ReasonLabel},
     render::{self, MirrorInputs, Owner, RenderConfig, TLS_SANS_ANNOTATION, TlsMaterial},
 };
@@ -137,13 +137,7 @@ async fn validate(
     namespace: &str,
 ) -> Result<Result<Validated, InputError>, ReconcileError> {
     let name = mirror.name_any();
-    let pure = validate_name(&name).and_then(|()| {
-        Ok((
-            Upstream::parse(&mirror.spec.upstream_url)?,
-            CacheVolume::resolve(mirror.spec.volume_claim_template.as_ref())?,
-        ))
-    });
-    let (upstream, cache) = match pure {
+    let (upstream, cache) = match validate_spec(&name, &mirror.spec) {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
     };
@@ -324,11 +318,28 @@ async fn reconcile_inner(mirror: &RegistryMirror, ctx: &Context) -> Result<Actio
         tls: &tls,
     };
     apply(&secrets, &render::config_secret(&ctx.render, &inputs)).await?;
-    let sts = apply(
-        &Api::<StatefulSet>::namespaced(client.clone(), ns),
-        &render::stateful_set(&ctx.render, &inputs),
-    )
-    .await?;
+    let stateful_sets = Api::<StatefulSet>::namespaced(client.clone(), ns);
+    let desired = render::stateful_set(&ctx.render, &inputs);
+    let sts = match apply(&stateful_sets, &desired).await {
+        // volumeClaimTemplates are immutable: a new spec.volumeClaimTemplate replaces the StatefulSet,
+        // orphaning its pods (the new one adopts them) and keeping the existing volumes.
+        Err(ReconcileError::Apply {
+            source: kube::Error::Api(status),
+            ..
+        }) if status.code == 422 => {
+            tracing::info!(%status.message, "replacing the StatefulSet (immutable field changed)");
+            stateful_sets
+                .delete(&desired.name_any(), &DeleteParams::orphan())
+                .await
+                .map_err(|source| ReconcileError::Apply {
+                    kind: "StatefulSet".to_owned(),
+                    name: desired.name_any(),
+                    source,
+                })?;
+            apply(&stateful_sets, &desired).await?
+        }
+        other => other?,
+    };
     apply(
         &Api::<DaemonSet>::namespaced(client.clone(), ns),
         &render::daemon_set(&ctx.render, &inputs),
