@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use super::{
     crd::{MirrorCondition, RegistryMirror, RegistryMirrorStatus},
     error::ReconcileError,
-    input::{CacheVolume, Credentials, InputError, Upstream, validate_spec},
+    input::{CacheVolume, Credentials, InputError, Upstream, validate_name, validate_spec},
     metrics::{ErrorLabel, Metrics, ReasonLabel},
     render::{self, MirrorInputs, Owner, RenderConfig, TLS_SANS_ANNOTATION, TlsMaterial},
 };
@@ -264,7 +264,8 @@ async fn reconcile_inner(mirror: &RegistryMirror, ctx: &Context) -> Result<Actio
     let now = (ctx.clock)();
 
     // `kubectl get ds,statefulset,svc,registrymirror -l mirror=<name>` shows the mirror itself too.
-    if mirror.labels().get(render::MIRROR_LABEL) != Some(&name) {
+    // (Only a valid name is a valid label value; an invalid one is reported below.)
+    if validate_name(&name).is_ok() && mirror.labels().get(render::MIRROR_LABEL) != Some(&name) {
         mirrors
             .patch(
                 &name,
