@@ -29,6 +29,8 @@ pub const CACHE_DIR: &str = "/var/cache/registry-mirror";
 /// nginx's TLS port (the pods' `https` port).
 pub const HTTPS_PORT: i32 = 5000;
 pub const REPLICAS: i32 = 2;
+/// uid, gid and fsGroup of the nginx pods.
+pub const NGINX_UID: i64 = 65532;
 
 /// Operator-wide settings that shape every mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,10 +373,19 @@ pub fn stateful_set(cfg: &RenderConfig, inputs: &MirrorInputs<'_>) -> StatefulSe
                     "annotations": {CHECKSUM_ANNOTATION: sum},
                 },
                 "spec": {
+                    // nginx runs wholly unprivileged (no root master), so the cache volume is writable
+                    // through fsGroup and nothing depends on the image's worker user.
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": NGINX_UID,
+                        "runAsGroup": NGINX_UID,
+                        "fsGroup": NGINX_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [{
                         "name": "nginx",
                         "image": cfg.nginx_image,
-                        "command": ["nginx", "-c", format!("{CONFIG_DIR}/nginx.conf"), "-g", "daemon off;"],
+                        "command": ["nginx", "-e", "stderr", "-c", format!("{CONFIG_DIR}/nginx.conf"), "-g", "daemon off;"],
                         "ports": [{"name": "https", "containerPort": HTTPS_PORT, "protocol": "TCP"}],
                         "readinessProbe": {
                             "httpGet": {"path": "/health-check", "port": "https", "scheme": "HTTPS"},
@@ -386,7 +397,11 @@ pub fn stateful_set(cfg: &RenderConfig, inputs: &MirrorInputs<'_>) -> StatefulSe
                             "periodSeconds": 20,
                         },
                         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
-                        "securityContext": {"allowPrivilegeEscalation": false},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
                         "volumeMounts": [
                             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
                             {"name": "image-store", "mountPath": CACHE_DIR},
@@ -394,7 +409,7 @@ pub fn stateful_set(cfg: &RenderConfig, inputs: &MirrorInputs<'_>) -> StatefulSe
                         ],
                     }],
                     "volumes": [
-                        {"name": "config", "secret": {"secretName": child_name(name), "defaultMode": 0o400,
+                        {"name": "config", "secret": {"secretName": child_name(name), "defaultMode": 0o440,
                             "items": [
                                 {"key": "nginx.conf", "path": "nginx.conf"},
                                 {"key": "tls.crt", "path": "tls.crt"},
