@@ -1,6 +1,7 @@
 //! The `k8s.osp.tech/v1` `RegistryMirror` custom resource (cluster-scoped). Field names are the users'
 //! contract from the original operator: existing manifests must keep working.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -82,9 +83,34 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// The CRD as installed by the chart (`charts/mirrord-operator/templates/registry-mirror-crd.yaml` is
+/// The CRD as installed by the chart (`charts/mirrord-operator/files/registry-mirror-crd.json` is
 /// checked against it by `tests/registry_mirror_render.rs`). Cluster-scoped: no `namespaced` above.
-pub fn crd()
--> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    <RegistryMirror as kube::CustomResourceExt>::crd()
+/// The status schema carries no `default`s: only the controller writes it, and Kubernetes 1.20 rejects
+/// `default: ""` inside the conditions' items.
+pub fn crd() -> CustomResourceDefinition {
+    fn strip_defaults(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("default");
+                map.values_mut().for_each(strip_defaults);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_defaults),
+            _ => {}
+        }
+    }
+    let mut crd = <RegistryMirror as kube::CustomResourceExt>::crd();
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            let mut json = serde_json::to_value(&*status).expect("a schema serializes");
+            strip_defaults(&mut json);
+            *status = serde_json::from_value(json).expect("a schema without defaults is a schema");
+        }
+    }
+    crd
 }
