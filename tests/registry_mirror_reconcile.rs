@@ -8,14 +8,7 @@ use std::{
 };
 
 use http::{Request, Response, StatusCode};
-use kube::{
-    Client,
-    client::Body,
-    runtime::{
-        controller::Action,
-        events::{Recorder, Reporter},
-    },
-};
+use kube::{Client, client::Body, runtime::controller::Action};
 use mirrord_operator::registry_mirror::{
     crd::RegistryMirror,
     metrics::Metrics,
@@ -160,20 +153,14 @@ impl Harness {
         });
         let client = Client::new(service, "default");
         let ctx = Arc::new(Context {
-            client: client.clone(),
+            client,
             render: RenderConfig {
                 namespace: NS.to_owned(),
                 nginx_image: "nginx:test".to_owned(),
                 agent_image: "operator:test".to_owned(),
                 hosts_dir: "/etc/containerd/certs.d".to_owned(),
             },
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: "registry-mirror-controller".to_owned(),
-                    instance: None,
-                },
-            ),
+            instance: "test".to_owned(),
             metrics: Arc::new(Metrics::default()),
             clock: fixed_now,
             issue_tls: fixture_tls,
@@ -362,7 +349,7 @@ async fn bad_input_reports_and_leaves_children_alone() {
         vec![
             format!("GET /api/v1/namespaces/{NS}/secrets/absent"),
             format!("PATCH {MIRRORS}/quay/status?"),
-            "POST /apis/events.k8s.io/v1/namespaces/default/events?".to_owned(),
+            "POST /api/v1/namespaces/default/events?".to_owned(),
         ],
         "no child is touched"
     );
@@ -378,8 +365,10 @@ async fn bad_input_reports_and_leaves_children_alone() {
     let event = &calls[2].body;
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "SecretNotFound");
-    assert_eq!(event["regarding"]["kind"], "RegistryMirror");
-    assert_eq!(event["regarding"]["name"], "quay");
+    assert_eq!(event["involvedObject"]["kind"], "RegistryMirror");
+    assert_eq!(event["involvedObject"]["name"], "quay");
+    assert_eq!(event["involvedObject"]["uid"], "uid-quay");
+    assert_eq!(event["metadata"]["namespace"], "default");
 
     // The same problem again: no second status write or Event.
     let (_, again) = h.pass().await;
@@ -397,7 +386,7 @@ async fn bad_input_reports_and_leaves_children_alone() {
         lines(&calls),
         vec![
             format!("PATCH {MIRRORS}/quay/status?"),
-            "POST /apis/events.k8s.io/v1/namespaces/default/events?".to_owned(),
+            "POST /api/v1/namespaces/default/events?".to_owned(),
         ]
     );
     assert_eq!(calls[1].body["reason"], "InvalidUpstreamUrl");
@@ -440,7 +429,7 @@ async fn invalid_name_is_reported() {
         lines(&calls),
         vec![
             format!("PATCH {MIRRORS}/quay.example.com/status?"),
-            "POST /apis/events.k8s.io/v1/namespaces/default/events?".to_owned(),
+            "POST /api/v1/namespaces/default/events?".to_owned(),
         ]
     );
     assert_eq!(calls[1].body["reason"], "InvalidName");

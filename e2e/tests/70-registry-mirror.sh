@@ -29,9 +29,9 @@ for e in c["env"]:
     if e["name"] == "POD_NAME":
         print("POD_NAME=e2e-host")
     elif "value" in e:
-        print(f"{e[\"name\"]}={e[\"value\"]}")
+        print(e["name"] + "=" + e["value"])
     else:
-        sys.exit(f"cannot replay env {e[\"name\"]}")
+        sys.exit("cannot replay env " + e["name"])
 print("MIRRORD_OPERATOR_HEALTH_LISTEN=127.0.0.1:" + os.environ["PORT"])
 print("KUBECONFIG=" + os.environ["KCFG"])
 ' <<<"$deploy" >"$E2E_DIR/registry-mirror.env"

@@ -89,7 +89,7 @@ def main():
             expect(rules_allow(rules, "k8s.osp.tech", "registrymirrors/status", "patch"), "status patch")
             expect(rules_allow(rules, "k8s.osp.tech", "registrymirrors/finalizers", "update"),
                    "finalizers update (blockOwnerDeletion)")
-            expect(rules_allow(rules, "events.k8s.io", "events", "create"), "events create")
+            expect(rules_allow(rules, "", "events", "create"), "core events create")
             expect(not rules_allow(rules, "", "secrets", "get"), "no cluster-wide Secret access")
         roles = [d for d in mine if d["kind"] == "Role"]
         expect(len(roles) == 1 and roles[0]["metadata"]["namespace"] == a.namespace,

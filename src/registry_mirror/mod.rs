@@ -25,7 +25,6 @@ use kube::{
     runtime::{
         Controller,
         controller::Error as ControllerRunError,
-        events::{Recorder, Reporter},
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -230,13 +229,7 @@ pub async fn run_until(
     let ctx = Arc::new(Context {
         client: client.clone(),
         render: args.render_config(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: reconcile::FIELD_MANAGER.to_owned(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| "registry-mirror".to_owned()),
         metrics: metrics.clone(),
         clock: time::OffsetDateTime::now_utc,
         issue_tls: reconcile::issue_tls,

@@ -10,11 +10,8 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType, Recorder},
-    },
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::controller::Action,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -42,7 +39,8 @@ pub type TlsIssuer = fn(&[String], OffsetDateTime) -> Result<TlsMaterial, crate:
 pub struct Context {
     pub client: Client,
     pub render: RenderConfig,
-    pub recorder: Recorder,
+    /// `source.host` of the Events (the pod name).
+    pub instance: String,
     pub metrics: Arc<Metrics>,
     pub clock: fn() -> OffsetDateTime,
     pub issue_tls: TlsIssuer,
@@ -411,19 +409,50 @@ async fn report_invalid(
     };
     if status != previous {
         write_status(mirrors, &name, &status).await?;
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.to_owned(),
-            note: Some(message),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
         // An Event that cannot be written must not hide the status, which is already there.
-        if let Err(error) = ctx.recorder.publish(&event, &mirror.object_ref(&())).await {
+        if let Err(error) = publish_warning(ctx, mirror, reason, &message, now).await {
             tracing::warn!(%error, "could not publish the Event");
         }
     }
     Ok(Action::requeue(INVALID_REQUEUE))
+}
+
+/// A Warning Event about the mirror. core/v1 in `default`, where Kubernetes keeps the Events of
+/// cluster-scoped objects (`kubectl describe registrymirror` shows them); events.k8s.io/v1 refuses a
+/// cluster-scoped `regarding` on Kubernetes 1.20.
+async fn publish_warning(
+    ctx: &Context,
+    mirror: &RegistryMirror,
+    reason: &str,
+    message: &str,
+    now: OffsetDateTime,
+) -> Result<(), kube::Error> {
+    let at = rfc3339(now);
+    let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
+        "metadata": {"generateName": format!("{}.", mirror.name_any()), "namespace": "default"},
+        "involvedObject": {
+            "apiVersion": "k8s.osp.tech/v1",
+            "kind": "RegistryMirror",
+            "name": mirror.name_any(),
+            "uid": mirror.metadata.uid,
+            "resourceVersion": mirror.metadata.resource_version,
+        },
+        "type": "Warning",
+        "reason": reason,
+        "message": message,
+        "action": "Reconcile",
+        "source": {"component": FIELD_MANAGER, "host": ctx.instance},
+        "reportingComponent": FIELD_MANAGER,
+        "reportingInstance": ctx.instance,
+        "firstTimestamp": at,
+        "lastTimestamp": at,
+        "count": 1,
+    }))
+    .expect("the Event matches core/v1");
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(ctx.client.clone(), "default")
+        .create(&PostParams::default(), &event)
+        .await
+        .map(|_| ())
 }
 
 /// Failed reconciliations are retried after a pause (the error is already counted and logged).

@@ -287,7 +287,7 @@ http {{
 
         # Blobs are addressed by their digest, so they never change: cached for long, one key for
         # GET and HEAD, without the query string.
-        location ~ ^/v2/.+/blobs/sha256:[0-9a-f]{{64}}$ {{
+        location ~ "^/v2/.+/blobs/sha256:[0-9a-f]{{64}}$" {{
             limit_except GET OPTIONS {{ deny all; }}
             proxy_cache_key $proxy_host$uri;
             proxy_cache_valid 200 30d;
