@@ -29,6 +29,8 @@ pub enum Command {
     Coordinator(Box<crate::coordinator::config::CoordinatorArgs>),
     /// Print the operator's version, license and sessions (what `mirrord operator status` prints).
     Status(crate::admin::StatusArgs),
+    /// The RegistryMirror controller (k8s.osp.tech/v1), or its node agent / CRD printer.
+    RegistryMirror(Box<crate::registry_mirror::RegistryMirrorArgs>),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -76,5 +78,6 @@ pub fn run(cli: Cli) -> ExitCode {
             telemetry::init(telemetry::LogFormat::Text, "warn");
             report(runtime().block_on(crate::admin::status(args)))
         }
+        Command::RegistryMirror(args) => crate::registry_mirror::main(*args),
     }
 }

@@ -1,0 +1,262 @@
+# shellcheck shell=bash
+# The RegistryMirror operator against the real apiserver (and garbage collector): the chart's CRD, a
+# mirror's children and labels, spec and credential changes, bad input reported in the status and as an
+# Event with the children left alone, drift repaired, a watch that outlives a missing CRD, and deletion.
+# The controller runs in-cluster when the chart's Deployments do, else on the host with the env the chart
+# rendered for its Deployment and the token of its ServiceAccount (so the chart's RBAC is what is tested).
+
+RM_CRD=registrymirrors.k8s.osp.tech
+RM_DEPLOY="$OP_RELEASE-registry-mirror"
+
+_rm_in_cluster() { [[ "$E2E_MODE" == cluster ]] || { declare -F op_in_cluster >/dev/null && op_in_cluster; }; }
+
+# Starts the controller (host mode) or waits for its Deployment (in-cluster).
+_rm_controller_start() {
+  if _rm_in_cluster; then
+    k -n "$OP_NS" rollout status deploy "$RM_DEPLOY" --timeout 120s >&2
+    return
+  fi
+  local deploy sa port
+  deploy="$(k -n "$OP_NS" get deploy "$RM_DEPLOY" -o json)"
+  sa="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["spec"]["template"]["spec"]["serviceAccountName"])' <<<"$deploy")"
+  _op_sa_kubeconfig "$sa" >"$E2E_DIR/registry-mirror.kubeconfig"
+  port="$(free_port)"
+  echo "$port" >"$E2E_DIR/registry-mirror.port"
+  PORT="$port" KCFG="$E2E_DIR/registry-mirror.kubeconfig" python3 -c '
+import json, os, sys
+c = json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0]
+for e in c["env"]:
+    if e["name"] == "POD_NAME":
+        print("POD_NAME=e2e-host")
+    elif "value" in e:
+        print(e["name"] + "=" + e["value"])
+    else:
+        sys.exit("cannot replay env " + e["name"])
+print("MIRRORD_OPERATOR_HEALTH_LISTEN=127.0.0.1:" + os.environ["PORT"])
+print("KUBECONFIG=" + os.environ["KCFG"])
+' <<<"$deploy" >"$E2E_DIR/registry-mirror.env"
+  local args=() line
+  mapfile -t args < <(python3 -c 'import json,sys; [print(a) for a in json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0]["args"]]' <<<"$deploy")
+  (
+    while IFS= read -r line; do export "${line?}"; done <"$E2E_DIR/registry-mirror.env"
+    exec nohup "$OPERATOR_BIN" "${args[@]}" >>"$E2E_DIR/logs/registry-mirror.log" 2>&1 </dev/null
+  ) &
+  local pid=$!
+  echo "$pid $OPERATOR_BIN" >>"$E2E_DIR/pids"
+  echo "$pid" >"$E2E_DIR/registry-mirror.pid"
+  wait_for "registry-mirror controller /readyz" 30 curl -sf "http://127.0.0.1:$port/readyz" ||
+    { tail -30 "$E2E_DIR/logs/registry-mirror.log" >&2; return 1; }
+}
+
+_rm_controller_stop() {
+  local pid
+  pid="$(cat "$E2E_DIR/registry-mirror.pid" 2>/dev/null || true)"
+  [[ -n "$pid" ]] && kill_pid "$pid"
+  rm -f "$E2E_DIR/registry-mirror.pid"
+}
+
+_rm_logs() {
+  if _rm_in_cluster; then
+    k -n "$OP_NS" logs deploy/"$RM_DEPLOY" 2>/dev/null
+  else
+    cat "$E2E_DIR/logs/registry-mirror.log" 2>/dev/null
+  fi
+}
+
+# Leaves the cluster without mirrors or the CRD (which the chart keeps on uninstall on purpose).
+_rm_cleanup() {
+  k delete registrymirrors --all --wait=false >/dev/null 2>&1 || true
+  _rm_controller_stop
+  k delete crd "$RM_CRD" --wait=false >/dev/null 2>&1 || true
+}
+
+_rm_mirror() { # NAME UPSTREAM [CREDENTIALS-SECRET]
+  k apply -f - >/dev/null <<EOF
+apiVersion: k8s.osp.tech/v1
+kind: RegistryMirror
+metadata:
+  name: $1
+spec:
+  upstreamUrl: "$2"
+${3:+  credentialsSecret: $3}
+EOF
+}
+
+_rm_patch() { k patch registrymirror "$1" --type merge -p "$2" >/dev/null; }
+
+# What `kubectl get ds,statefulset,svc,registrymirror -l mirror=NAME -n NS` shows, as kind/name lines.
+_rm_labelled() {
+  k -n "$1" get ds,statefulset,svc,registrymirror -l "mirror=$2" -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}{"\n"}{end}' | sort
+}
+
+_rm_children_are() { # NS NAME EXPECTED
+  local seen
+  seen="$(_rm_labelled "$1" "$2" | tr '\n' ' ')"
+  echo "$seen"
+  [[ "$seen" == "$3" ]]
+}
+
+_rm_ready() { # NAME STATUS REASON
+  local got
+  got="$(k get registrymirror "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}')"
+  echo "Ready=$got"
+  [[ "$got" == "$2/$3" ]]
+}
+
+_rm_conf() { # NS NAME: the rendered nginx.conf
+  k -n "$1" get secret "registry-mirror-$2" -o jsonpath='{.data.nginx\.conf}' | base64 -d
+}
+
+_rm_conf_has() { _rm_conf "$1" "$2" | grep -F -- "$3" || { echo "nginx.conf lacks: $3"; return 1; }; }
+
+_rm_event() { # NAME REASON
+  k -n default get events --field-selector "involvedObject.name=$1,reason=$2" -o jsonpath='{range .items[*]}{.type} {.reason}: {.message}{"\n"}{end}' | grep -F "Warning $2"
+}
+
+_rm_gone() { # NS NAME
+  local left
+  left="$(k -n "$1" get ds,statefulset,svc,secret -l "mirror=$2" -o name)"
+  echo "left: ${left:-nothing}"
+  [[ -z "$left" ]]
+}
+
+_rm_sts_checksum() {
+  k -n "$1" get statefulset "registry-mirror-$2" -o jsonpath='{.spec.template.metadata.annotations.k8s\.osp\.tech/config-checksum}'
+}
+
+_rm_exists() { k -n "$1" get "$2" "$3" -o name; }
+
+_rm_observed() { # NAME GENERATION
+  local got
+  got="$(k get registrymirror "$1" -o jsonpath='{.status.observedGeneration}')"
+  echo "observedGeneration=$got"
+  [[ "$got" == "$2" ]]
+}
+
+_rm_crd_gone() { ! k get crd "$RM_CRD" -o name 2>/dev/null; }
+
+_rm_watch_failed() { _rm_logs | grep -F 'watch failed'; }
+
+test_registry_mirror_lifecycle() {
+  local ns before after rv
+  new_ns ns mirror
+  defer e2e_restore_base
+  defer _rm_cleanup
+  op_helm upgrade "${OP_BASE_VALUES[@]}" --set registryMirror.enabled=true \
+    --set "registryMirror.namespace=$ns" --set registryMirror.createNamespace=false \
+    --set registryMirror.secondsBetweenStreams=2
+  [[ "$(k get crd "$RM_CRD" -o jsonpath='{.spec.scope}/{.spec.names.shortNames[0]}')" == Cluster/regmirror ]] ||
+    fail "CRD $RM_CRD is not cluster-scoped with short name regmirror"
+  _rm_controller_start
+
+  # Create: the four children (+ the mirror itself) under one label, the status filled in.
+  _rm_mirror quay quay.example.com
+  local all="DaemonSet/registry-mirror-quay RegistryMirror/quay Service/registry-mirror-quay Service/registry-mirror-quay-headless StatefulSet/registry-mirror-quay "
+  wait_for "the children of mirror quay" 60 _rm_children_are "$ns" quay "$all" || fail "children of quay not created"
+  wait_for "quay Ready" 30 _rm_ready quay True Reconciled || fail "quay not Ready"
+  [[ "$(k get registrymirror quay -o jsonpath='{.status.observedGeneration}')" == \
+    "$(k get registrymirror quay -o jsonpath='{.metadata.generation}')" ]] || fail "observedGeneration not current"
+  [[ "$(k get registrymirror quay -o jsonpath='{.status.endpoint}')" == "https://registry-mirror-quay.$ns.svc:443" ]] ||
+    fail "endpoint: $(k get registrymirror quay -o jsonpath='{.status.endpoint}')"
+  k get regmirror quay | grep -E "quay +quay.example.com +True +Reconciled" >/dev/null ||
+    fail "printer columns: $(k get regmirror quay)"
+  local sts="$ns/registry-mirror-quay"
+  [[ "$(k -n "$ns" get statefulset registry-mirror-quay -o jsonpath='{.spec.replicas}/{.spec.podManagementPolicy}/{.spec.volumeClaimTemplates[0].metadata.name}/{.spec.volumeClaimTemplates[0].spec.resources.requests.storage}')" == "2/Parallel/image-store/20Gi" ]] ||
+    fail "StatefulSet $sts shape"
+  [[ "$(k -n "$ns" get svc registry-mirror-quay -o jsonpath='{.spec.ports[0].port}/{.spec.ports[0].targetPort}')" == 443/https ]] ||
+    fail "Service is not 443 -> https"
+  local ip
+  ip="$(k -n "$ns" get svc registry-mirror-quay -o jsonpath='{.spec.clusterIP}')"
+  k -n "$ns" get ds registry-mirror-quay -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -F "https://$ip:443" >/dev/null ||
+    fail "node agent does not point at the Service IP $ip"
+  [[ "$(k -n "$ns" get statefulset registry-mirror-quay -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].controller}')" == RegistryMirror/true ]] ||
+    fail "StatefulSet not owned by the RegistryMirror"
+  _rm_conf_has "$ns" quay "proxy_pass https://quay.example.com;" >/dev/null || fail "nginx.conf: $(_rm_conf "$ns" quay)"
+
+  # Change the upstream: config, node agents and the pods' checksum follow; the generation is observed.
+  before="$(_rm_sts_checksum "$ns" quay)"
+  _rm_patch quay '{"spec":{"upstreamUrl":"registry.corp.example:5000"}}'
+  wait_for "nginx.conf with the new upstream" 30 _rm_conf_has "$ns" quay "proxy_pass https://registry.corp.example:5000;" ||
+    fail "upstream change not rendered"
+  after="$(_rm_sts_checksum "$ns" quay)"
+  [[ -n "$after" && "$after" != "$before" ]] || fail "checksum annotation did not change ($before -> $after)"
+  k -n "$ns" get ds registry-mirror-quay -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -F "https://registry.corp.example:5000" >/dev/null ||
+    fail "DaemonSet not updated"
+  wait_for "observedGeneration 2" 30 _rm_observed quay 2 ||
+    fail "observedGeneration not updated"
+
+  # Credentials from a Secret, then rotated in place: the Secret is watched, the config follows.
+  k -n "$ns" create secret generic pull --from-literal=username=puller --from-literal=password=one >/dev/null
+  _rm_patch quay '{"spec":{"credentialsSecret":"pull"}}'
+  wait_for "Authorization for puller:one" 30 _rm_conf_has "$ns" quay "Basic $(printf puller:one | base64)" ||
+    fail "credentials not rendered"
+  k -n "$ns" create secret generic pull --from-literal=username=puller --from-literal=password=two --dry-run=client -o yaml |
+    k apply -f - >/dev/null
+  wait_for "Authorization for puller:two" 30 _rm_conf_has "$ns" quay "Basic $(printf puller:two | base64)" ||
+    fail "rotated credentials not rendered"
+
+  # Bad input: status + Event; the children are left exactly as they were.
+  rv="$(k -n "$ns" get statefulset registry-mirror-quay -o jsonpath='{.metadata.resourceVersion}')"
+  _rm_patch quay '{"spec":{"credentialsSecret":"absent"}}'
+  wait_for "quay SecretNotFound" 30 _rm_ready quay False SecretNotFound || fail "missing Secret not reported"
+  wait_for "Event SecretNotFound" 30 _rm_event quay SecretNotFound || fail "no SecretNotFound Event"
+  k -n "$ns" create secret generic halfway --from-literal=username=puller >/dev/null
+  _rm_patch quay '{"spec":{"credentialsSecret":"halfway"}}'
+  wait_for "quay SecretMissingKeys" 30 _rm_ready quay False SecretMissingKeys || fail "Secret without keys not reported"
+  _rm_patch quay '{"spec":{"credentialsSecret":null,"upstreamUrl":"quay.example.com/not/a/host"}}'
+  wait_for "quay InvalidUpstreamUrl" 30 _rm_ready quay False InvalidUpstreamUrl || fail "malformed URL not reported"
+  wait_for "Event InvalidUpstreamUrl" 30 _rm_event quay InvalidUpstreamUrl || fail "no InvalidUpstreamUrl Event"
+  [[ "$(k -n "$ns" get statefulset registry-mirror-quay -o jsonpath='{.metadata.resourceVersion}')" == "$rv" ]] ||
+    fail "the StatefulSet changed while the input was invalid"
+  _rm_conf_has "$ns" quay "Basic $(printf puller:two | base64)" >/dev/null || fail "the last good config was replaced"
+  # A name that cannot name a Service is reported, never a crash loop.
+  _rm_mirror bad.name quay.example.com
+  wait_for "bad.name InvalidName" 30 _rm_ready bad.name False InvalidName || fail "invalid name not reported"
+  # (An empty upstreamUrl is reported as InvalidUpstreamUrl too; the 1.20 apiserver refuses "" as null.)
+  # Missing upstreamUrl is refused by the CRD's schema.
+  if k apply -f - >/dev/null 2>&1 <<EOF; then
+apiVersion: k8s.osp.tech/v1
+kind: RegistryMirror
+metadata: {name: nourl}
+spec: {}
+EOF
+    fail "a RegistryMirror without spec.upstreamUrl was accepted"
+  fi
+
+  # Fixed again: Ready, and drift (a deleted child) is repaired.
+  _rm_patch quay '{"spec":{"upstreamUrl":"quay.example.com"}}'
+  wait_for "quay Ready again" 30 _rm_ready quay True Reconciled || fail "not Ready after the fix"
+  k -n "$ns" delete svc registry-mirror-quay-headless >/dev/null
+  wait_for "headless Service recreated" 30 _rm_exists "$ns" svc registry-mirror-quay-headless || fail "drift not repaired"
+  if ! _rm_in_cluster; then
+    curl -sf "http://127.0.0.1:$(cat "$E2E_DIR/registry-mirror.port")/metrics" |
+      grep -E '^mirrord_operator_registry_mirror_invalid_inputs_total\{reason="SecretNotFound"\} [1-9]' >/dev/null ||
+      fail "invalid input metric missing"
+  fi
+
+  # Delete: the garbage collector removes every child through the ownerReferences.
+  k delete registrymirror quay >/dev/null
+  wait_for "children of quay gone" 120 _rm_gone "$ns" quay || fail "children left after deletion"
+}
+
+# The controller started while the CRD is missing keeps retrying every SECONDS_BETWEEN_STREAMS and serves
+# mirrors once the CRD is there.
+test_registry_mirror_waits_for_crd() {
+  local ns
+  new_ns ns mirrorcrd
+  defer e2e_restore_base
+  defer _rm_cleanup
+  op_helm upgrade "${OP_BASE_VALUES[@]}" --set registryMirror.enabled=true \
+    --set "registryMirror.namespace=$ns" --set registryMirror.createNamespace=false \
+    --set registryMirror.secondsBetweenStreams=2
+  k delete crd "$RM_CRD" >/dev/null
+  wait_for "CRD gone" 60 _rm_crd_gone || fail "CRD not deleted"
+  _rm_controller_start
+  wait_for "a failed watch in the controller log" 30 _rm_watch_failed ||
+    fail "no failed watch logged: $(_rm_logs | tail -5)"
+  "$HELM" template "$OP_RELEASE" "$OP_CHART" --namespace "$OP_NS" --set registryMirror.enabled=true \
+    -s templates/registry-mirror-crd.yaml | k apply -f - >/dev/null
+  k wait --for condition=established "crd/$RM_CRD" --timeout 30s >/dev/null
+  _rm_mirror late quay.example.com
+  wait_for "late Ready" 60 _rm_ready late True Reconciled || fail "mirror not reconciled after the CRD appeared"
+}
