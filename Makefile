@@ -7,8 +7,9 @@ export MIRRORD_OPERATOR_CACHE ?= $(HOME)/.cache/mirrord-operator
 # Debian packages the tests use: iptables and iproute2 (agent tests in network namespaces),
 # golang-go and etcd-server (the local control plane), unzip (helm from npm), wrk (benchmarks),
 # containerd, runc, containernetworking-plugins and busybox-static (the e2e node: real pods, test images),
-# rabbitmq-server (queue splitting tests).
-TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip containerd runc containernetworking-plugins busybox-static rabbitmq-server
+# rabbitmq-server (queue splitting tests), docker-registry, nginx-light and apache2-utils (registry mirror tests).
+TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip containerd runc containernetworking-plugins busybox-static rabbitmq-server \
+	docker-registry nginx-light apache2-utils
 
 .PHONY: help build test lint fmt-check clippy unit bench certs chart-lint e2e demo demo-down deps run-local
 

@@ -48,7 +48,11 @@ impl SessionService {
             if agent.pod.namespace != namespace {
                 return false;
             }
-            let Ok(entry) = targets::resolve(&inventory.namespace(&namespace), &target, &targets::has_agent) else {
+            let Ok(entry) = targets::resolve(
+                &inventory.namespace(&namespace),
+                &target,
+                &targets::has_agent,
+            ) else {
                 return false;
             };
             let container_ok = match &entry.target {
