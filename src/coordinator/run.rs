@@ -15,6 +15,7 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::{Api, Client};
 
 use super::{
+    agents::{self, AgentRegistry, HubConfig},
     api::{
         self,
         objects::operator_version,
@@ -25,10 +26,11 @@ use super::{
     kube::{
         caches::Caches,
         front_proxy::{self, Authn, SharedConfig},
-        reviews::SarAuthorizer,
+        reviews::{KubeTokenReviewer, SarAuthorizer},
         user_ca,
     },
     metrics::Metrics,
+    session::{SessionTable, TableConfig, connector::SessionService},
 };
 use crate::{
     server::{
@@ -136,14 +138,35 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
             .unwrap_or(ApiLimits::default().certificate_validity),
         ..ApiLimits::default()
     };
-    let state = ApiState::new(info, user_ca, authorizer, Arc::new(caches)).with_limits(limits);
+    // Agents dial /agents/connect with their pod-bound token; CLI sessions reach them through the
+    // API's connector. Agent routes authenticate by TokenReview, not by the front proxy.
+    let registry = AgentRegistry::new(
+        Arc::new(KubeTokenReviewer::new(
+            client.clone(),
+            crate::injection::TOKEN_AUDIENCE,
+            metrics.clone(),
+        )),
+        HubConfig::default(),
+    );
+    let inventory = Arc::new(caches);
+    let sessions = Arc::new(SessionService {
+        registry: registry.clone(),
+        table: SessionTable::new(TableConfig::default()),
+        inventory: inventory.clone(),
+    });
+    let state = ApiState::new(info, user_ca, authorizer, inventory)
+        .with_limits(limits)
+        .with_sessions(Arc::new(sessions.clone()))
+        .with_connector(Arc::new(sessions))
+        .with_agents(registry.clone());
     let router = authenticated(
         api::router(state),
         Authn {
             config: requestheader,
             observer: metrics.clone(),
         },
-    );
+    )
+    .merge(agents::router(registry));
 
     let listener = runtime::bind(args.server.listen).await?;
     let health_listener = runtime::bind(args.server.health_listen).await?;

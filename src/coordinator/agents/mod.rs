@@ -249,6 +249,14 @@ pub(crate) fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// The API counts a target available only when one of its Running pods has a connected agent.
+impl crate::coordinator::api::state::AgentRegistry for AgentRegistry {
+    fn is_connected(&self, namespace: &str, pod: &str) -> bool {
+        self.agent(&(namespace.to_owned(), pod.to_owned()))
+            .is_some()
+    }
+}
+
 /// `/agents/connect` and `/agents/sessions/{id}`; mount on the coordinator's TLS listener.
 pub fn router(registry: Arc<AgentRegistry>) -> Router {
     Router::new()

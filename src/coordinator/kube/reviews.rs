@@ -2,8 +2,6 @@
 //! this? — the API handlers' [`Authorizer`]) and TokenReview (whose token is this? — agents dialing
 //! in with their projected ServiceAccount token).
 
-use std::collections::BTreeMap;
-
 use futures::future::BoxFuture;
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec},
@@ -13,6 +11,9 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, api::PostParams};
 
+use crate::coordinator::agents::identity::{
+    TokenReview as HubTokenReview, TokenReviewer as HubTokenReviewer,
+};
 use crate::coordinator::api::state::{
     Authorizer, AuthorizerError, Decision, Identity, ResourceAttributes,
 };
@@ -107,63 +108,9 @@ impl Authorizer for SarAuthorizer {
     }
 }
 
-/// Who a valid token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenOwner {
-    /// `system:serviceaccount:<namespace>:<name>` for ServiceAccount tokens.
-    pub username: String,
-    pub uid: String,
-    pub groups: Vec<String>,
-    /// For a pod-bound projected token: `authentication.kubernetes.io/pod-name` and `pod-uid`.
-    pub extra: BTreeMap<String, Vec<String>>,
-}
-
-impl TokenOwner {
-    /// The ServiceAccount's namespace, when the token is a ServiceAccount's.
-    pub fn namespace(&self) -> Option<&str> {
-        let rest = self.username.strip_prefix("system:serviceaccount:")?;
-        rest.split_once(':').map(|(ns, _)| ns)
-    }
-
-    fn extra_one(&self, key: &str) -> Option<&str> {
-        self.extra.get(key)?.first().map(String::as_str)
-    }
-
-    /// The pod a projected token is bound to.
-    pub fn pod_name(&self) -> Option<&str> {
-        self.extra_one("authentication.kubernetes.io/pod-name")
-    }
-
-    pub fn pod_uid(&self) -> Option<&str> {
-        self.extra_one("authentication.kubernetes.io/pod-uid")
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TokenReviewError {
-    #[error("the token was refused: {0}")]
-    Refused(String),
-    #[error("TokenReview failed: {0}")]
-    Api(#[from] kube::Error),
-}
-
-impl TokenReviewError {
-    pub fn label(&self) -> &'static str {
-        match self {
-            TokenReviewError::Refused(_) => "token-refused",
-            TokenReviewError::Api(_) => "tokenreview-api",
-        }
-    }
-}
-
-/// Checks a bearer token for the given audience. A trait so the agent hub can be tested without a
-/// cluster.
-pub trait TokenReviewer: Send + Sync {
-    fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenOwner, TokenReviewError>>;
-}
-
-/// [`TokenReviewer`] by TokenReview against kube-apiserver, for one audience (agents' tokens use
-/// [`crate::injection::TOKEN_AUDIENCE`]).
+/// The hub's [`HubTokenReviewer`] by TokenReview against kube-apiserver, for one audience (agents'
+/// tokens use [`crate::injection::TOKEN_AUDIENCE`]). Only the API call lives here: which pod the
+/// answer names, and whether it is acceptable, is decided by `agents::identity::pod_identity`.
 pub struct KubeTokenReviewer {
     api: Api<TokenReview>,
     audience: String,
@@ -184,37 +131,28 @@ impl KubeTokenReviewer {
     }
 }
 
-/// The owner in a TokenReview's answer, or why it was refused (pure, so tested).
-pub fn token_owner(review: &TokenReview, audience: &str) -> Result<TokenOwner, TokenReviewError> {
-    let status = review
-        .status
-        .as_ref()
-        .ok_or_else(|| TokenReviewError::Refused("no status in the answer".into()))?;
-    if status.authenticated != Some(true) {
-        return Err(TokenReviewError::Refused(
-            status
-                .error
-                .clone()
-                .unwrap_or_else(|| "not authenticated".into()),
-        ));
-    }
-    // An authenticator that ignores audiences answers with none: that is not ours.
-    if !status.audiences.iter().flatten().any(|a| a == audience) {
-        return Err(TokenReviewError::Refused(format!(
-            "the token is not for the audience {audience:?}"
-        )));
-    }
+/// The parts of a TokenReview's answer the hub reads (pure, so tested). No status reads as
+/// "not authenticated".
+pub fn review_answer(review: &TokenReview) -> HubTokenReview {
+    let Some(status) = review.status.as_ref() else {
+        return HubTokenReview {
+            error: Some("no status in the answer".into()),
+            ..HubTokenReview::default()
+        };
+    };
     let user = status.user.clone().unwrap_or_default();
-    Ok(TokenOwner {
+    HubTokenReview {
+        authenticated: status.authenticated == Some(true),
         username: user.username.unwrap_or_default(),
-        uid: user.uid.unwrap_or_default(),
-        groups: user.groups.unwrap_or_default(),
+        // An authenticator that ignores audiences answers with none: the hub refuses that.
+        audiences: status.audiences.clone().unwrap_or_default(),
         extra: user.extra.unwrap_or_default(),
-    })
+        error: status.error.clone(),
+    }
 }
 
-impl TokenReviewer for KubeTokenReviewer {
-    fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenOwner, TokenReviewError>> {
+impl HubTokenReviewer for KubeTokenReviewer {
+    fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<HubTokenReview, String>> {
         Box::pin(async move {
             let review = TokenReview {
                 spec: TokenReviewSpec {
@@ -223,17 +161,22 @@ impl TokenReviewer for KubeTokenReviewer {
                 },
                 ..Default::default()
             };
-            let answered = self.api.create(&PostParams::default(), &review).await;
-            let result = answered
-                .map_err(TokenReviewError::from)
-                .and_then(|answered| token_owner(&answered, &self.audience));
-            let outcome = match &result {
-                Ok(_) => "allowed",
-                Err(TokenReviewError::Refused(_)) => "denied",
-                Err(TokenReviewError::Api(_)) => "error",
-            };
-            self.observer.reviewed("tokenreview", outcome);
-            result
+            match self.api.create(&PostParams::default(), &review).await {
+                Ok(answered) => {
+                    let answer = review_answer(&answered);
+                    let outcome = if answer.authenticated {
+                        "allowed"
+                    } else {
+                        "denied"
+                    };
+                    self.observer.reviewed("tokenreview", outcome);
+                    Ok(answer)
+                }
+                Err(error) => {
+                    self.observer.reviewed("tokenreview", "error");
+                    Err(error.to_string())
+                }
+            }
         })
     }
 }
@@ -246,6 +189,9 @@ mod tests {
         authorization::v1::SubjectAccessReviewStatus,
     };
     use serde_json::json;
+    use std::collections::BTreeMap;
+
+    use crate::coordinator::agents::identity::pod_identity;
 
     #[test]
     fn the_review_carries_the_user_and_the_exact_attributes() {
@@ -330,20 +276,21 @@ mod tests {
             }),
             ..Default::default()
         };
-        let owner =
-            token_owner(&review(true, vec!["mirrord-operator"]), "mirrord-operator").unwrap();
-        assert_eq!(owner.namespace(), Some("apps"));
-        assert_eq!(owner.pod_name(), Some("web-1"));
-        assert_eq!(owner.pod_uid(), Some("p-uid"));
+        let identity = |authenticated, audiences| {
+            pod_identity(&review_answer(&review(authenticated, audiences)))
+        };
+        let pod = identity(true, vec!["mirrord-operator"]).unwrap();
+        assert_eq!(
+            (pod.namespace.as_str(), pod.name.as_str(), pod.uid.as_str()),
+            ("apps", "web-1", "p-uid")
+        );
         for (authenticated, audiences) in [
             (false, vec!["mirrord-operator"]),
             (true, vec![]),
             (true, vec!["other"]),
         ] {
-            assert!(matches!(
-                token_owner(&review(authenticated, audiences), "mirrord-operator"),
-                Err(TokenReviewError::Refused(_))
-            ));
+            assert!(identity(authenticated, audiences).is_err());
         }
+        assert!(pod_identity(&review_answer(&TokenReview::default())).is_err());
     }
 }
