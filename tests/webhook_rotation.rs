@@ -220,7 +220,7 @@ async fn files_mode_swaps_a_replaced_certificate_without_failing_a_request() {
         "the client saw exactly the old then the new certificate: {serials:?}"
     );
     assert_eq!(serials[0], first_serial);
-    assert_eq!(metrics.tls_reloads.get(), 1);
+    assert_eq!(metrics.tls.tls_reloads.get(), 1);
 }
 
 /// A scripted API server: each call must be the next expected one.

@@ -247,16 +247,11 @@ impl ReloadObserver for CoordinatorHealth {
 
 impl TlsObserver for CoordinatorHealth {
     fn served(&self, cert: &ServingCert) {
-        self.metrics.served(cert);
+        self.metrics.tls.served(cert);
     }
 
     fn reconciled(&self, done: &Reconciled) {
-        if let Some(cert) = self.resolver.current() {
-            self.metrics.served(&cert);
-        }
-        if done.reloaded {
-            self.metrics.tls_reloads.inc();
-        }
+        self.metrics.tls.reconciled(&self.resolver, done);
     }
 
     fn reconcile_failed(&self, error: &SelfManagedError) {

@@ -6,6 +6,7 @@
 //! importing their metrics.
 
 pub mod args;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls_source;

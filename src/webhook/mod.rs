@@ -213,17 +213,12 @@ impl ReloadObserver for WebhookTls {
 
 impl TlsObserver for WebhookTls {
     fn served(&self, cert: &ServingCert) {
-        self.state.metrics.served(cert);
+        self.state.metrics.tls.served(cert);
     }
 
     fn reconciled(&self, done: &Reconciled) {
         let state = &self.state;
-        if let Some(cert) = state.resolver.current() {
-            state.metrics.served(&cert);
-        }
-        if done.reloaded {
-            state.metrics.tls_reloads.inc();
-        }
+        state.metrics.tls.reconciled(&state.resolver, done);
         state
             .ca_bundle_synced
             .store(done.ca_bundle_synced, Ordering::Release);
