@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls_source;
+pub mod watch;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
