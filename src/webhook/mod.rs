@@ -31,8 +31,7 @@ use crate::{
     tls::{
         self, CertResolver, ServingCert, TlsError,
         files::ReloadObserver,
-        rotation::IssuePolicy,
-        self_managed::{CaBundleTarget, Reconciled, SelfManagedConfig, SelfManagedError},
+        self_managed::{CaBundleTarget, Reconciled, SelfManagedError},
     },
 };
 
@@ -137,16 +136,12 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
         );
     }
 
-    let self_managed_cfg = SelfManagedConfig {
-        namespace: args.server.namespace.clone(),
-        secret_name: args.tls_secret_name.clone(),
-        target: CaBundleTarget::MutatingWebhook(args.webhook_config_name.clone()),
-        issue: IssuePolicy {
-            ca_name: CA_NAME.into(),
-            sans: args.server.serving_sans(&args.service_name),
-            validity: args.server.cert_validity,
-        },
-    };
+    let self_managed_cfg = args.server.self_managed(
+        &args.tls_secret_name,
+        &args.service_name,
+        CA_NAME,
+        CaBundleTarget::MutatingWebhook(args.webhook_config_name.clone()),
+    );
     let observer = Arc::new(WebhookTls {
         state: state.clone(),
         use_own_ca: coordinator_ca.is_none(),
