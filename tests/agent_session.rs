@@ -2,6 +2,8 @@
 //! `--listen` by a client built on the protocol codec: negotiation, ping, env, DNS, files,
 //! outgoing TCP/UDP, many sessions, bad input, SIGTERM. Needs root (creates namespaces).
 
+#[path = "support/cli_messages.rs"]
+mod cli_messages;
 #[path = "support/netns.rs"]
 mod netns;
 
@@ -751,20 +753,8 @@ async fn answer_stolen(c: &mut Client, body: &'static str) -> String {
             other => panic!("expected a stolen request, got {other:?}"),
         }
     };
-    c.send(ClientMessage::TcpSteal(LayerTcpSteal::HttpResponse(
-        HttpResponse {
-            port: APP,
-            connection_id,
-            request_id: 0,
-            internal_response: InternalHttpResponse {
-                status: http::StatusCode::OK,
-                version: http::Version::HTTP_11,
-                headers: http::HeaderMap::new(),
-                body: Payload::from(body.as_bytes().to_vec()),
-            },
-        },
-    )))
-    .await;
+    c.send(cli_messages::ok_response(APP, connection_id, body))
+        .await;
     path
 }
 

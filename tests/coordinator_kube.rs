@@ -3,8 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::{Method, Request, Response};
-use kube::client::Body;
+use http::Method;
 use mirrord_operator::{
     certs::San,
     coordinator::{
@@ -20,39 +19,9 @@ use mirrord_operator::{
 };
 use serde_json::{Value, json};
 
-struct ApiServer(tower_test::mock::Handle<Request<Body>, Response<Body>>);
-
-type Send = tower_test::mock::SendResponse<Response<Body>>;
-
-impl ApiServer {
-    fn client() -> (kube::Client, ApiServer) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        (kube::Client::new(service, "default"), ApiServer(handle))
-    }
-
-    async fn expect(&mut self, method: Method, path: &str) -> (Request<Body>, Send) {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("no {method} {path} within 10s"))
-            .expect("client dropped");
-        assert_eq!(request.method(), method, "{}", request.uri());
-        assert_eq!(request.uri().path(), path);
-        (request, send)
-    }
-
-    fn respond(send: Send, status: u16, body: Value) {
-        let response = Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap();
-        send.send_response(response);
-    }
-
-    async fn body(request: Request<Body>) -> Value {
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-}
+#[path = "support/mock_api.rs"]
+mod mock_api;
+use mock_api::ApiServer;
 
 const API_SERVICE_PATH: &str =
     "/apis/apiregistration.k8s.io/v1/apiservices/v1.operator.metalbear.co";

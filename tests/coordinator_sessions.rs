@@ -9,6 +9,8 @@
 //! receiving only its requests, garbage that ends only its own session, and a kill after which
 //! the app gets its traffic back. Needs root (namespaces, iptables).
 
+#[path = "support/cli_messages.rs"]
+mod cli_messages;
 #[path = "support/netns.rs"]
 mod netns;
 
@@ -404,20 +406,8 @@ async fn answer_stolen(cli: &mut Cli, body: &str) -> u64 {
             other => panic!("expected a stolen request, got {other:?}"),
         }
     };
-    cli.send(ClientMessage::TcpSteal(LayerTcpSteal::HttpResponse(
-        HttpResponse {
-            port: APP,
-            connection_id,
-            request_id: 0,
-            internal_response: InternalHttpResponse {
-                status: http::StatusCode::OK,
-                version: http::Version::HTTP_11,
-                headers: http::HeaderMap::new(),
-                body: Payload::from(body.as_bytes().to_vec()),
-            },
-        },
-    )))
-    .await;
+    cli.send(cli_messages::ok_response(APP, connection_id, body))
+        .await;
     connection_id
 }
 

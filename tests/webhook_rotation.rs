@@ -4,6 +4,8 @@
 
 #[path = "support/webhook_client.rs"]
 mod client;
+#[path = "support/mock_api.rs"]
+mod mock_api;
 
 use std::{
     net::SocketAddr,
@@ -16,7 +18,7 @@ use std::{
 
 use clap::Parser;
 use client::TlsClient;
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use kube::client::Body;
 use mirrord_operator::{
     certs::{self, PemPair, San},
@@ -33,6 +35,7 @@ use mirrord_operator::{
         server::{self, WebhookState},
     },
 };
+use mock_api::ApiServer;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -220,46 +223,7 @@ async fn files_mode_swaps_a_replaced_certificate_without_failing_a_request() {
         "the client saw exactly the old then the new certificate: {serials:?}"
     );
     assert_eq!(serials[0], first_serial);
-    assert_eq!(metrics.tls_reloads.get(), 1);
-}
-
-/// A scripted API server: each call must be the next expected one.
-struct ApiServer(tower_test::mock::Handle<Request<Body>, Response<Body>>);
-
-impl ApiServer {
-    async fn expect(
-        &mut self,
-        method: Method,
-        path: &str,
-    ) -> (
-        Request<Body>,
-        tower_test::mock::SendResponse<Response<Body>>,
-    ) {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("no {method} {path} within 10s"))
-            .expect("client dropped");
-        assert_eq!(request.method(), method, "{}", request.uri());
-        assert_eq!(request.uri().path(), path);
-        (request, send)
-    }
-
-    async fn respond(
-        send: tower_test::mock::SendResponse<Response<Body>>,
-        status: u16,
-        body: Value,
-    ) {
-        let response = Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap();
-        send.send_response(response);
-    }
-
-    async fn body(request: Request<Body>) -> Value {
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        serde_json::from_slice(&bytes).unwrap()
-    }
+    assert_eq!(metrics.tls.tls_reloads.get(), 1);
 }
 
 const SECRET_PATH: &str = "/api/v1/namespaces/mirrord/secrets/mirrord-operator-tls";
@@ -300,8 +264,7 @@ fn sans() -> Vec<San> {
 
 /// A manager talking to a scripted API server.
 fn self_managed(validity: Duration) -> (SelfManaged, ApiServer, Arc<CertResolver>) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
+    let (client, api) = ApiServer::client();
     let resolver = Arc::new(CertResolver::default());
     let cfg = SelfManagedConfig {
         namespace: "mirrord".into(),
@@ -314,7 +277,7 @@ fn self_managed(validity: Duration) -> (SelfManaged, ApiServer, Arc<CertResolver
         },
     };
     let manager = SelfManaged::new(client, cfg, resolver.clone());
-    (manager, ApiServer(handle), resolver)
+    (manager, api, resolver)
 }
 
 fn not_found() -> Value {
@@ -358,9 +321,9 @@ async fn expect_ca_bundle_apply(request: Request<Body>, bundle_b64: &str) {
 /// apply the caBundle. Returns the Secret as created (resourceVersion 1) and the caBundle (base64).
 async fn expect_first_start(api: &mut ApiServer) -> (Value, String) {
     let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-    ApiServer::respond(send, 200, webhook_configuration(None)).await;
+    ApiServer::respond(send, 200, webhook_configuration(None));
     let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-    ApiServer::respond(send, 404, not_found()).await;
+    ApiServer::respond(send, 404, not_found());
     let (request, send) = api
         .expect(Method::POST, "/api/v1/namespaces/mirrord/secrets")
         .await;
@@ -372,11 +335,11 @@ async fn expect_first_start(api: &mut ApiServer) -> (Value, String) {
         (Some("MutatingWebhookConfiguration"), Some("mwc-uid"))
     );
     secret["metadata"]["resourceVersion"] = json!("1");
-    ApiServer::respond(send, 201, secret.clone()).await;
+    ApiServer::respond(send, 201, secret.clone());
     let (request, send) = api.expect(Method::PATCH, MWC_PATH).await;
     let ca_b64 = b64(&pem_field(&secret, "ca.crt"));
     expect_ca_bundle_apply(request, &ca_b64).await;
-    ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
+    ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64)));
     (secret, ca_b64)
 }
 
@@ -420,9 +383,9 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
     // 2. Later, within its first two thirds of life: nothing to do, nothing written.
     let script = async {
         let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64)));
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, secret.clone()).await;
+        ApiServer::respond(send, 200, secret.clone());
     };
     let (quiet, ()) = tokio::join!(reconcile(&manager, t0 + time::Duration::minutes(2)), script);
     assert!(!quiet.secret_written && !quiet.ca_bundle_patched && quiet.ca_bundle_synced);
@@ -432,17 +395,17 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
     // read (optimistic concurrency); the first attempt loses a race to another replica.
     let script = async {
         let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64)));
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, secret.clone()).await;
+        ApiServer::respond(send, 200, secret.clone());
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
         assert_eq!(
             ApiServer::body(request).await["metadata"]["resourceVersion"],
             "1"
         );
-        ApiServer::respond(send, 409, conflict()).await;
+        ApiServer::respond(send, 409, conflict());
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, secret.clone()).await;
+        ApiServer::respond(send, 200, secret.clone());
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
         let mut rotated = ApiServer::body(request).await;
         assert_eq!(pem_field(&rotated, "ca.crt"), ca_pem, "the CA is kept");
@@ -452,7 +415,7 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
         );
         assert_eq!(rotated["metadata"]["ownerReferences"][0]["uid"], "mwc-uid");
         rotated["metadata"]["resourceVersion"] = json!("2");
-        ApiServer::respond(send, 200, rotated).await;
+        ApiServer::respond(send, 200, rotated);
     };
     let (rotated, ()) = tokio::join!(
         reconcile(&manager, t0 + time::Duration::seconds(270)),
@@ -528,9 +491,9 @@ async fn self_managed_stages_the_next_ca_before_promoting_it() {
     let staged_b64 = b64(&staged_bundle);
     let script = async {
         let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64)));
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, secret.clone()).await;
+        ApiServer::respond(send, 200, secret.clone());
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
         let ours = ApiServer::body(request).await;
         assert_eq!(ours["metadata"]["resourceVersion"], "1");
@@ -548,12 +511,12 @@ async fn self_managed_stages_the_next_ca_before_promoting_it() {
             "the current CA still signs"
         );
         assert!(ours["data"].get("ca-previous.crt").is_none());
-        ApiServer::respond(send, 409, conflict()).await;
+        ApiServer::respond(send, 409, conflict());
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, theirs.clone()).await;
+        ApiServer::respond(send, 200, theirs.clone());
         let (request, send) = api.expect(Method::PATCH, MWC_PATH).await;
         expect_ca_bundle_apply(request, &staged_b64).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64))).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64)));
     };
     let (staged, ()) = tokio::join!(reconcile(&manager, at(160)), script);
     assert!(!staged.secret_written && staged.ca_bundle_patched && staged.ca_bundle_synced);
@@ -574,9 +537,9 @@ async fn self_managed_stages_the_next_ca_before_promoting_it() {
     // renewed from the current CA, and current + next applied again.
     let script = async {
         let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64))).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64)));
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, theirs.clone()).await;
+        ApiServer::respond(send, 200, theirs.clone());
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
         let mut kept = ApiServer::body(request).await;
         assert_eq!(kept["metadata"]["resourceVersion"], "2");
@@ -585,10 +548,10 @@ async fn self_managed_stages_the_next_ca_before_promoting_it() {
         assert_eq!(pem_field(&kept, "ca-next.key"), their_next.key_pem);
         assert!(signed_by(&pem_field(&kept, "tls.crt"), &ca.cert_pem));
         kept["metadata"]["resourceVersion"] = json!("3");
-        ApiServer::respond(send, 200, kept.clone()).await;
+        ApiServer::respond(send, 200, kept.clone());
         let (request, send) = api.expect(Method::PATCH, MWC_PATH).await;
         expect_ca_bundle_apply(request, &staged_b64).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64))).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64)));
         kept
     };
     let (held_back, kept) = tokio::join!(reconcile(&manager, at(205)), script);
@@ -600,9 +563,9 @@ async fn self_managed_stages_the_next_ca_before_promoting_it() {
     // applied; the old CA stays in it.
     let script = async {
         let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64))).await;
+        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64)));
         let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, kept.clone()).await;
+        ApiServer::respond(send, 200, kept.clone());
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
         let mut promoted = ApiServer::body(request).await;
         assert_eq!(promoted["metadata"]["resourceVersion"], "3");
@@ -614,7 +577,7 @@ async fn self_managed_stages_the_next_ca_before_promoting_it() {
         let tls = pem_field(&promoted, "tls.crt");
         assert!(signed_by(&tls, &their_next.cert_pem) && !signed_by(&tls, &ca.cert_pem));
         promoted["metadata"]["resourceVersion"] = json!("4");
-        ApiServer::respond(send, 200, promoted).await;
+        ApiServer::respond(send, 200, promoted);
         tls
     };
     let (promoted, promoted_tls) = tokio::join!(reconcile(&manager, at(210)), script);

@@ -16,22 +16,24 @@
 //! * path leaves: **jointly**, on one URI: a breadth-first search over the product of every leaf's
 //!   dense DFA (run on the path, and on path + query as the agent does) and a small automaton of
 //!   the URIs the `http` crate accepts. The first accepting product state gives the shortest
-//!   example.
+//!   example. (The walk and the leaves are shared with queue filters: `coordinator::overlap`.)
 //!
 //! The search is bounded (DFA sizes, clause count, product states); a regex the DFA engine cannot
 //! express (look-around, back-references) or an exceeded budget gives
 //! [`Overlap::Undecided`], which callers treat as overlapping (refuse rather than risk one request
 //! going to two sessions).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 use std::sync::LazyLock;
 use std::time::SystemTime;
 
-use regex_automata::dfa::{Automaton, StartKind, dense};
-use regex_automata::util::{primitives::StateID, start, syntax};
-use regex_automata::{Anchored, MatchKind};
+use regex_automata::MatchKind;
+use regex_automata::dfa::{StartKind, dense};
+use regex_automata::util::syntax;
 
+use super::overlap::{Leaf, Product, Run, representatives, shortest};
 use crate::protocol::HttpFilter;
 
 /// Most product states one decision may visit before giving up.
@@ -168,76 +170,33 @@ fn dnf(filter: &HttpFilter) -> Result<Vec<Clause>, String> {
     }
 }
 
-/// A regex compiled to a dense DFA searching anywhere in a text.
-struct Leaf {
-    dfa: dense::DFA<Vec<u32>>,
-    start: StateID,
-}
-
-/// Progress of one leaf over one text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Run {
-    At(StateID),
-    Hit,
-    Miss,
-}
-
-impl Leaf {
-    fn compile(source: &str) -> Result<Leaf, String> {
-        if source.len() > MAX_REGEX_LEN {
-            return Err(format!("regex longer than {MAX_REGEX_LEN} bytes"));
-        }
-        let build = |unicode: bool| {
-            dense::Builder::new()
-                .configure(
-                    dense::Config::new()
-                        .match_kind(MatchKind::All)
-                        .start_kind(StartKind::Unanchored)
-                        // Texts are ASCII, where the heuristic is exact.
-                        .unicode_word_boundary(true)
-                        .dfa_size_limit(Some(DFA_SIZE_LIMIT))
-                        .determinize_size_limit(Some(DFA_SIZE_LIMIT)),
-                )
-                .syntax(
-                    syntax::Config::new()
-                        .case_insensitive(true)
-                        .unicode(unicode)
-                        .utf8(unicode),
-                )
-                .build(source)
-                .map_err(|e| format!("regex {source:?} is beyond the overlap checker: {e}"))
-        };
-        let dfa = build(true).or_else(|_| build(false))?;
-        let start = dfa
-            .start_state(&start::Config::new().anchored(Anchored::No))
-            .map_err(|e| format!("regex {source:?}: {e}"))?;
-        Ok(Leaf { dfa, start })
+/// A leaf's regex as the agent matches it (case-insensitive, anywhere in the text).
+fn compile(source: &str) -> Result<Leaf, String> {
+    if source.len() > MAX_REGEX_LEN {
+        return Err(format!("regex longer than {MAX_REGEX_LEN} bytes"));
     }
-
-    fn step(&self, run: Run, byte: u8) -> Run {
-        let Run::At(state) = run else { return run };
-        let next = self.dfa.next_state(state, byte);
-        if self.dfa.is_match_state(next) || self.dfa.is_quit_state(next) {
-            // A quit state cannot occur on ASCII; if it did, assuming a match is the safe side.
-            Run::Hit
-        } else if self.dfa.is_dead_state(next) {
-            Run::Miss
-        } else {
-            Run::At(next)
-        }
-    }
-
-    fn finish(&self, run: Run) -> bool {
-        match run {
-            Run::Hit => true,
-            Run::Miss => false,
-            Run::At(state) => self.dfa.is_match_state(self.dfa.next_eoi_state(state)),
-        }
-    }
-
-    fn class(&self, byte: u8) -> u8 {
-        self.dfa.byte_classes().get(byte)
-    }
+    let build = |unicode: bool| {
+        dense::Builder::new()
+            .configure(
+                dense::Config::new()
+                    .match_kind(MatchKind::All)
+                    .start_kind(StartKind::Unanchored)
+                    // Texts are ASCII, where the heuristic is exact.
+                    .unicode_word_boundary(true)
+                    .dfa_size_limit(Some(DFA_SIZE_LIMIT))
+                    .determinize_size_limit(Some(DFA_SIZE_LIMIT)),
+            )
+            .syntax(
+                syntax::Config::new()
+                    .case_insensitive(true)
+                    .unicode(unicode)
+                    .utf8(unicode),
+            )
+            .build(source)
+            .map_err(|e| format!("regex {source:?} is beyond the overlap checker: {e}"))
+    };
+    let dfa = build(true).or_else(|_| build(false))?;
+    Leaf::new(dfa).map_err(|e| format!("regex {source:?}: {e}"))
 }
 
 /// Byte categories of the URI automaton, probed from the `http` crate (what the agent parses).
@@ -345,27 +304,36 @@ impl Grammar for UriGrammar {
     }
 }
 
-/// A product state: grammar state, whether the path ended, and each leaf's runs (for path
-/// leaves: on the path, then on path + query).
+/// A node of the search: grammar state, and each leaf's runs (for path leaves: on the path,
+/// settled at '?', then on path + query).
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct Product {
+struct Node {
     grammar: u8,
     runs: Vec<(Run, Run)>,
     /// Header search: how much of each excluded name the name so far equals (`u16::MAX`: differs).
     excluded: Vec<u16>,
 }
 
-#[derive(Default)]
 struct Solver {
-    leaves: HashMap<String, Result<std::rc::Rc<Leaf>, String>>,
-    visited: usize,
+    leaves: HashMap<String, Result<Rc<Leaf>, String>>,
+    /// Product states the decision may still visit.
+    budget: usize,
+}
+
+impl Default for Solver {
+    fn default() -> Self {
+        Solver {
+            leaves: HashMap::new(),
+            budget: STATE_BUDGET,
+        }
+    }
 }
 
 impl Solver {
-    fn leaf(&mut self, source: &str) -> Result<std::rc::Rc<Leaf>, String> {
+    fn leaf(&mut self, source: &str) -> Result<Rc<Leaf>, String> {
         self.leaves
             .entry(source.to_owned())
-            .or_insert_with(|| Leaf::compile(source).map(std::rc::Rc::new))
+            .or_insert_with(|| compile(source).map(Rc::new))
             .clone()
     }
 
@@ -431,7 +399,7 @@ impl Solver {
             .collect::<Result<Vec<_>, _>>()?;
         let mut undecided = None;
         for partition in partitions(leaves.len()) {
-            let blocks: Vec<Vec<std::rc::Rc<Leaf>>> = partition
+            let blocks: Vec<Vec<Rc<Leaf>>> = partition
                 .iter()
                 .map(|block| block.iter().map(|&i| leaves[i].clone()).collect())
                 .collect();
@@ -476,16 +444,15 @@ impl Solver {
     fn search<G: Grammar>(
         &mut self,
         grammar: &G,
-        leaves: &[std::rc::Rc<Leaf>],
+        leaves: &[Rc<Leaf>],
         uri: bool,
         excluded_names: &[String],
     ) -> Result<Option<String>, String> {
         // One representative byte per class of equivalent bytes (same grammar moves, same DFA
         // classes), so the search branches on classes rather than on 95 bytes.
-        let mut reps: HashMap<Vec<u16>, u8> = HashMap::new();
         let mut alphabet = grammar.alphabet();
         alphabet.sort_by_key(|&b| preference(b));
-        for b in alphabet {
+        let bytes = representatives(alphabet, |b| {
             let mut signature: Vec<u16> = (0..6u8)
                 .map(|s| grammar.next(s, b).map_or(u16::MAX, u16::from))
                 .collect();
@@ -494,126 +461,108 @@ impl Solver {
             if excluded_names.iter().any(|n| n.as_bytes().contains(&b)) {
                 signature.push(u16::from(b));
             }
-            reps.entry(signature).or_insert(b);
-        }
-        let mut bytes: Vec<u8> = reps.into_values().collect();
-        bytes.sort_by_key(|&b| preference(b));
-
-        let start = Product {
+            signature
+        });
+        let start = Node {
             grammar: 0,
-            runs: leaves
-                .iter()
-                .map(|l| (Run::At(l.start), Run::At(l.start)))
-                .collect(),
+            runs: leaves.iter().map(|l| (l.start(), l.start())).collect(),
             excluded: vec![0; excluded_names.len()],
         };
-        let mut seen: HashMap<Product, Option<(usize, u8)>> = HashMap::new();
-        let mut order: Vec<Product> = Vec::new();
-        let mut queue = VecDeque::new();
-        seen.insert(start.clone(), None);
-        order.push(start.clone());
-        queue.push_back(0usize);
-        while let Some(index) = queue.pop_front() {
-            let state = order[index].clone();
-            if grammar.accepting(state.grammar) && self.accepts(&state, leaves, uri) {
-                let mut text = Vec::new();
-                let mut at = Some(index);
-                while let Some(i) = at {
-                    match seen.get(&order[i]).copied().flatten() {
-                        Some((parent, byte)) => {
-                            text.push(byte);
-                            at = Some(parent);
-                        }
-                        None => at = None,
-                    }
-                }
-                text.reverse();
-                return Ok(Some(String::from_utf8_lossy(&text).into_owned()));
-            }
-            for &b in &bytes {
-                let Some(next_grammar) = grammar.next(state.grammar, b) else {
-                    continue;
-                };
-                let mut excluded = state.excluded.clone();
-                if !uri && state.grammar <= 1 {
-                    let mut equal_to_excluded = false;
-                    for (progress, name) in excluded.iter_mut().zip(excluded_names) {
-                        let at = usize::from(*progress);
-                        if b == b':' {
-                            equal_to_excluded |= at == name.len();
-                        } else if *progress != u16::MAX {
-                            *progress = if name.as_bytes().get(at) == Some(&b) {
-                                *progress + 1
-                            } else {
-                                u16::MAX
-                            };
-                        }
-                    }
-                    if equal_to_excluded {
-                        continue;
-                    }
-                }
-                let runs = state
-                    .runs
-                    .iter()
-                    .zip(leaves)
-                    .map(|(&(first, second), leaf)| {
-                        if !uri {
-                            return (leaf.step(first, b), second);
-                        }
-                        let in_query = state.grammar == 2;
-                        let path = if in_query {
-                            first
-                        } else if b == b'?' && state.grammar == 1 {
-                            // The path ends here: settle its run.
-                            if leaf.finish(first) {
-                                Run::Hit
-                            } else {
-                                Run::Miss
-                            }
-                        } else {
-                            leaf.step(first, b)
-                        };
-                        (path, leaf.step(second, b))
-                    })
-                    .collect();
-                let next = Product {
-                    grammar: next_grammar,
-                    runs,
-                    excluded,
-                };
-                if !seen.contains_key(&next) {
-                    self.visited += 1;
-                    if self.visited > STATE_BUDGET {
-                        return Err(format!(
-                            "the filters' product exceeds {STATE_BUDGET} states"
-                        ));
-                    }
-                    seen.insert(next.clone(), Some((index, b)));
-                    order.push(next);
-                    queue.push_back(order.len() - 1);
-                }
-            }
+        let product = Constrained {
+            grammar,
+            leaves,
+            uri,
+            excluded_names,
+        };
+        match shortest(&product, start, &bytes, &mut self.budget) {
+            Ok(text) => Ok(text.map(|t| String::from_utf8_lossy(&t).into_owned())),
+            Err(_) => Err(format!(
+                "the filters' product exceeds {STATE_BUDGET} states"
+            )),
         }
-        Ok(None)
+    }
+}
+
+/// Texts of a grammar on which leaves match, as [`Solver::search`] walks them.
+struct Constrained<'a, G> {
+    grammar: &'a G,
+    leaves: &'a [Rc<Leaf>],
+    uri: bool,
+    excluded_names: &'a [String],
+}
+
+impl<G: Grammar> Product for Constrained<'_, G> {
+    type Node = Node;
+
+    fn accepts(&self, state: &Node) -> bool {
+        self.grammar.accepting(state.grammar)
+            && state
+                .runs
+                .iter()
+                .zip(self.leaves)
+                .all(|(&(first, second), leaf)| {
+                    if !self.uri {
+                        return leaf.finish(first);
+                    }
+                    if state.grammar == 2 {
+                        // Path settled at '?'; the whole text includes the query.
+                        first == Run::Hit || leaf.finish(second)
+                    } else {
+                        leaf.finish(first)
+                    }
+                })
     }
 
-    fn accepts(&self, state: &Product, leaves: &[std::rc::Rc<Leaf>], uri: bool) -> bool {
-        state
+    fn next(&self, state: &Node, b: u8) -> Option<Node> {
+        let next_grammar = self.grammar.next(state.grammar, b)?;
+        let mut excluded = state.excluded.clone();
+        if !self.uri && state.grammar <= 1 {
+            let mut equal_to_excluded = false;
+            for (progress, name) in excluded.iter_mut().zip(self.excluded_names) {
+                let at = usize::from(*progress);
+                if b == b':' {
+                    equal_to_excluded |= at == name.len();
+                } else if *progress != u16::MAX {
+                    *progress = if name.as_bytes().get(at) == Some(&b) {
+                        *progress + 1
+                    } else {
+                        u16::MAX
+                    };
+                }
+            }
+            if equal_to_excluded {
+                return None;
+            }
+        }
+        let runs = state
             .runs
             .iter()
-            .zip(leaves)
-            .all(|(&(first, second), leaf)| {
-                if !uri {
-                    return leaf.finish(first);
+            .zip(self.leaves)
+            .map(|(&(first, second), leaf)| {
+                if !self.uri {
+                    return (leaf.step(first, b), second);
                 }
-                if state.grammar == 2 {
-                    // Path settled at '?'; the whole text includes the query.
-                    first == Run::Hit || leaf.finish(second)
+                let in_query = state.grammar == 2;
+                let path = if in_query {
+                    first
+                } else if b == b'?' && state.grammar == 1 {
+                    // The path ends here: settle its run.
+                    if leaf.finish(first) {
+                        Run::Hit
+                    } else {
+                        Run::Miss
+                    }
                 } else {
-                    leaf.finish(first)
-                }
+                    leaf.step(first, b)
+                };
+                (path, leaf.step(second, b))
             })
+            .collect();
+        Some(Node {
+            grammar: next_grammar,
+            runs,
+            excluded,
+        })
     }
 }
 

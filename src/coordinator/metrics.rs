@@ -1,8 +1,8 @@
 //! Prometheus metrics of the coordinator, served on the health port at /metrics.
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
 
@@ -10,17 +10,9 @@ use super::kube::{
     front_proxy::{AuthnError, AuthnObserver},
     reviews::ReviewObserver,
 };
+pub use crate::server::metrics::{ReasonLabel, ResultLabel};
+use crate::server::metrics::{TlsMetrics, render};
 use crate::tls::{ServingCert, TlsError, files::ReloadObserver};
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
-}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReviewLabel {
@@ -36,8 +28,7 @@ pub struct Metrics {
     pub authentications: Family<ResultLabel, Counter>,
     pub reviews: Family<ReviewLabel, Counter>,
     pub errors: Family<ReasonLabel, Counter>,
-    pub cert_expiry: Gauge,
-    pub tls_reloads: Counter,
+    pub tls: TlsMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -63,25 +54,13 @@ impl Default for Metrics {
         );
         let errors = Family::<ReasonLabel, Counter>::default();
         registry.register("errors", "Errors by reason", errors.clone());
-        let cert_expiry = Gauge::default();
-        registry.register(
-            "tls_certificate_expiry_timestamp_seconds",
-            "Expiry of the served certificate (Unix time)",
-            cert_expiry.clone(),
-        );
-        let tls_reloads = Counter::default();
-        registry.register(
-            "tls_reloads",
-            "Serving certificates swapped in without a restart",
-            tls_reloads.clone(),
-        );
+        let tls = TlsMetrics::register(&mut registry);
         Metrics {
             registry,
             authentications,
             reviews,
             errors,
-            cert_expiry,
-            tls_reloads,
+            tls,
         }
     }
 }
@@ -91,21 +70,14 @@ impl Metrics {
         self.errors.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    pub fn served(&self, cert: &ServingCert) {
-        self.cert_expiry.set(cert.not_after);
-    }
-
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        render(&self.registry)
     }
 }
 
 impl ReloadObserver for Metrics {
     fn loaded(&self, cert: &ServingCert) {
-        self.served(cert);
-        self.tls_reloads.inc();
+        self.tls.loaded(cert);
     }
 
     fn failed(&self, error: &TlsError) {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod filters;
 pub mod kube;
 pub mod metrics;
+mod overlap;
 pub mod queues;
 pub mod run;
 pub mod session;

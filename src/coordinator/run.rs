@@ -41,8 +41,7 @@ use crate::{
     tls::{
         self, CertResolver, ServingCert, TlsError,
         files::ReloadObserver,
-        rotation::IssuePolicy,
-        self_managed::{CaBundleTarget, Reconciled, SelfManagedConfig, SelfManagedError},
+        self_managed::{CaBundleTarget, Reconciled, SelfManagedError},
     },
 };
 
@@ -101,16 +100,12 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
     tls_source::start(
         &args.server,
         Some(client.clone()),
-        SelfManagedConfig {
-            namespace: args.server.namespace.clone(),
-            secret_name: args.tls_secret_name.clone(),
-            target: CaBundleTarget::ApiService(args.api_service_name.clone()),
-            issue: IssuePolicy {
-                ca_name: CA_NAME.into(),
-                sans: args.server.serving_sans(&args.service_name),
-                validity: args.server.cert_validity,
-            },
-        },
+        args.server.self_managed(
+            &args.tls_secret_name,
+            &args.service_name,
+            CA_NAME,
+            CaBundleTarget::ApiService(args.api_service_name.clone()),
+        ),
         resolver.clone(),
         health.clone(),
         shutdown.clone(),
@@ -247,16 +242,11 @@ impl ReloadObserver for CoordinatorHealth {
 
 impl TlsObserver for CoordinatorHealth {
     fn served(&self, cert: &ServingCert) {
-        self.metrics.served(cert);
+        self.metrics.tls.served(cert);
     }
 
     fn reconciled(&self, done: &Reconciled) {
-        if let Some(cert) = self.resolver.current() {
-            self.metrics.served(&cert);
-        }
-        if done.reloaded {
-            self.metrics.tls_reloads.inc();
-        }
+        self.metrics.tls.reconciled(&self.resolver, done);
     }
 
     fn reconcile_failed(&self, error: &SelfManagedError) {

@@ -1,21 +1,13 @@
 //! Prometheus metrics of the registry-mirror controller, served at /metrics on its health port.
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    /// applied | invalid | error | deleting
-    pub result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
-}
+use crate::server::metrics::render;
+pub use crate::server::metrics::{ReasonLabel, ResultLabel};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -24,6 +16,7 @@ pub struct ErrorLabel {
 
 pub struct Metrics {
     registry: Registry,
+    /// applied | invalid | error | deleting
     pub reconciles: Family<ResultLabel, Counter>,
     pub invalid_inputs: Family<ReasonLabel, Counter>,
     pub errors: Family<ErrorLabel, Counter>,
@@ -87,8 +80,6 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        render(&self.registry)
     }
 }

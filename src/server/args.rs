@@ -7,6 +7,10 @@ use clap::ValueEnum;
 
 use super::telemetry::LogFormat;
 use crate::certs::San;
+use crate::tls::{
+    rotation::IssuePolicy,
+    self_managed::{CaBundleTarget, SelfManagedConfig},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TlsMode {
@@ -103,5 +107,61 @@ impl ServerArgs {
         sans.extend(self.tls_extra_sans.iter().cloned());
         sans.dedup();
         sans
+    }
+
+    /// The self-managed TLS of a component served as Service `service`: its CA (`ca_name`) and
+    /// serving certificate kept in Secret `secret_name` of --namespace, trusted by `target`.
+    pub fn self_managed(
+        &self,
+        secret_name: &str,
+        service: &str,
+        ca_name: &str,
+        target: CaBundleTarget,
+    ) -> SelfManagedConfig {
+        SelfManagedConfig {
+            namespace: self.namespace.clone(),
+            secret_name: secret_name.to_owned(),
+            target,
+            issue: IssuePolicy {
+                ca_name: ca_name.to_owned(),
+                sans: self.serving_sans(service),
+                validity: self.cert_validity,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    #[test]
+    fn self_managed_names_the_service_in_the_operator_namespace() {
+        let args =
+            Wrap::try_parse_from(["x", "--namespace", "ops", "--tls-extra-san", "127.0.0.1"])
+                .unwrap()
+                .server;
+        let cfg = args.self_managed(
+            "svc-tls",
+            "svc",
+            "svc CA",
+            CaBundleTarget::ApiService("v1.example".into()),
+        );
+        assert_eq!(cfg.namespace, "ops");
+        assert_eq!(cfg.secret_name, "svc-tls");
+        assert_eq!(cfg.issue.ca_name, "svc CA");
+        assert_eq!(cfg.issue.validity, args.cert_validity);
+        let sans: Vec<String> = cfg.issue.sans.iter().map(|s| format!("{s:?}")).collect();
+        assert_eq!(sans.len(), 5, "{sans:?}");
+        assert!(sans[3].contains("svc.ops.svc.cluster.local"), "{sans:?}");
+        assert!(sans[4].contains("127.0.0.1"), "{sans:?}");
     }
 }

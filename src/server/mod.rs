@@ -6,9 +6,11 @@
 //! importing their metrics.
 
 pub mod args;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls_source;
+pub mod watch;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

@@ -1,23 +1,14 @@
 //! Prometheus metrics of the webhook, served on the health port at /metrics.
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
+pub use crate::server::metrics::{ReasonLabel, ResultLabel};
+use crate::server::metrics::{TlsMetrics, render};
 use crate::tls::{ServingCert, TlsError, files::ReloadObserver};
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    /// injected | skipped | allowed | error | rejected
-    pub result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
-}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KnobLabel {
@@ -31,13 +22,13 @@ pub struct NamespaceLabel {
 
 pub struct Metrics {
     registry: Registry,
+    /// injected | skipped | allowed | error | rejected
     pub requests: Family<ResultLabel, Counter>,
     pub skips: Family<ReasonLabel, Counter>,
     pub errors: Family<ReasonLabel, Counter>,
     pub invalid_knobs: Family<KnobLabel, Counter>,
     pub duration: Histogram,
-    pub cert_expiry: Gauge,
-    pub tls_reloads: Counter,
+    pub tls: TlsMetrics,
     pub uninjected_pods: Family<NamespaceLabel, Gauge>,
 }
 
@@ -83,18 +74,7 @@ impl Default for Metrics {
             "Time to answer an admission request",
             duration.clone(),
         );
-        let cert_expiry = Gauge::default();
-        registry.register(
-            "tls_certificate_expiry_timestamp_seconds",
-            "Expiry of the served certificate (Unix time)",
-            cert_expiry.clone(),
-        );
-        let tls_reloads = Counter::default();
-        registry.register(
-            "tls_reloads",
-            "Serving certificates swapped in without a restart",
-            tls_reloads.clone(),
-        );
+        let tls = TlsMetrics::register(&mut registry);
         let uninjected_pods = Family::<NamespaceLabel, Gauge>::default();
         registry.register(
             "uninjected_pods",
@@ -108,8 +88,7 @@ impl Default for Metrics {
             errors,
             invalid_knobs,
             duration,
-            cert_expiry,
-            tls_reloads,
+            tls,
             uninjected_pods,
         }
     }
@@ -124,21 +103,14 @@ impl Metrics {
         self.errors.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    pub fn served(&self, cert: &ServingCert) {
-        self.cert_expiry.set(cert.not_after);
-    }
-
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        render(&self.registry)
     }
 }
 
 impl ReloadObserver for Metrics {
     fn loaded(&self, cert: &ServingCert) {
-        self.served(cert);
-        self.tls_reloads.inc();
+        self.tls.loaded(cert);
     }
 
     fn failed(&self, error: &TlsError) {

@@ -31,8 +31,7 @@ use crate::{
     tls::{
         self, CertResolver, ServingCert, TlsError,
         files::ReloadObserver,
-        rotation::IssuePolicy,
-        self_managed::{CaBundleTarget, Reconciled, SelfManagedConfig, SelfManagedError},
+        self_managed::{CaBundleTarget, Reconciled, SelfManagedError},
     },
 };
 
@@ -137,16 +136,12 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
         );
     }
 
-    let self_managed_cfg = SelfManagedConfig {
-        namespace: args.server.namespace.clone(),
-        secret_name: args.tls_secret_name.clone(),
-        target: CaBundleTarget::MutatingWebhook(args.webhook_config_name.clone()),
-        issue: IssuePolicy {
-            ca_name: CA_NAME.into(),
-            sans: args.server.serving_sans(&args.service_name),
-            validity: args.server.cert_validity,
-        },
-    };
+    let self_managed_cfg = args.server.self_managed(
+        &args.tls_secret_name,
+        &args.service_name,
+        CA_NAME,
+        CaBundleTarget::MutatingWebhook(args.webhook_config_name.clone()),
+    );
     let observer = Arc::new(WebhookTls {
         state: state.clone(),
         use_own_ca: coordinator_ca.is_none(),
@@ -213,17 +208,12 @@ impl ReloadObserver for WebhookTls {
 
 impl TlsObserver for WebhookTls {
     fn served(&self, cert: &ServingCert) {
-        self.state.metrics.served(cert);
+        self.state.metrics.tls.served(cert);
     }
 
     fn reconciled(&self, done: &Reconciled) {
         let state = &self.state;
-        if let Some(cert) = state.resolver.current() {
-            state.metrics.served(&cert);
-        }
-        if done.reloaded {
-            state.metrics.tls_reloads.inc();
-        }
+        state.metrics.tls.reconciled(&state.resolver, done);
         state
             .ca_bundle_synced
             .store(done.ca_bundle_synced, Ordering::Release);

@@ -4,14 +4,13 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt, reflector, watcher},
-};
+use kube::{Client, runtime::reflector};
 
-use crate::server::shutdown::Shutdown;
+use crate::server::{
+    shutdown::Shutdown,
+    watch::{fixed_store, watch_all},
+};
 
 /// Empty when no cluster is reachable (files mode in development): then no namespace has defaults.
 #[derive(Clone, Default)]
@@ -30,27 +29,9 @@ impl std::fmt::Debug for NamespaceCache {
 impl NamespaceCache {
     /// Starts a watch of all Namespaces; the cache fills in the background.
     pub fn watch(client: Client, shutdown: Shutdown) -> Self {
-        let (store, writer) = reflector::store();
-        let stream = watcher(Api::<Namespace>::all(client), watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .applied_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            let stop = shutdown.wait();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    item = stream.next() => match item {
-                        Some(Ok(_)) => {}
-                        Some(Err(error)) => tracing::warn!(%error, "namespace watch error; retrying with backoff"),
-                        None => break,
-                    },
-                    _ = &mut stop => break,
-                }
-            }
-        });
-        NamespaceCache { store: Some(store) }
+        NamespaceCache {
+            store: Some(watch_all(client, "Namespace", shutdown)),
+        }
     }
 
     /// Waits (bounded) for the first full list, so early admissions see namespace defaults.
@@ -65,13 +46,9 @@ impl NamespaceCache {
 
     /// A fixed set of namespaces (tests, and running without a cluster).
     pub fn fixed(namespaces: impl IntoIterator<Item = Namespace>) -> Self {
-        let (store, mut writer) = reflector::store();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        for namespace in namespaces {
-            writer.apply_watcher_event(&watcher::Event::InitApply(namespace));
+        NamespaceCache {
+            store: Some(fixed_store(namespaces)),
         }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        NamespaceCache { store: Some(store) }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Namespace>> {

@@ -2,22 +2,20 @@
 //!
 //! Header values are independent, so two filters overlap exactly when, for every header either
 //! names, some single value satisfies all the regexes given for that header (one or two). Each
-//! such question is answered on unanchored DFAs (regex-automata): a breadth-first walk of the
-//! product automaton looks for a byte string on which every DFA reaches a match. The walk is over
+//! such question is answered on unanchored DFAs (regex-automata): the breadth-first walk of the
+//! product automaton shared with the HTTP filter check (`coordinator::overlap`) looks for a byte
+//! string on which every DFA reaches a match. The walk is over
 //! bytes, not only valid UTF-8, so it can only over-report overlap (refuse a pair that would in
 //! fact be disjoint on text), never miss one. Regexes a DFA cannot express (Unicode word
 //! boundaries) or a product too large to walk give [`Overlap::Undecided`], which callers refuse.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 
-use regex_automata::{
-    Anchored,
-    dfa::{Automaton, StartKind, dense},
-    util::{primitives::StateID, start},
-};
+use regex_automata::dfa::{StartKind, dense};
 
 use super::filter::MessageFilter;
+use crate::coordinator::overlap::{Leaf, Product, Run, representatives, shortest};
 
 /// Bounds on the work one decision may do (filters come from developers' configs).
 const DFA_SIZE_LIMIT: usize = 4 << 20;
@@ -74,10 +72,10 @@ pub fn filters_overlap(a: &MessageFilter, b: &MessageFilter) -> Overlap {
 
 /// A shortest byte string that every pattern matches somewhere in (unanchored), if any.
 pub fn common_match(patterns: &[&str]) -> Result<Option<Vec<u8>>, String> {
-    let dfas = patterns
+    let leaves = patterns
         .iter()
         .map(|p| {
-            dense::Builder::new()
+            let dfa = dense::Builder::new()
                 .configure(
                     dense::Config::new()
                         .start_kind(StartKind::Unanchored)
@@ -85,87 +83,41 @@ pub fn common_match(patterns: &[&str]) -> Result<Option<Vec<u8>>, String> {
                         .determinize_size_limit(Some(DFA_SIZE_LIMIT)),
                 )
                 .build(p)
-                .map_err(|e| format!("regex {p:?} has no DFA: {e}"))
+                .map_err(|e| format!("regex {p:?} has no DFA: {e}"))?;
+            Leaf::new(dfa).map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let start_config = start::Config::new().anchored(Anchored::No);
-    let start = dfas
-        .iter()
-        .map(|d| {
-            d.start_state(&start_config)
-                .map(Some)
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    // Any byte may occur in a header value; one per tuple of the DFAs' byte classes suffices.
+    let bytes = representatives(0..=255u8, |b| {
+        leaves.iter().map(|l| l.class(b)).collect::<Vec<_>>()
+    });
+    let start = leaves.iter().map(Leaf::start).collect();
+    // The walk counts the start state too.
+    let mut budget = MAX_PRODUCT_STATES - 1;
+    shortest(&AllMatch(&leaves), start, &bytes, &mut budget)
+        .map_err(|_| format!("more than {MAX_PRODUCT_STATES} combined automaton states"))
+}
 
-    // A component becomes `None` once its DFA has matched: for "matches somewhere", a match stays a
-    // match whatever follows, so its state no longer matters.
-    type Node = Vec<Option<StateID>>;
-    let mut seen: HashMap<Node, Option<(usize, u8)>> = HashMap::new();
-    let mut order: Vec<Node> = Vec::new();
-    let mut queue = VecDeque::new();
-    seen.insert(start.clone(), None);
-    order.push(start.clone());
-    queue.push_back(0usize);
-    let path_to = |mut at: usize, order: &[Node], seen: &HashMap<Node, Option<(usize, u8)>>| {
-        let mut bytes = Vec::new();
-        while let Some(Some((parent, byte))) = seen.get(&order[at]) {
-            bytes.push(*byte);
-            at = *parent;
-        }
-        bytes.reverse();
-        bytes
-    };
-    while let Some(at) = queue.pop_front() {
-        let node = order[at].clone();
-        // Does ending the text here complete every pending match?
-        let all_at_end = node.iter().zip(&dfas).all(|(state, dfa)| match state {
-            None => true,
-            Some(s) => dfa.is_match_state(dfa.next_eoi_state(*s)),
-        });
-        if all_at_end {
-            return Ok(Some(path_to(at, &order, &seen)));
-        }
-        // Bytes that every DFA treats alike give the same successor: try one per class tuple.
-        let mut tried: Vec<Vec<u8>> = Vec::new();
-        for byte in 0..=255u8 {
-            let classes: Vec<u8> = dfas.iter().map(|d| d.byte_classes().get(byte)).collect();
-            if tried.contains(&classes) {
-                continue;
-            }
-            tried.push(classes);
-            let mut next = Vec::with_capacity(node.len());
-            let mut dead = false;
-            for (state, dfa) in node.iter().zip(&dfas) {
-                next.push(match state {
-                    None => None,
-                    Some(s) => {
-                        let n = dfa.next_state(*s, byte);
-                        if dfa.is_match_state(n) {
-                            None
-                        } else if dfa.is_dead_state(n) || dfa.is_quit_state(n) {
-                            dead = true;
-                            break;
-                        } else {
-                            Some(n)
-                        }
-                    }
-                });
-            }
-            if dead || seen.contains_key(&next) {
-                continue;
-            }
-            if seen.len() >= MAX_PRODUCT_STATES {
-                return Err(format!(
-                    "more than {MAX_PRODUCT_STATES} combined automaton states"
-                ));
-            }
-            seen.insert(next.clone(), Some((at, byte)));
-            order.push(next);
-            queue.push_back(order.len() - 1);
-        }
+/// Texts on which every leaf matches.
+struct AllMatch<'a>(&'a [Leaf]);
+
+impl Product for AllMatch<'_> {
+    type Node = Vec<Run>;
+
+    fn accepts(&self, runs: &Vec<Run>) -> bool {
+        runs.iter().zip(self.0).all(|(&run, leaf)| leaf.finish(run))
     }
-    Ok(None)
+
+    fn next(&self, runs: &Vec<Run>, byte: u8) -> Option<Vec<Run>> {
+        // A leaf that can no longer match sinks the whole branch.
+        runs.iter()
+            .zip(self.0)
+            .map(|(&run, leaf)| match leaf.step(run, byte) {
+                Run::Miss => None,
+                run => Some(run),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

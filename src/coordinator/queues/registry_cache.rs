@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt, reflector, watcher},
-};
+use kube::{Client, runtime::reflector};
 
 use super::crd::MirrordWorkloadQueueRegistry;
-use crate::server::shutdown::Shutdown;
+use crate::server::{
+    shutdown::Shutdown,
+    watch::{fixed_store, watch_all},
+};
 
 /// Empty (no registries) when no cluster is reachable.
 #[derive(Clone, Default)]
@@ -30,41 +29,16 @@ impl QueueRegistryCache {
     /// Starts a watch of all registries; the cache fills in the background. A cluster without the
     /// CRD only logs a warning per retry (the chart installs it).
     pub fn watch(client: Client, shutdown: Shutdown) -> Self {
-        let (store, writer) = reflector::store();
-        let stream = watcher(
-            Api::<MirrordWorkloadQueueRegistry>::all(client),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            let stop = shutdown.wait();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    item = stream.next() => match item {
-                        Some(Ok(_)) => {}
-                        Some(Err(error)) => tracing::warn!(%error, "queue registry watch error; retrying with backoff"),
-                        None => break,
-                    },
-                    _ = &mut stop => break,
-                }
-            }
-        });
-        QueueRegistryCache { store: Some(store) }
+        QueueRegistryCache {
+            store: Some(watch_all(client, "MirrordWorkloadQueueRegistry", shutdown)),
+        }
     }
 
     /// A fixed set of registries (tests, and running without a cluster).
     pub fn fixed(registries: impl IntoIterator<Item = MirrordWorkloadQueueRegistry>) -> Self {
-        let (store, mut writer) = reflector::store();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        for registry in registries {
-            writer.apply_watcher_event(&watcher::Event::InitApply(registry));
+        QueueRegistryCache {
+            store: Some(fixed_store(registries)),
         }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        QueueRegistryCache { store: Some(store) }
     }
 
     /// The registries of `namespace` (empty, without allocating, when there are none at all).
