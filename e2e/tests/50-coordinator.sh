@@ -90,7 +90,7 @@ print(json.dumps({"apiVersion": "operator.metalbear.co/v1", "kind": "MirrordClus
   # The certificate is for the key we hold, and names the user the apiserver authenticated.
   [[ "$(openssl x509 -in "$E2E_DIR/$user.crt" -noout -pubkey)" == "$(openssl pkey -in "$E2E_DIR/$user.key" -pubout)" ]] ||
     fail "the issued certificate is not for our key"
-  openssl x509 -in "$E2E_DIR/$user.crt" -noout -subject | tee /dev/stderr | grep -q "$user" ||
+  openssl x509 -in "$E2E_DIR/$user.crt" -noout -subject | grep -q "$user" ||
     fail "the issued certificate does not name $user"
   log "ok: $user lists targets and got a certificate"
 }
