@@ -38,9 +38,14 @@ _op_mode_values() {
   else
     # One replica: metrics and logs are read from it.
     printf '%s\n' --set replicaCount=1
-    # "Webhook down" scales the Deployment with kubectl; Helm 4's server-side apply must take
-    # spec.replicas back on the next upgrade.
-    if "$HELM" upgrade --help 2>/dev/null | grep -q -e '--force-conflicts'; then
+    if [[ "$E2E_MODE" == local ]] && "$HELM" upgrade --help 2>/dev/null | grep -q -e '--server-side'; then
+      # Kubernetes 1.20's aggregator has no field manager for APIServices: a server-side apply of the
+      # coordinator's APIService panics the apiserver ("FieldManager must be installed to run apply").
+      # Client-side three-way merges also take spec.replicas back after "webhook down".
+      printf '%s\n' --server-side=false
+    elif "$HELM" upgrade --help 2>/dev/null | grep -q -e '--force-conflicts'; then
+      # "Webhook down" scales the Deployment with kubectl; Helm 4's server-side apply must take
+      # spec.replicas back on the next upgrade.
       printf '%s\n' --force-conflicts
     fi
     # MIRRORD_E2E_IMAGE=REGISTRY/REPOSITORY:TAG, the image loaded into the cluster (the agent uses it too).

@@ -24,6 +24,21 @@ e2e_setup_cluster() {
     if [[ "$E2E_MODE" == local && "$E2E_WEBHOOK" == pod ]]; then TEST_IMAGE="$E2E_APP_IMAGE"; else TEST_IMAGE=busybox:1.36; fi
   fi
   export E2E_MODE E2E_WEBHOOK TEST_IMAGE
+  # The coordinator (aggregated API) runs wherever pods run: the apiserver reaches it through its
+  # Service's endpoint, which cannot be a loopback address (no coordinator in host mode).
+  if [[ "$E2E_WEBHOOK" == pod ]]; then
+    OP_BASE_VALUES+=(--set coordinator.enabled=true)
+  fi
+  # Our node has no kube-proxy: agents reach the coordinator in the node's network namespace, at the
+  # node's bridge address, on free ports ("Reaching Services from pods" in e2e/README.md).
+  if [[ "$E2E_MODE" == local && "$E2E_WEBHOOK" == pod ]]; then
+    local cport chport
+    cport="$(free_port)"
+    chport="$(free_port)"
+    OP_BASE_VALUES+=(--set coordinator.hostNetwork=true --set "coordinator.port=$cport"
+      --set "coordinator.healthPort=$chport" --set "coordinator.url=wss://$NODE_IP:$cport"
+      --set "coordinator.tlsExtraSans={$NODE_IP}")
+  fi
   op_ensure_tools
   if [[ -z "$dir" ]]; then
     [[ "$E2E_MODE" == local ]] && cp_reap_stale

@@ -11,7 +11,10 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use axum::{Router, middleware};
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+    kube_aggregator::pkg::apis::apiregistration::v1::APIService,
+};
 use kube::{Api, Client};
 
 use super::{
@@ -82,6 +85,7 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         client.clone(),
         &args.server.namespace,
         &args.user_ca_secret_name,
+        api_service_owner(&Api::all(client.clone()), &args.api_service_name).await,
         time::OffsetDateTime::now_utc(),
     )
     .await?;
@@ -182,6 +186,25 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         .await
         .map_err(|e| CoordinatorError::Health(std::io::Error::other(e)))?
         .map_err(CoordinatorError::Health)
+}
+
+/// An owner reference to the APIService, for the Secrets the coordinator creates (none when it
+/// cannot be read: the Secret then outlives an uninstall, which is harmless).
+async fn api_service_owner(api: &Api<APIService>, name: &str) -> Option<OwnerReference> {
+    match api.get_opt(name).await {
+        Ok(Some(service)) => Some(OwnerReference {
+            api_version: "apiregistration.k8s.io/v1".into(),
+            kind: "APIService".into(),
+            name: service.metadata.name?,
+            uid: service.metadata.uid?,
+            ..Default::default()
+        }),
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(%error, %name, "cannot read the APIService; the user CA Secret gets no owner");
+            None
+        }
+    }
 }
 
 /// `router` behind front-proxy authentication: every request gets an `Identity` or a 401.

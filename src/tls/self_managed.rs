@@ -332,37 +332,36 @@ impl SelfManaged {
         }
         let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bundle);
         let name = self.cfg.target.name();
-        let patch = match &self.cfg.target {
-            CaBundleTarget::MutatingWebhook(_) => json!({
-                "apiVersion": self.cfg.target.api_version(),
-                "kind": self.cfg.target.kind(),
-                "metadata": { "name": name },
-                "webhooks": target.entries.iter().map(|entry| json!({
-                    "name": entry,
-                    "clientConfig": { "caBundle": encoded },
-                })).collect::<Vec<_>>(),
-            }),
-            CaBundleTarget::ApiService(_) => json!({
-                "apiVersion": self.cfg.target.api_version(),
-                "kind": self.cfg.target.kind(),
-                "metadata": { "name": name },
-                "spec": { "caBundle": encoded },
-            }),
-        };
-        // force: the caBundle is ours by design; taking it from whoever wrote it last is the point.
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let patch = Patch::Apply(&patch);
         match &self.cfg.target {
             CaBundleTarget::MutatingWebhook(_) => {
+                let patch = json!({
+                    "apiVersion": self.cfg.target.api_version(),
+                    "kind": self.cfg.target.kind(),
+                    "metadata": { "name": name },
+                    "webhooks": target.entries.iter().map(|entry| json!({
+                        "name": entry,
+                        "clientConfig": { "caBundle": encoded },
+                    })).collect::<Vec<_>>(),
+                });
+                // force: the caBundle is ours by design; taking it from whoever wrote it last is
+                // the point.
+                let params = PatchParams::apply(FIELD_MANAGER).force();
                 let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-                api.patch(name, &params, &patch).await?;
+                api.patch(name, &params, &Patch::Apply(&patch)).await?;
             }
             CaBundleTarget::ApiService(_) => {
+                // A merge patch, not an apply: before Kubernetes 1.22 the aggregator serves
+                // APIServices without a field manager and an apply panics the apiserver.
+                let patch = json!({ "spec": { "caBundle": encoded } });
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
                 let api: Api<APIService> = Api::all(self.client.clone());
-                api.patch(name, &params, &patch).await?;
+                api.patch(name, &params, &Patch::Merge(&patch)).await?;
             }
         }
-        tracing::info!(kind = self.cfg.target.kind(), %name, "caBundle updated by server-side apply");
+        tracing::info!(kind = self.cfg.target.kind(), %name, "caBundle updated");
         Ok((true, true))
     }
 }

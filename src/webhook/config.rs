@@ -76,13 +76,20 @@ pub struct WebhookArgs {
     #[arg(long, env = "MIRRORD_OPERATOR_NATIVE_SIDECAR", value_enum, default_value_t = NativeSidecar::Auto)]
     pub native_sidecar: NativeSidecar,
 
-    /// Where injected agents dial the coordinator. Default: wss://<svc>.<ns>.svc:443/agents/connect.
+    /// Base URL injected agents dial the coordinator at (they append /agents/connect).
+    /// Default: wss://<svc>-coordinator.<ns>.svc:443, the chart's coordinator Service.
     #[arg(long, env = "MIRRORD_OPERATOR_COORDINATOR_URL")]
     pub coordinator_url: Option<String>,
 
-    /// PEM bundle agents trust for the coordinator (self-managed mode uses its own CA when unset).
+    /// PEM bundle agents trust for the coordinator. When unset: the CA bundle of
+    /// --coordinator-tls-secret-name, else (self-managed mode) the webhook's own CA.
     #[arg(long, env = "MIRRORD_OPERATOR_COORDINATOR_CA_FILE")]
     pub coordinator_ca_file: Option<PathBuf>,
+
+    /// The coordinator's self-managed TLS Secret (in --namespace): agents trust the CAs it holds,
+    /// re-read every --cert-check-interval.
+    #[arg(long, env = "MIRRORD_OPERATOR_COORDINATOR_TLS_SECRET_NAME")]
+    pub coordinator_tls_secret_name: Option<String>,
 
     /// Dedicated group id of the agent; its redirect rules exempt traffic of this group.
     #[arg(long, env = "MIRRORD_OPERATOR_AGENT_GROUP_ID", default_value_t = i64::from(crate::injection::DEFAULT_AGENT_GROUP_ID))]
@@ -165,7 +172,7 @@ impl WebhookArgs {
     pub fn coordinator_url(&self) -> String {
         self.coordinator_url.clone().unwrap_or_else(|| {
             format!(
-                "wss://{}.{}.svc:443/agents/connect",
+                "wss://{}-coordinator.{}.svc:443",
                 self.service_name, self.server.namespace
             )
         })

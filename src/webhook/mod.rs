@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod audit;
 pub mod config;
+mod coordinator_ca;
 mod json;
 pub mod metrics;
 pub mod namespaces;
@@ -136,6 +137,20 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
         );
     }
 
+    if let (None, Some(name), Some(client)) = (
+        &args.coordinator_ca_file,
+        &args.coordinator_tls_secret_name,
+        &client,
+    ) {
+        tokio::spawn(coordinator_ca::watch(
+            kube::Api::namespaced(client.clone(), &args.server.namespace),
+            name.clone(),
+            state.clone(),
+            args.server.cert_check_interval,
+            shutdown.clone(),
+        ));
+    }
+
     let self_managed_cfg = args.server.self_managed(
         &args.tls_secret_name,
         &args.service_name,
@@ -144,7 +159,7 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
     );
     let observer = Arc::new(WebhookTls {
         state: state.clone(),
-        use_own_ca: coordinator_ca.is_none(),
+        use_own_ca: coordinator_ca.is_none() && args.coordinator_tls_secret_name.is_none(),
     });
     tls_source::start(
         &args.server,
@@ -190,7 +205,7 @@ pub async fn run_until(args: WebhookArgs, shutdown: Shutdown) -> Result<(), Webh
 const CA_NAME: &str = "mirrord-operator webhook CA";
 
 /// The webhook's view of its TLS source: metrics, readiness, and (self-managed without
-/// --coordinator-ca-file) the CA bundle injected agents trust.
+/// --coordinator-ca-file or --coordinator-tls-secret-name) the CA bundle injected agents trust.
 struct WebhookTls {
     state: Arc<WebhookState>,
     use_own_ca: bool,

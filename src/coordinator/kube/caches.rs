@@ -1,5 +1,6 @@
 //! Watch-fed caches (kube-runtime reflectors) of the workloads targets resolve to: pods,
-//! deployments, replicasets, statefulsets, jobs, cronjobs, and Argo Rollouts when their CRD exists.
+//! deployments, replicasets, statefulsets, jobs, cronjobs (batch/v1, Kubernetes 1.21+), and Argo
+//! Rollouts when their CRD exists.
 //! Requests read snapshots of these stores; nothing asks the API server per request.
 
 use std::sync::{
@@ -39,7 +40,7 @@ pub struct Caches {
     replica_sets: Store<ReplicaSet>,
     stateful_sets: Store<StatefulSet>,
     jobs: Store<Job>,
-    cron_jobs: Store<CronJob>,
+    cron_jobs: Option<Store<CronJob>>,
     rollouts: Option<Store<DynamicObject>>,
     /// Stores whose first list has not completed.
     pending: Arc<AtomicUsize>,
@@ -84,7 +85,9 @@ where
 }
 
 impl Caches {
-    /// Starts every reflector. Rollouts are watched only when `argoproj.io/v1alpha1` serves them.
+    /// Starts every reflector. CronJobs are watched only when `batch/v1` serves them (1.21+; a
+    /// watch of a kind the server lacks would never sync), Rollouts only when `argoproj.io/v1alpha1`
+    /// serves them.
     pub async fn start(client: Client, shutdown: Shutdown) -> Caches {
         let pending = Arc::new(AtomicUsize::new(0));
         macro_rules! typed {
@@ -98,6 +101,14 @@ impl Caches {
                 )
             };
         }
+        let cron_job = GroupVersionKind::gvk("batch", "v1", "CronJob");
+        let cron_jobs = match discovery::pinned_kind(&client, &cron_job).await {
+            Ok(_) => Some(typed!(CronJob)),
+            Err(error) => {
+                tracing::info!(%error, "no batch/v1 CronJobs (Kubernetes before 1.21): not watching them");
+                None
+            }
+        };
         let rollout = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout");
         let rollouts = match discovery::pinned_kind(&client, &rollout).await {
             Ok((resource, _)) => Some(reflect(
@@ -118,7 +129,7 @@ impl Caches {
             replica_sets: typed!(ReplicaSet),
             stateful_sets: typed!(StatefulSet),
             jobs: typed!(Job),
-            cron_jobs: typed!(CronJob),
+            cron_jobs,
             rollouts,
             pending,
         }
@@ -153,7 +164,11 @@ impl Inventory for Caches {
             replica_sets: in_namespace(&self.replica_sets, namespace),
             stateful_sets: in_namespace(&self.stateful_sets, namespace),
             jobs: in_namespace(&self.jobs, namespace),
-            cron_jobs: in_namespace(&self.cron_jobs, namespace),
+            cron_jobs: self
+                .cron_jobs
+                .as_ref()
+                .map(|s| in_namespace(s, namespace))
+                .unwrap_or_default(),
             rollouts: self
                 .rollouts
                 .as_ref()

@@ -4,7 +4,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use k8s_openapi::{ByteString, api::core::v1::Secret};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
@@ -57,11 +59,13 @@ fn pem(secret: &Secret, key: &str) -> Option<String> {
 
 /// Reads the CA from Secret `namespace/name`, creating it first if it does not exist. An existing
 /// but unusable Secret is an error rather than silently replaced: replacing it would invalidate
-/// every certificate issued so far.
+/// every certificate issued so far. A created Secret is owned by `owner` (the APIService), so
+/// uninstalling removes it.
 pub async fn load_or_create(
     client: Client,
     namespace: &str,
     name: &str,
+    owner: Option<OwnerReference>,
     now: OffsetDateTime,
 ) -> Result<UserCa, UserCaError> {
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
@@ -83,6 +87,7 @@ pub async fn load_or_create(
                     "app.kubernetes.io/managed-by".to_string(),
                     FIELD_MANAGER.to_string(),
                 )])),
+                owner_references: owner.clone().map(|o| vec![o]),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([
