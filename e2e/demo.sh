@@ -65,7 +65,15 @@ The pod runs on a local node (kubelet + containerd + runc; the operator's webhoo
   kubectl -n $DEMO_NS logs $pod -c mirrord-agent
   kubectl -n mirrord get pods                 # the operator
 (kubectl: $KUBECTL)
-With the coordinator (coming): mirrord exec --target deploy/demo-app -n $DEMO_NS -- curl localhost:8080/cgi-bin/hello
+The coordinator serves the mirrord Operator API (APIService v1.operator.metalbear.co):
+  kubectl get mirrordoperators operator -o yaml
+  kubectl -n $DEMO_NS get targets             # demo-app is available once its agent has registered
+  target/debug/mirrord-operator status        # what \`mirrord operator status\` prints
+With the mirrord CLI (3.250) on this kubeconfig:
+  mirrord operator status
+  mirrord ls -n $DEMO_NS
+  mirrord exec --target deployment/demo-app -n $DEMO_NS -- env | grep GREETING
+(sessions through the real aggregator and the upstream CLI are not proven yet: docs/sessions.md)
 Logs of every process: $DEMO_DIR/logs/  ·  stop everything: make demo-down
 TXT
 }
@@ -88,6 +96,11 @@ demo_up() {
   trap 'exit 143' TERM
   e2e_setup_cluster "$DEMO_DIR"
   op_helm install --set webhook.auditInterval=1m
+  # Agents trust the coordinator's CA, which the webhook reads from the coordinator's TLS Secret
+  # (re-read every 2 s until it exists): create the demo's pods only once the coordinator serves.
+  k wait --for=condition=Available apiservice/v1.operator.metalbear.co --timeout=180s >/dev/null ||
+    log "the coordinator is not Available yet; pods created now get no coordinator CA (recreate them later)"
+  sleep 3
   k create namespace "$DEMO_NS" >/dev/null
   k label namespace "$DEMO_NS" "$INJECT_LABEL=enabled" >/dev/null
   app_deployment_yaml demo-app 1 | k -n "$DEMO_NS" create -f - >/dev/null
