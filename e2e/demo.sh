@@ -95,7 +95,7 @@ demo_up() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
   e2e_setup_cluster "$DEMO_DIR"
-  op_helm install --set webhook.auditInterval=1m
+  op_helm install "${OP_BASE_VALUES[@]}" --set webhook.auditInterval=1m
   # Agents trust the coordinator's CA, which the webhook reads from the coordinator's TLS Secret
   # (re-read every 2 s until it exists): create the demo's pods only once the coordinator serves.
   k wait --for=condition=Available apiservice/v1.operator.metalbear.co --timeout=180s >/dev/null ||
