@@ -5,7 +5,8 @@
 //! itself with a JSON `register` message. The coordinator then sends `openSession` messages; for
 //! each the agent dials `<coordinator>/agents/sessions/<id>` and serves one mirrord-protocol
 //! session there, one message per Binary frame. A lost control link is redialled with capped
-//! exponential backoff; sessions already open are unaffected.
+//! exponential backoff plus jitter (so the agents of a whole cluster do not redial a restarted
+//! coordinator in lockstep); sessions already open are unaffected.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -162,19 +163,58 @@ pub async fn dial(cfg: &LinkConfig, path: &str) -> Result<Ws, AgentError> {
         .map_err(|_| link(format!("dialing {url} timed out")))?
 }
 
+/// Capped exponential backoff with "equal jitter": the n-th wait is drawn uniformly from
+/// `[d/2, d]` with `d = min(start * 2^n, max)`. Half the delay stays fixed so a failing
+/// coordinator is never hammered; the random half spreads the redials of many agents that lost
+/// the coordinator at the same moment.
+#[derive(Debug)]
+pub struct Backoff {
+    start: Duration,
+    max: Duration,
+    current: Duration,
+    rng: fastrand::Rng,
+}
+
+impl Backoff {
+    /// `rng` is explicit so tests are deterministic; production seeds it from the OS.
+    pub fn new(start: Duration, max: Duration, rng: fastrand::Rng) -> Self {
+        Self {
+            start,
+            max,
+            current: start.min(max),
+            rng,
+        }
+    }
+
+    /// The next wait; doubles the ceiling for the one after (up to `max`).
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = ceiling / 2;
+        let spread = u64::try_from((ceiling - half).as_micros()).unwrap_or(u64::MAX);
+        half + Duration::from_micros(self.rng.u64(0..=spread))
+    }
+
+    /// After a link that ended cleanly: start again from the smallest delay.
+    pub fn reset(&mut self) {
+        self.current = self.start.min(self.max);
+    }
+}
+
 /// Keeps the control link up for the life of the process.
 pub async fn run(cfg: LinkConfig, state: Arc<AgentState>) -> Result<(), AgentError> {
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX, fastrand::Rng::new());
     loop {
         match control_session(&cfg, &state).await {
             Ok(()) => {
                 info!("coordinator closed the control link; redialling");
-                backoff = BACKOFF_START;
+                backoff.reset();
             }
-            Err(e) => warn!(error = %e, retry_in = ?backoff, "coordinator link failed"),
+            Err(e) => warn!(error = %e, "coordinator link failed"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        let wait = backoff.next_delay();
+        debug!(retry_in = ?wait, "redialling the coordinator");
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -356,5 +396,57 @@ mod tests {
         assert!(decode_frame(&two).is_err());
         assert!(decode_frame(&[0x0a, 0x06]).is_err());
         assert!(decode_frame(&[0xff]).is_err());
+    }
+
+    fn backoff(seed: u64) -> Backoff {
+        Backoff::new(BACKOFF_START, BACKOFF_MAX, fastrand::Rng::with_seed(seed))
+    }
+
+    #[test]
+    fn backoff_stays_between_half_and_full_ceiling_and_caps() {
+        let mut b = backoff(7);
+        let mut ceiling = BACKOFF_START;
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{d:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+            ceiling = (ceiling * 2).min(BACKOFF_MAX);
+        }
+        // Long after the cap: never above it, never below half of it.
+        let d = b.next_delay();
+        assert!(d >= BACKOFF_MAX / 2 && d <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn backoff_reset_starts_over() {
+        let mut b = backoff(1);
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_START);
+    }
+
+    #[test]
+    fn backoff_is_deterministic_per_seed_and_spreads_agents() {
+        let seq = |seed| {
+            let mut b = backoff(seed);
+            (0..8).map(|_| b.next_delay()).collect::<Vec<_>>()
+        };
+        assert_eq!(seq(42), seq(42));
+        // 50 agents that lost the coordinator together: their first redials spread over the
+        // jitter window instead of landing on one instant.
+        let firsts: std::collections::BTreeSet<Duration> =
+            (0..50).map(|seed| backoff(seed).next_delay()).collect();
+        assert!(
+            firsts.len() > 40,
+            "only {} distinct first delays",
+            firsts.len()
+        );
+        let spread = *firsts.last().unwrap() - *firsts.first().unwrap();
+        assert!(spread >= BACKOFF_START / 4, "spread {spread:?}");
     }
 }

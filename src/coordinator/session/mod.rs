@@ -155,6 +155,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Clone)]
 pub struct ClaimEntry {
     pub claim: Claim,
+    /// The claiming session's target key (`namespace/target`).
+    pub target: String,
     /// The relay connection that made it (released when that connection ends).
     pub connection: u64,
     /// `false`: held back behind another session's steal (`continue`).
@@ -202,8 +204,24 @@ pub enum JoinError {
 struct TableInner {
     sessions: HashMap<u64, Arc<SessionState>>,
     ended: HashMap<u64, Instant>,
-    /// `(namespace/target, port)` → claims of every session.
+    /// `(namespace, port)` → claims of every session. Two claims compete when they are on the
+    /// same target or their sessions share a pod (a pod target and its deployment's target), so
+    /// the key is the namespace, not the target.
     claims: HashMap<(String, u16), Vec<ClaimEntry>>,
+}
+
+impl TableInner {
+    /// Whether sessions `a` (on target `a_target`) and `b` can receive the same port's traffic:
+    /// same target, or a pod both sessions are attached to right now (pods are read at decision
+    /// time, so a deployment's scaled-up pod counts as soon as the session reaches it).
+    fn same_workload(&self, a: u64, a_target: &str, b: &ClaimEntry) -> bool {
+        if a_target == b.target {
+            return true;
+        }
+        let pods = |id| self.sessions.get(&id).map(|s| s.pods()).unwrap_or_default();
+        let theirs = pods(b.claim.session);
+        pods(a).iter().any(|p| theirs.contains(p))
+    }
 }
 
 /// Every live session of this coordinator.
@@ -314,19 +332,19 @@ impl SessionTable {
             }
             inner.ended.insert(id, Instant::now());
             let mut touched = Vec::new();
-            for ((target, port), claims) in inner.claims.iter_mut() {
+            for ((namespace, port), claims) in inner.claims.iter_mut() {
                 let before = claims.len();
                 claims.retain(|c| c.claim.session != id);
                 if claims.len() != before {
-                    touched.push((target.clone(), *port));
+                    touched.push((namespace.clone(), *port));
                 }
             }
             touched
         };
         session.ended.store(true, Ordering::Release);
         info!(session = %format!("{id:X}"), %why, "session ended");
-        for (target, port) in waiting {
-            self.wake_waiting(&target, port);
+        for (namespace, port) in waiting {
+            self.wake_waiting(&namespace, port);
         }
     }
 
@@ -423,12 +441,16 @@ impl SessionTable {
         let target = target_key(&session.spec);
         let id = session.spec.id;
         let mut inner = self.lock();
-        let claims = inner.claims.entry((target, port)).or_default();
-        let others: Vec<Claim> = claims
-            .iter()
-            .filter(|c| c.claim.session != id && c.active)
+        let key = (claims_namespace(&session.spec), port);
+        let others: Vec<Claim> = inner
+            .claims
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.claim.session != id && c.active && inner.same_workload(id, &target, c))
             .map(|c| c.claim.clone())
             .collect();
+        let claims = inner.claims.entry(key).or_default();
         let decision = decide(
             port,
             &mode,
@@ -444,6 +466,7 @@ impl SessionTable {
                 mode: mode.clone(),
                 filter: filter.clone(),
             },
+            target: target.clone(),
             connection,
             active,
         };
@@ -485,11 +508,11 @@ impl SessionTable {
 
     /// `session` unsubscribed `port` (mode).
     pub fn release(&self, session: &SessionState, port: u16, mode: &Mode) {
-        let target = target_key(&session.spec);
-        if let Some(claims) = self.lock().claims.get_mut(&(target.clone(), port)) {
+        let namespace = claims_namespace(&session.spec);
+        if let Some(claims) = self.lock().claims.get_mut(&(namespace.clone(), port)) {
             claims.retain(|c| !(c.claim.session == session.spec.id && c.claim.mode == *mode));
         }
-        self.wake_waiting(&target, port);
+        self.wake_waiting(&namespace, port);
     }
 
     fn release_connection(&self, id: u64, connection: u64) {
@@ -506,25 +529,29 @@ impl SessionTable {
             inner.claims.retain(|_, c| !c.is_empty());
             touched
         };
-        for (target, port) in touched {
-            self.wake_waiting(&target, port);
+        for (namespace, port) in touched {
+            self.wake_waiting(&namespace, port);
         }
     }
 
     /// Held-back claims on a port are decided again; those now accepted are activated.
-    fn wake_waiting(&self, target: &str, port: u16) {
+    fn wake_waiting(&self, namespace: &str, port: u16) {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let Some(claims) = inner.claims.get_mut(&(target.to_owned(), port)) else {
+        let key = (namespace.to_owned(), port);
+        let Some(mut claims) = inner.claims.remove(&key) else {
             return;
         };
         for i in 0..claims.len() {
             if claims[i].active {
                 continue;
             }
+            let (me, my_target) = (claims[i].claim.session, claims[i].target.clone());
             let others: Vec<Claim> = claims
                 .iter()
-                .filter(|c| c.active && c.claim.session != claims[i].claim.session)
+                .filter(|c| {
+                    c.active && c.claim.session != me && inner.same_workload(me, &my_target, c)
+                })
                 .map(|c| c.claim.clone())
                 .collect();
             if decide(
@@ -541,6 +568,7 @@ impl SessionTable {
                 }
             }
         }
+        inner.claims.insert(key, claims);
     }
 }
 
@@ -556,7 +584,12 @@ pub async fn attach(
     Ok(relay::run(registry, table, session, connection, cli).await)
 }
 
-/// Claims conflict per workload: namespace and target.
+/// Claims are grouped per namespace (see `TableInner::claims`).
+fn claims_namespace(spec: &SessionSpec) -> String {
+    spec.namespace.clone().unwrap_or_default()
+}
+
+/// A session's target within its namespace.
 fn target_key(spec: &SessionSpec) -> String {
     format!(
         "{}/{}",
@@ -692,5 +725,68 @@ mod tests {
             b_commands.recv().await.unwrap(),
             Command::DropPort { port: 80, .. }
         ));
+    }
+
+    fn on_target(id: u64, user: &str, target: &str) -> SessionSpec {
+        SessionSpec {
+            target: target.into(),
+            ..spec(id, user, OnConcurrentSteal::Abort)
+        }
+    }
+
+    fn pod(name: &str) -> PodKey {
+        ("default".into(), name.into())
+    }
+
+    #[tokio::test]
+    async fn a_pod_target_and_its_deployment_see_each_others_claims() {
+        let table = SessionTable::new(TableConfig::default());
+        let (dep, cd) = table.join(on_target(1, "dep", "deployment/web")).unwrap();
+        dep.set_pod(&pod("web-1"), true);
+        dep.set_pod(&pod("web-2"), true);
+        let (one, c1) = table.join(on_target(2, "one", "pod/web-1")).unwrap();
+        one.set_pod(&pod("web-1"), true);
+        let (other, co) = table.join(on_target(3, "other", "pod/api-1")).unwrap();
+        other.set_pod(&pod("api-1"), true);
+
+        assert_eq!(
+            table.claim(&one, c1, 80, Mode::Steal, None),
+            Decision::Accept
+        );
+        // The deployment covers web-1: its unfiltered steal meets the pod session's.
+        let Decision::Refuse(r) = table.claim(&dep, cd, 80, Mode::Steal, None) else {
+            panic!("deployment steal accepted over its pod's steal")
+        };
+        assert_eq!(r.other_session, 2);
+        // A pod of another workload in the same namespace is independent.
+        assert_eq!(
+            table.claim(&other, co, 80, Mode::Steal, None),
+            Decision::Accept
+        );
+        // Overlapping filters are found across the two targets as well.
+        table.release(&one, 80, &Mode::Steal);
+        assert_eq!(
+            table.claim(&dep, cd, 80, Mode::Steal, header("^x-user: a")),
+            Decision::Accept
+        );
+        assert!(matches!(
+            table.claim(&one, c1, 80, Mode::Steal, header("^x-user: alice")),
+            Decision::Refuse(_)
+        ));
+        assert_eq!(
+            table.claim(&one, c1, 80, Mode::Steal, header("^x-user: bob$")),
+            Decision::Accept
+        );
+        // Pods are read at decision time: once the deployment session leaves web-1 (scale
+        // down), the pod session no longer competes with it.
+        dep.set_pod(&pod("web-1"), false);
+        assert_eq!(
+            table.claim(&one, c1, 81, Mode::Steal, None),
+            Decision::Accept
+        );
+        assert_eq!(
+            table.claim(&dep, cd, 81, Mode::Steal, None),
+            Decision::Accept
+        );
     }
 }
