@@ -59,7 +59,10 @@ fn remove_orphaned_namespaces() {
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
     {
-        let creator = name
+        // A caller namespace is `<main>-c`: without stripping that, its counter would be read
+        // as the pid and a live test's namespace deleted.
+        let main = name.strip_suffix("-c").unwrap_or(&name);
+        let creator = main
             .strip_prefix("mo-")
             .and_then(|rest| rest.rsplit('-').nth(1))
             .and_then(|pid| pid.parse::<u32>().ok());
