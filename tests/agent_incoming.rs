@@ -454,6 +454,53 @@ fn header_filtered_steal_from_caller_host_and_loopback_others_reach_the_app() {
 /// The same filtered steal over IPv6: ip6tables `nat` REDIRECT, the `[::]` listener and
 /// `IP6T_SO_ORIGINAL_DST`, from another host (PREROUTING) and over `::1` (OUTPUT).
 #[test]
+fn share_link_key_in_the_query_becomes_baggage_for_the_filter() {
+    let ns = NetNs::with_caller("share");
+    let caller = ns.caller_name().unwrap().to_owned();
+    ns.run_in(|| {
+        mt_rt().block_on(async {
+            start_apps().await;
+            let incoming = Incoming::start(cfg("SHARE")).await.unwrap();
+            let mut alice = Client::new(&incoming);
+            let filter = StealType::FilteredHttpEx(
+                APP,
+                header_filter("^baggage: .*mirrord-session=k-alice"),
+            );
+            assert_eq!(alice.steal(filter).await, Ok(APP));
+            let url = format!("http://{POD_ADDR}:{APP}/shop?mirrord-session=k-alice");
+
+            // Not registered yet: the link reaches the app.
+            assert_eq!(curl(&caller, &[&url]).await, "app GET /shop ");
+
+            // Registered by the coordinator: the request carries the baggage and is stolen; the
+            // baggage the caller sent is kept.
+            alice.session.handle_share_link(
+                mirrord_operator::protocol::ShareLinkRequest::RegisterKey("k-alice".into()),
+            );
+            let req = tokio::spawn({
+                let (caller, url) = (caller.clone(), url.clone());
+                async move { curl(&caller, &["-H", "baggage: tenant=7", &url]).await }
+            });
+            let (start, _) = alice.request(true).await;
+            assert_eq!(
+                start.request.headers["baggage"],
+                "tenant=7,mirrord-session=k-alice"
+            );
+            alice
+                .respond(start.connection_id, 200, &[], "shared with you")
+                .await;
+            assert_eq!(req.await.unwrap(), "shared with you");
+
+            // Removed: the app again.
+            alice.session.handle_share_link(
+                mirrord_operator::protocol::ShareLinkRequest::RemoveKey("k-alice".into()),
+            );
+            assert_eq!(curl(&caller, &[&url]).await, "app GET /shop ");
+        })
+    });
+}
+
+#[test]
 fn header_filtered_steal_over_ipv6_others_reach_the_app() {
     let ns = NetNs::with_caller_v6("steal6");
     let caller = ns.caller_name().unwrap().to_owned();

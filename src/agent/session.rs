@@ -395,7 +395,13 @@ impl Session {
             }
             ClientMessage::Vpn(_) => self.refuse("the VPN feature is not supported".into()).await,
             // Operator-only messages without a reply.
-            ClientMessage::OperatorPong(_) | ClientMessage::ShareLink(_) => None,
+            ClientMessage::ShareLink(msg) => {
+                if let Some(incoming) = &mut self.incoming {
+                    incoming.handle_share_link(msg);
+                }
+                None
+            }
+            ClientMessage::OperatorPong(_) => None,
         }
     }
 

@@ -99,6 +99,7 @@ impl Conn {
     async fn handle(self: &Arc<Self>, mut req: Request<Incoming>) -> Response<RespBody> {
         let port = self.info.orig.port();
         let subs = self.shared.port_snapshot(port).unwrap_or_default();
+        self.shared.apply_share_link(&mut req);
         let view = RequestView::new(req.method(), req.uri(), req.headers());
         let wants_upgrade = req.headers().contains_key(header::UPGRADE);
 

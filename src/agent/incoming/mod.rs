@@ -9,6 +9,7 @@ mod http;
 pub mod listener;
 pub mod redirect;
 mod relay;
+pub mod share_link;
 mod state;
 pub mod subscriptions;
 
@@ -82,9 +83,30 @@ pub(crate) struct Shared {
     /// never removed after a concurrent subscription re-added it.
     changes: tokio::sync::Mutex<()>,
     next_session: AtomicU64,
+    /// Share-link keys registered by the sessions (`ClientMessage::ShareLink`).
+    share_keys: Mutex<share_link::ShareKeys>,
 }
 
 impl Shared {
+    /// A `?mirrord-session=<registered key>` request gets the key in its baggage (share_link).
+    /// Whether the request names a registered share-link key (it must then go through the
+    /// HTTP path that adds the baggage, not the byte-for-byte pass-through).
+    fn names_share_link(&self, uri: &::http::Uri) -> bool {
+        self.share_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .registered_key(uri)
+            .is_some()
+    }
+
+    fn apply_share_link<B>(&self, req: &mut ::http::Request<B>) {
+        let keys = self.share_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if !keys.is_empty() {
+            let uri = req.uri().clone();
+            keys.apply(&uri, req.headers_mut());
+        }
+    }
+
     fn port_snapshot(&self, port: u16) -> Option<Arc<PortSubscriptions>> {
         self.table
             .lock()
@@ -166,6 +188,7 @@ impl Incoming {
             sessions: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
             next_session: AtomicU64::new(0),
+            share_keys: Mutex::default(),
         });
         let tasks = listeners
             .into_iter()
@@ -262,6 +285,21 @@ pub struct IncomingSession {
 impl IncomingSession {
     pub fn set_client_version(&mut self, version: semver::Version) {
         self.state.set_version(version);
+    }
+
+    /// `ClientMessage::ShareLink`: keys scoped to this session (no reply).
+    pub fn handle_share_link(&mut self, msg: crate::protocol::ShareLinkRequest) {
+        let mut keys = self
+            .shared
+            .share_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match msg {
+            crate::protocol::ShareLinkRequest::RegisterKey(key) => {
+                keys.register(key, self.state.id)
+            }
+            crate::protocol::ShareLinkRequest::RemoveKey(key) => keys.remove(&key, self.state.id),
+        }
     }
 
     /// `ClientMessage::Tcp` (mirror).
@@ -464,6 +502,11 @@ impl IncomingSession {
 impl Drop for IncomingSession {
     fn drop(&mut self) {
         let id = self.state.id;
+        self.shared
+            .share_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drop_session(id);
         self.shared
             .sessions
             .lock()

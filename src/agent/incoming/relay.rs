@@ -250,7 +250,7 @@ fn inspect(shared: &Shared, info: &ConnInfo, buf: &[u8]) -> Inspect {
                 .any(|id| shared.session(id).is_some()),
             Steal::None => false,
         };
-        if stolen || !subs.mirrors_for(Some(&view)).is_empty() {
+        if stolen || !subs.mirrors_for(Some(&view)).is_empty() || shared.names_share_link(&uri) {
             return Inspect::HandOver;
         }
     }

@@ -462,6 +462,13 @@ impl Relay {
         let link = PodLink { tx, reader };
         // A pod joining a running connection catches up: version, logs, subscriptions.
         let mut catch_up = Vec::new();
+        // The session's key goes to every agent, so share links (`?mirrord-session=<key>`)
+        // become baggage on every pod.
+        if let Some(key) = &self.session.spec.key {
+            catch_up.push(ClientMessage::ShareLink(ShareLinkRequest::RegisterKey(
+                key.clone(),
+            )));
+        }
         if let Some(v) = &self.client_version {
             catch_up.push(ClientMessage::SwitchProtocolVersion(v.clone()));
         }
