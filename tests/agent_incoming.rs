@@ -460,7 +460,7 @@ fn share_link_key_in_the_query_becomes_baggage_for_the_filter() {
     ns.run_in(|| {
         mt_rt().block_on(async {
             start_apps().await;
-            let incoming = Incoming::start(cfg("SHARE")).await.unwrap();
+            let incoming = Incoming::start(cfg("SHLINK")).await.unwrap();
             let mut alice = Client::new(&incoming);
             let filter = StealType::FilteredHttpEx(
                 APP,
