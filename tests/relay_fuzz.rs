@@ -31,6 +31,8 @@ enum Behaviour {
     Good,
     /// Answers the version, then sends these frames.
     Garbage(Arc<Vec<Vec<u8>>>),
+    /// Like `Good`, and reports every message it received.
+    Record(tokio::sync::mpsc::UnboundedSender<ClientMessage>),
 }
 
 /// Registers as pod `name` with the hub at `addr` and serves every session it is asked to open.
@@ -75,6 +77,9 @@ async fn fake_agent(addr: std::net::SocketAddr, name: &'static str, behaviour: B
                 else {
                     continue;
                 };
+                if let Behaviour::Record(seen) = &behaviour {
+                    let _ = seen.send(msg.clone());
+                }
                 let answer = match msg {
                     ClientMessage::SwitchProtocolVersion(v) => {
                         DaemonMessage::SwitchProtocolVersionResponse(v)
@@ -136,6 +141,13 @@ impl Hub {
 
     /// A session over both pods; returns the CLI's end and the relay's task.
     fn session(&mut self) -> (Frames, tokio::task::JoinHandle<RelayEnd>) {
+        self.session_with_key(None)
+    }
+
+    fn session_with_key(
+        &mut self,
+        key: Option<&str>,
+    ) -> (Frames, tokio::task::JoinHandle<RelayEnd>) {
         let id = self.next_id;
         self.next_id += 1;
         let spec = SessionSpec {
@@ -145,7 +157,7 @@ impl Hub {
             user_id: None,
             target: "deployment/web".into(),
             namespace: Some("default".into()),
-            key: None,
+            key: key.map(str::to_owned),
             header_filter: None,
             on_concurrent_steal: OnConcurrentSteal::Abort,
             pods: Arc::new(|_| true),
@@ -221,6 +233,27 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_key_is_registered_with_every_agent_as_a_share_link() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let mut hub = Hub::start(Behaviour::Record(seen_tx)).await;
+    let (mut cli, task) = hub.session_with_key(Some("k-alice"));
+    healthy(&mut cli).await;
+    let first = tokio::time::timeout(TIMEOUT, seen.recv())
+        .await
+        .expect("web-b got a message")
+        .unwrap();
+    assert_eq!(
+        first,
+        ClientMessage::ShareLink(ShareLinkRequest::RegisterKey("k-alice".into())),
+        "the key is registered before anything else"
+    );
+    drop(cli);
+    let _ = tokio::time::timeout(TIMEOUT, task)
+        .await
+        .expect("relay ended");
 }
 
 proptest! {
