@@ -424,23 +424,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stepper<'_, S> {
             }))
         };
         self.conn.send(&write(send.as_bytes().to_vec())).await?;
-        // The first reply is enough: the servers probed answer in one write.
-        let reply = match self.answer("an outgoing reply").await? {
-            DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::Read(Ok(read)))
-                if read.connection_id == connection_id =>
-            {
-                read.bytes.0.to_vec()
+        // Everything until the peer shuts its side (bounded: the servers probed answer and close).
+        let mut reply = Vec::new();
+        let (mut peer_closed, mut agent_closed) = (false, false);
+        while !peer_closed && reply.len() < FILE_LIMIT as usize {
+            match self.answer("an outgoing reply").await? {
+                DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::Read(Ok(read)))
+                    if read.connection_id == connection_id =>
+                {
+                    peer_closed = read.bytes.0.is_empty();
+                    reply.extend_from_slice(read.bytes.0.as_ref());
+                }
+                DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::Close(id)) if id == connection_id => {
+                    (peer_closed, agent_closed) = (true, true);
+                }
+                DaemonMessage::Close(reason) => return Ok(Some(self.closed(reason))),
+                other => return Err(unexpected("an outgoing reply", other)),
             }
-            DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::Close(id)) if id == connection_id => {
-                Vec::new()
-            }
-            DaemonMessage::Close(reason) => return Ok(Some(self.closed(reason))),
-            other => return Err(unexpected("an outgoing reply", other)),
-        };
+        }
         (self.emit)(json!({"event": "outgoing", "remote": remote.to_string(),
             "reply": String::from_utf8_lossy(&reply)}));
-        // Shut our side; the agent closes the connection (its Close is skipped later).
-        self.conn.send(&write(Vec::new())).await?;
+        // Shut our side; the agent then closes the connection (its Close is skipped later).
+        if !agent_closed {
+            self.conn.send(&write(Vec::new())).await?;
+        }
         Ok(None)
     }
 
