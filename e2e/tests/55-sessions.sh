@@ -120,7 +120,7 @@ test_sessions_through_the_aggregator() {
   log "pods: ${pods[*]} (${ips[*]}); primary $primary"
 
   # Env, a file, DNS and an outgoing connection, all from the primary pod.
-  out="$(_sess_probe "$ns" e2e-alice --env --read-file /etc/hostname --dns localhost \
+  out="$(_sess_probe "$ns" e2e-alice --env --read-file /var/run/secrets/kubernetes.io/serviceaccount/namespace --dns localhost \
     --connect "${ips[1]}:8080" --send $'GET /cgi-bin/hello HTTP/1.0\r\n\r\n')" ||
     fail "the probe failed: $out"
   echo "$out"
@@ -128,8 +128,9 @@ test_sessions_through_the_aggregator() {
   _sess_event "$E2E_DIR/probe-basic.out" version >/dev/null || fail "no version negotiated"
   _sess_event "$E2E_DIR/probe-basic.out" env 'e.get("vars", {}).get("GREETING") == "hello-e2e"' >/dev/null ||
     fail "env lacks GREETING=hello-e2e"
-  _sess_event "$E2E_DIR/probe-basic.out" file "\"$primary\" in e.get(\"content\", \"\")" >/dev/null ||
-    fail "/etc/hostname does not name $primary"
+  # The agent serves the pod's volumes (fs mode "volumes"): the service account volume names the namespace.
+  _sess_event "$E2E_DIR/probe-basic.out" file "e.get(\"content\") == \"$ns\"" >/dev/null ||
+    fail "the pod's service account volume does not name $ns"
   _sess_event "$E2E_DIR/probe-basic.out" dns '"127.0.0.1" in e.get("addresses", [])' >/dev/null ||
     fail "localhost did not resolve to 127.0.0.1"
   _sess_event "$E2E_DIR/probe-basic.out" outgoing "\"hello from ${pods[1]}\" in e.get(\"reply\", \"\")" >/dev/null ||
