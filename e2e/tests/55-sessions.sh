@@ -217,3 +217,30 @@ test_sessions_through_the_aggregator() {
   grep -qi "$alice_id" <<<"$out" && fail "alice's session is still listed: $out"
   log "ok: kill through the sessions API ended alice's probe; apps get her traffic back; bob goes on"
 }
+
+# Targetless (`mirrord exec` without a target): the coordinator serves the session itself; outgoing
+# connections and DNS leave from its pod (on our node: the node's network, which reaches pod IPs).
+test_sessions_targetless() {
+  local ns pod ip out rc=0
+  _sess_ready
+  new_ns ns sess-tl
+  _sess_bind_user e2e-tina
+  app_deployment_yaml "$SESS_APP" 1 | k -n "$ns" create -f - >/dev/null
+  k -n "$ns" rollout status "deploy/$SESS_APP" --timeout 120s >&2 || fail "the app did not become available"
+  pod="$(pods_of "$ns" "app=$SESS_APP" | head -1)"
+  ip="$(_sess_ip "$ns" "$pod")"
+  out="$("$OPERATOR_BIN" probe --as e2e-tina -n "$ns" --target targetless --env --dns localhost \
+    --connect "$ip:8080" --send $'GET /cgi-bin/hello HTTP/1.0\r\n\r\n')" || fail "the targetless probe failed: $out"
+  echo "$out"
+  printf '%s\n' "$out" >"$E2E_DIR/probe-tl.out"
+  _sess_event "$E2E_DIR/probe-tl.out" env 'e.get("vars") == {}' >/dev/null || fail "a targetless session has an environment"
+  _sess_event "$E2E_DIR/probe-tl.out" dns '"127.0.0.1" in e.get("addresses", [])' >/dev/null || fail "targetless DNS failed"
+  _sess_event "$E2E_DIR/probe-tl.out" outgoing "\"hello from $pod\" in e.get(\"reply\", \"\")" >/dev/null ||
+    fail "the targetless outgoing connection did not reach $pod"
+  # Nothing to steal from: the session ends with the reason instead of hanging.
+  out="$("$OPERATOR_BIN" probe --as e2e-tina -n "$ns" --target targetless --steal 8080 --header-filter x --hold 5)" || rc=$?
+  echo "$out"
+  ((rc == 3)) || fail "a targetless steal: exit $rc, expected 3 (closed with a reason)"
+  grep -q 'not available' <<<"$out" || fail "a targetless steal ended without the reason: $out"
+  log "ok: targetless env (empty), DNS, outgoing to $pod; steal refused with a reason"
+}

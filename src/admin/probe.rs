@@ -43,7 +43,7 @@ pub struct ProbeArgs {
     /// Namespace of the target.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
-    /// Target as `deployment/NAME`, `pod/NAME`, `deployment/NAME/container/C`...
+    /// Target as `deployment/NAME`, `pod/NAME`, `deployment/NAME/container/C`..., or `targetless`.
     #[arg(long)]
     pub target: String,
     /// Session id (`x-session-id`); random when unset. Two probes with one id share a session.
@@ -154,8 +154,11 @@ impl Outcome {
     }
 }
 
-/// `deployment/web` → `deployment.web` (the path segment the CLI uses).
+/// `deployment/web` → `deployment.web` (the path segment the CLI uses); `targetless` as is.
 pub fn target_segment(target: &str) -> Result<String, ProbeError> {
+    if target == "targetless" {
+        return Ok(target.to_owned());
+    }
     let parts: Vec<&str> = target.split('/').collect();
     let valid = matches!(parts.len(), 2 | 4)
         && parts.iter().all(|p| {
@@ -652,6 +655,7 @@ mod tests {
     #[test]
     fn targets_become_path_segments() {
         assert_eq!(target_segment("deployment/web").unwrap(), "deployment.web");
+        assert_eq!(target_segment("targetless").unwrap(), "targetless");
         assert_eq!(
             target_segment("pod/web-1/container/app").unwrap(),
             "pod.web-1.container.app"
