@@ -168,7 +168,7 @@ test_sessions_through_the_aggregator() {
     fail "alice received bob's request"
   log "ok: overlapping filter refused naming $alice_id, disjoint bob ($bob_id) gets only his requests"
 
-  out="$(k get sessions)"
+  out="$(k -n "$ns" get sessions)"
   echo "$out"
   grep -qi "$alice_id" <<<"$out" || fail "kubectl get sessions does not list alice's $alice_id"
   grep -qi "$bob_id" <<<"$out" || fail "kubectl get sessions does not list bob's $bob_id"
@@ -201,7 +201,7 @@ test_sessions_through_the_aggregator() {
 
   # Kill alice's session through the sessions API: the probe ends with the reason, the app gets its traffic.
   # As the cluster admin (a team lead with mirrord-operator-admin could do the same).
-  k delete sessions "$alice_id" >&2 || fail "kubectl delete sessions $alice_id failed"
+  k -n "$ns" delete sessions "$alice_id" >&2 || fail "kubectl delete sessions $alice_id failed"
   rc=0
   for i in $(seq 1 100); do kill -0 "$alice" 2>/dev/null || break; sleep 0.1; done
   wait "$alice" || rc=$?
@@ -213,7 +213,7 @@ test_sessions_through_the_aggregator() {
   done
   kill -0 "$bob" 2>/dev/null || fail "bob's probe ended with alice's kill: $(tail -3 "$E2E_DIR/probe-e2e-bob.out")"
   _sess_stolen "${ips[0]}" "x-user: bob" "stolen by bob" || fail "bob's session was harmed by alice's kill"
-  out="$(k get sessions)"
+  out="$(k -n "$ns" get sessions)"
   grep -qi "$alice_id" <<<"$out" && fail "alice's session is still listed: $out"
   log "ok: kill through the sessions API ended alice's probe; apps get her traffic back; bob goes on"
 }
