@@ -197,6 +197,7 @@ test_sessions_through_the_aggregator() {
   # The restarted agent (kubelet) registers again and the session takes the pod back.
   wait_for "alice stolen on $victim again after its agent restarted" 90 _sess_stolen "${ips[1]}" "x-user: alice" "stolen by alice" ||
     fail "$victim did not rejoin the session after its agent restarted"
+  [[ "$(container_restarts "$ns" "$victim" "$AGENT")" -ge 1 ]] || fail "the agent of $victim was not restarted: the kill did not happen"
   log "ok: the session survived the agent of $victim being killed, and got it back"
 
   # Kill alice's session through the sessions API: the probe ends with the reason, the app gets its traffic.
