@@ -91,6 +91,13 @@ _sess_app() { # IP HEADER
   [[ "$out" == "hello from "* ]]
 }
 
+_sess_restarted() { # NS POD
+  local n
+  n="$(container_restarts "$1" "$2" "$AGENT")"
+  echo "restarts: ${n:-none}"
+  [[ "${n:-0}" -ge 1 ]]
+}
+
 _sess_targets_available() { # NS COUNT-of-pods-with-agents
   local n
   n="$(k -n "$1" get targets -o json | python3 -c '
@@ -197,7 +204,7 @@ test_sessions_through_the_aggregator() {
   # The restarted agent (kubelet) registers again and the session takes the pod back.
   wait_for "alice stolen on $victim again after its agent restarted" 90 _sess_stolen "${ips[1]}" "x-user: alice" "stolen by alice" ||
     fail "$victim did not rejoin the session after its agent restarted"
-  [[ "$(container_restarts "$ns" "$victim" "$AGENT")" -ge 1 ]] || fail "the agent of $victim was not restarted: the kill did not happen"
+  wait_for "the agent of $victim restarted" 30 _sess_restarted "$ns" "$victim" || fail "the agent of $victim was not restarted: the kill did not happen"
   log "ok: the session survived the agent of $victim being killed, and got it back"
 
   # Kill alice's session through the sessions API: the probe ends with the reason, the app gets its traffic.
