@@ -29,6 +29,8 @@ pub enum Command {
     Coordinator(Box<crate::coordinator::config::CoordinatorArgs>),
     /// Print the operator's version, license and sessions (what `mirrord operator status` prints).
     Status(crate::admin::StatusArgs),
+    /// Run the mirrord CLI's session sequence against a target and print what happens as JSON lines.
+    Probe(Box<crate::admin::probe::ProbeArgs>),
     /// The RegistryMirror controller (k8s.osp.tech/v1), or its node agent / CRD printer.
     RegistryMirror(Box<crate::registry_mirror::RegistryMirrorArgs>),
 }
@@ -77,6 +79,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => {
             telemetry::init(telemetry::LogFormat::Text, "warn");
             report(runtime().block_on(crate::admin::status(args)))
+        }
+        Command::Probe(args) => {
+            telemetry::init(telemetry::LogFormat::Text, "warn");
+            crate::admin::probe::main(*args, runtime())
         }
         Command::RegistryMirror(args) => crate::registry_mirror::main(*args),
     }

@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use crate::coordinator::api::objects::OPERATOR_NAME;
 
+pub mod probe;
+
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// kubeconfig context to use (default: the current context).
@@ -51,8 +53,15 @@ impl AdminError {
 
 /// `mirrord-operator status`.
 pub async fn status(args: StatusArgs) -> Result<(), AdminError> {
+    let client = kube_client(args.context).await?;
+    print!("{}", fetch_status(&client).await?);
+    Ok(())
+}
+
+/// A client from the caller's kubeconfig (`context` or the current one).
+pub async fn kube_client(context: Option<String>) -> Result<kube::Client, AdminError> {
     let options = kube::config::KubeConfigOptions {
-        context: args.context,
+        context,
         ..Default::default()
     };
     let config = match kube::Config::from_kubeconfig(&options).await {
@@ -60,9 +69,7 @@ pub async fn status(args: StatusArgs) -> Result<(), AdminError> {
         // In a pod without a kubeconfig: the in-cluster service account.
         Err(error) => kube::Config::incluster().map_err(|_| AdminError::Config(error))?,
     };
-    let client = kube::Client::try_from(config).map_err(AdminError::Client)?;
-    print!("{}", fetch_status(&client).await?);
-    Ok(())
+    kube::Client::try_from(config).map_err(AdminError::Client)
 }
 
 /// GETs the operator object and renders it.

@@ -2,7 +2,7 @@
 //! registry and the relay (operator-api.md §5, §6).
 //!
 //! `connect` answers `metav1.Status` errors before the upgrade (bad `on_concurrent_steal` 400,
-//! targetless/label targets 501, another user's session id 403, an ended session 410
+//! label targets 501, targetless served in-process, another user's session id 403, an ended session 410
 //! `ReconnectNotPossible`, no connected agent 503 naming the pods), else 101 with the subprotocol
 //! echoed (`v4.channel.k8s.io`) and relays the connection. Connections with the same
 //! `x-session-id` join one session (§5.7); a reconnect within the window rejoins it (§5.10).
@@ -148,6 +148,9 @@ impl Connector for Arc<SessionService> {
     fn connect(&self, request: ConnectRequest) -> BoxFuture<'static, Response> {
         let service = self.clone();
         Box::pin(async move {
+            if matches!(request.target, TargetRef::Targetless) {
+                return targetless(request).await;
+            }
             let spec = match service.spec(&request) {
                 Ok(spec) => spec,
                 Err(e) => return e.into_response(),
@@ -189,6 +192,24 @@ impl Connector for Arc<SessionService> {
 
     fn features(&self) -> Vec<&'static str> {
         vec!["LayerReconnect"]
+    }
+}
+
+/// A targetless session is served by the coordinator itself (`targetless.rs`).
+async fn targetless(request: ConnectRequest) -> Response {
+    let (session_id, user) = (request.session_id, request.identity.user.clone());
+    let (mut parts, _body) = request.request.into_parts();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws
+            .protocols([SUBPROTOCOL])
+            .max_message_size(MAX_MESSAGE_SIZE)
+            .on_upgrade(move |socket| async move {
+                let end = super::targetless::serve(Frames::websocket(socket)).await;
+                tracing::info!(session_id, %user, ?end, "targetless session ended");
+            }),
+        Err(rejection) => {
+            ApiError::bad_request(format!("not a WebSocket upgrade: {rejection}")).into_response()
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod connector;
 pub mod frames;
 pub mod relay;
+pub mod targetless;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -40,6 +40,10 @@ use crate::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
 use crate::protocol::version::{PROTOCOL_VERSION, negotiate};
 use crate::protocol::*;
 
+/// How often the target's pods are looked at again (pods whose agent registered before the
+/// watch caches showed them ready).
+const POD_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why a relayed connection ended (log and metric label).
 #[derive(Debug, thiserror::Error)]
 pub enum RelayEnd {
@@ -329,8 +333,13 @@ impl Relay {
             };
             return self.close(RelayEnd::NoAgent(why)).await;
         }
+        // An agent often registers before the pod shows Running in the watch caches, so its Up
+        // event finds the selector false: look again now and then (open() skips known pods).
+        let mut recheck = tokio::time::interval(POD_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
+                _ = recheck.tick() => self.resync().await,
                 frame = cli_rx.recv() => match frame {
                     None => Err(RelayEnd::ClientClosed),
                     Some(Err(e)) => Err(RelayEnd::BadClientFrame(e)),

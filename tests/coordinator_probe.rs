@@ -1,0 +1,231 @@
+//! `mirrord-operator probe`'s client core against the coordinator's API router served on loopback:
+//! a user certificate from the credentials handler for the probe's own CSR, then a targetless
+//! session (served by the coordinator in-process with the agent's session code): version, empty
+//! environment, DNS, an outgoing connection to a loopback echo server, and a steal that is refused
+//! with a reason (a targetless session has no pod to steal from). Also the errors the probe reports
+//! for an unknown target (404 before the upgrade). No root needed.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body_util::BodyExt;
+use mirrord_operator::admin::probe::{self, Outcome, Plan, ProbeConnection};
+use mirrord_operator::coordinator::agents::identity::StaticReviewer;
+use mirrord_operator::coordinator::agents::{AgentRegistry, HubConfig};
+use mirrord_operator::coordinator::api::router;
+use mirrord_operator::coordinator::api::state::{
+    AllowAll, ApiState, Identity, License, OperatorInfo, StaticInventory,
+};
+use mirrord_operator::coordinator::credentials::UserCa;
+use mirrord_operator::coordinator::session::connector::{SUBPROTOCOL, SessionService};
+use mirrord_operator::coordinator::session::{SessionTable, TableConfig};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tower::ServiceExt;
+
+/// Stands in for the front proxy: `x-test-user` is the identity.
+async fn identity(mut request: axum::extract::Request, next: Next) -> Response {
+    let user = request
+        .headers()
+        .get("x-test-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous")
+        .to_owned();
+    request.extensions_mut().insert(Identity {
+        user,
+        groups: vec!["system:authenticated".into()],
+        extra: Default::default(),
+    });
+    next.run(request).await
+}
+
+fn api() -> Router {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coordinator");
+    let ca = UserCa::from_pem(
+        &std::fs::read_to_string(data.join("user-ca.crt")).unwrap(),
+        &std::fs::read_to_string(data.join("user-ca.key")).unwrap(),
+    )
+    .unwrap();
+    let inventory = Arc::new(StaticInventory::default());
+    let service = Arc::new(SessionService {
+        registry: AgentRegistry::new(Arc::new(StaticReviewer::default()), HubConfig::default()),
+        table: SessionTable::new(TableConfig::default()),
+        inventory: inventory.clone(),
+    });
+    let info = OperatorInfo::new(
+        "mirrord",
+        License {
+            name: "test".into(),
+            organization: "test".into(),
+            expire_at: time::Date::from_calendar_date(2099, time::Month::December, 31).unwrap(),
+        },
+    );
+    let state = ApiState::new(info, ca, Arc::new(AllowAll), inventory)
+        .with_sessions(Arc::new(service.clone()))
+        .with_connector(Arc::new(service));
+    router(state).layer(axum::middleware::from_fn(identity))
+}
+
+/// The probe's CSR through the credentials handler, as `x-client-der`.
+async fn der(api: &Router) -> String {
+    let body = serde_json::json!({
+        "apiVersion": "operator.metalbear.co/v1",
+        "kind": "MirrordClusterOperatorUserCredential",
+        "metadata": {"generateName": "probe-"},
+        "spec": {"csr": probe::csr_pem("jane").unwrap()},
+    });
+    let request =
+        http::Request::post("/apis/operator.metalbear.co/v1/mirrordclusteroperatorusercredentials")
+            .header("content-type", "application/json")
+            .header("x-test-user", "jane")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+    let answer = api.clone().oneshot(request).await.unwrap();
+    assert!(answer.status().is_success(), "{:?}", answer.status());
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    probe::client_der(&serde_json::from_slice(&body).unwrap()).unwrap()
+}
+
+async fn serve(api: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, api).into_future());
+    addr
+}
+
+fn upgrade_request(
+    addr: SocketAddr,
+    target: &str,
+    der: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let url = format!(
+        "ws://{addr}/apis/operator.metalbear.co/v1/proxy/namespaces/default/targets/{target}?connect=true&on_concurrent_steal=abort"
+    );
+    let mut request = url.into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
+    headers.insert("x-session-id", "4242".parse().unwrap());
+    headers.insert("x-client-der", der.parse().unwrap());
+    headers.insert("x-client-name", "jane".parse().unwrap());
+    headers.insert("x-test-user", "jane".parse().unwrap());
+    request
+}
+
+/// A loopback server answering `pong` to the first read.
+async fn echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 64];
+            if stream.read(&mut buf).await.is_ok() {
+                let _ = stream.write_all(b"pong").await;
+            }
+        }
+    });
+    addr
+}
+
+async fn run(
+    conn: &mut ProbeConnection<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>,
+    plan: &Plan,
+) -> (Result<Outcome, probe::ProbeError>, Vec<Value>) {
+    let mut events = Vec::new();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        probe::run_plan(conn, plan, &mut |e| events.push(e)),
+    )
+    .await
+    .expect("the plan ends in time");
+    (outcome, events)
+}
+
+fn event<'a>(events: &'a [Value], kind: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in {events:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targetless_session_runs_the_probe_plan() {
+    let api = api();
+    let der = der(&api).await;
+    let addr = serve(api).await;
+    let echo = echo().await;
+
+    let (ws, response) =
+        tokio_tungstenite::connect_async(upgrade_request(addr, "targetless", &der))
+            .await
+            .expect("targetless sessions are served");
+    assert_eq!(response.headers()["sec-websocket-protocol"], SUBPROTOCOL);
+    let mut conn = ProbeConnection::new(ws);
+    let plan = Plan {
+        env: true,
+        dns: vec!["localhost".into()],
+        connect: Some(echo),
+        send: "ping".into(),
+        ..Default::default()
+    };
+    let (outcome, events) = run(&mut conn, &plan).await;
+    assert_eq!(outcome.unwrap(), Outcome::Done, "{events:?}");
+    assert_eq!(event(&events, "version")["version"], "1.29.0");
+    assert_eq!(event(&events, "env")["vars"], serde_json::json!({}));
+    let dns = event(&events, "dns");
+    assert!(
+        dns["addresses"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("127.0.0.1")),
+        "{dns}"
+    );
+    assert_eq!(event(&events, "outgoing")["reply"], "pong");
+    conn.close().await;
+
+    // A steal has nothing to steal from: the session ends with the reason, no hang.
+    let (ws, _) = tokio_tungstenite::connect_async(upgrade_request(addr, "targetless", &der))
+        .await
+        .unwrap();
+    let mut conn = ProbeConnection::new(ws);
+    let plan = Plan {
+        steal: Some(8080),
+        header_filter: Some("^x-user: jane$".into()),
+        hold: 1,
+        ..Default::default()
+    };
+    let (outcome, events) = run(&mut conn, &plan).await;
+    match outcome.unwrap() {
+        Outcome::Closed(reason) => assert!(reason.contains("not available"), "{reason}"),
+        other => panic!("{other:?}: {events:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_target_is_refused_before_the_upgrade() {
+    let api = api();
+    let der = der(&api).await;
+    let addr = serve(api).await;
+    match tokio_tungstenite::connect_async(upgrade_request(addr, "deployment.web", &der)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            assert!(body.contains("NotFound") && body.contains("web"), "{body}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(probe::target_segment("deployment web").is_err());
+}
