@@ -1,0 +1,4 @@
+//! Policies and profiles (issue 15): the CRDs and the pure evaluation of what a session may do.
+
+pub mod crd;
+pub mod eval;
