@@ -287,9 +287,10 @@ pub fn check_incoming(
                 if let (Some(pattern), Some(filter)) = (header, filter) {
                     let rule = format!("network.incoming.httpFilter.headerFilter {pattern:?}");
                     // A policy whose regex does not compile refuses rather than lets everything by.
-                    let ok = Regex::new(pattern).is_ok_and(|re| filter_satisfies(&re, filter));
-                    if !ok {
-                        return Err(refuse(p, rule));
+                    match Regex::new(pattern) {
+                        Ok(re) if filter_satisfies(&re, filter) => {}
+                        Ok(_) => return Err(refuse(p, rule)),
+                        Err(_) => return Err(refuse(p, format!("{rule}, not a valid regex"))),
                     }
                 }
             }
@@ -362,13 +363,23 @@ pub struct Destination {
     pub hostnames: Vec<String>,
 }
 
-fn rule_matches(rule: &OutgoingRule, dest: &Destination) -> bool {
+/// A rule part the policy wrote wrongly (CIDR or regex that does not parse) counts as matching in
+/// `block` and as not matching in `allow`: a mistake in a policy never lets traffic through.
+fn rule_matches(rule: &OutgoingRule, dest: &Destination, malformed_matches: bool) -> bool {
     let ip_ok = rule.ip_block.as_ref().is_none_or(|b| {
-        cidr_contains(&b.cidr, dest.ip) && !b.except.iter().any(|e| cidr_contains(e, dest.ip))
+        cidr_contains(&b.cidr, dest.ip).unwrap_or(malformed_matches)
+            && !b
+                .except
+                .iter()
+                .any(|e| cidr_contains(e, dest.ip).unwrap_or(!malformed_matches))
     });
-    let host_ok = rule.hostname.as_deref().is_none_or(|h| {
-        Regex::new(h).is_ok_and(|re| dest.hostnames.iter().any(|n| re.is_match(n)))
-    });
+    let host_ok = rule
+        .hostname
+        .as_deref()
+        .is_none_or(|h| match Regex::new(h) {
+            Ok(re) => dest.hostnames.iter().any(|n| re.is_match(n)),
+            Err(_) => malformed_matches,
+        });
     let port_ok = rule.ports.is_empty()
         || rule
             .ports
@@ -377,26 +388,25 @@ fn rule_matches(rule: &OutgoingRule, dest: &Destination) -> bool {
     ip_ok && host_ok && port_ok
 }
 
-/// `a.b.c.d/n` (or IPv6); an address without `/n` is a single host. Malformed text matches nothing.
-pub fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
+/// `a.b.c.d/n` (or IPv6); an address without `/n` is a single host. `None` when `cidr` is malformed.
+pub fn cidr_contains(cidr: &str, ip: IpAddr) -> Option<bool> {
     let (addr, len) = match cidr.split_once('/') {
-        Some((a, l)) => (a, l.parse::<u32>().ok()),
+        Some((a, l)) => (a, Some(l.parse::<u32>().ok()?)),
         None => (cidr, None),
     };
-    let Ok(net) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(i)) => {
-            let len = len.unwrap_or(32);
-            len <= 32 && mask_eq(u32::from(n).into(), u32::from(i).into(), len, 32)
-        }
-        (IpAddr::V6(n), IpAddr::V6(i)) => {
-            let len = len.unwrap_or(128);
-            len <= 128 && mask_eq(u128::from(n), u128::from(i), len, 128)
-        }
-        _ => false,
+    let net = addr.parse::<IpAddr>().ok()?;
+    let bits = if net.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(bits);
+    if len > bits {
+        return None;
     }
+    Some(match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            mask_eq(u32::from(n).into(), u32::from(i).into(), len, 32)
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => mask_eq(u128::from(n), u128::from(i), len, 128),
+        _ => false,
+    })
 }
 
 fn mask_eq(a: u128, b: u128, len: u32, bits: u32) -> bool {
@@ -419,14 +429,14 @@ pub fn check_outgoing(policies: &[&NamedPolicy], dest: &Destination) -> Result<(
         let Some(out) = p.spec.network.as_ref().and_then(|n| n.outgoing.as_ref()) else {
             continue;
         };
-        if let Some(i) = out.block.iter().position(|r| rule_matches(r, dest)) {
+        if let Some(i) = out.block.iter().position(|r| rule_matches(r, dest, true)) {
             return Err(Refusal {
                 policy: p.reference.clone(),
                 rule: format!("network.outgoing.block[{i}]"),
                 asked,
             });
         }
-        if !out.allow.is_empty() && !out.allow.iter().any(|r| rule_matches(r, dest)) {
+        if !out.allow.is_empty() && !out.allow.iter().any(|r| rule_matches(r, dest, false)) {
             return Err(Refusal {
                 policy: p.reference.clone(),
                 rule: "network.outgoing.allow (no rule matches)".into(),
