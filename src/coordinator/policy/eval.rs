@@ -108,13 +108,20 @@ pub fn applicable<'a>(policies: &'a [NamedPolicy], target: &TargetInfo) -> Vec<&
 }
 
 /// `deploy/x` also covers `deploy/x/container/c`: the glob is tried on the whole path and on the
-/// path without its container part.
+/// path without its container part, each with `deployment/` and its short form `deploy/`.
 fn target_path_matches(glob: &str, path: &str) -> bool {
-    if glob_matches(glob, path) {
-        return true;
-    }
-    path.find("/container/")
-        .is_some_and(|at| glob_matches(glob, &path[..at]))
+    let short = path
+        .strip_prefix("deployment/")
+        .map(|rest| format!("deploy/{rest}"));
+    [Some(path.to_owned()), short]
+        .into_iter()
+        .flatten()
+        .any(|path| {
+            glob_matches(glob, &path)
+                || path
+                    .find("/container/")
+                    .is_some_and(|at| glob_matches(glob, &path[..at]))
+        })
 }
 
 /// `*` any run of characters, `?` one character, everything else literal.

@@ -152,6 +152,18 @@ impl Connector for Arc<SessionService> {
                 Ok(spec) => spec,
                 Err(e) => return e.into_response(),
             };
+            if let Some(gate) = service.table.policy_gate() {
+                let inventory = service.inventory.namespace(&request.namespace);
+                let target = crate::coordinator::policy::gate::target_info(
+                    &request.namespace,
+                    &request.target,
+                    &inventory,
+                );
+                let profile = request.params.get("profile").map(String::as_str);
+                if let Err(refusal) = gate.connect(spec.id, target, profile) {
+                    return ApiError::forbidden(refusal.to_string()).into_response();
+                }
+            }
             if !service.registry.agents().iter().any(|a| (spec.pods)(a)) {
                 return service.no_agent(&request).into_response();
             }

@@ -630,6 +630,19 @@ impl Relay {
         filter: Option<HttpFilter>,
         msg: ClientMessage,
     ) -> Result<(), RelayEnd> {
+        if let Some(refused) = crate::coordinator::policy::enforce::subscription(
+            &self.table,
+            &self.session,
+            family == Family::Steal,
+            port,
+            filter.as_ref(),
+            self.client_version.as_ref(),
+        ) {
+            self.log(LogLevel::Error, refused.text).await?;
+            return self
+                .to_cli(wrap(family, DaemonTcp::SubscribeResult(Err(refused.error))))
+                .await;
+        }
         let mode = match family {
             Family::Mirror => Mode::Mirror,
             Family::Steal => Mode::Steal,

@@ -1,0 +1,208 @@
+//! Where the coordinator asks the policies: at connect and per port subscription. Policies are read
+//! from the [`PolicySource`] (the watch-fed caches) at each check, so a policy added while a session
+//! runs applies to its next subscriptions and a deleted one stops applying.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use kube::ResourceExt;
+
+use super::eval::{self, HttpFilterRequest, IncomingMode, NamedPolicy, Refusal, TargetInfo};
+use crate::coordinator::api::state::NamespaceInventory;
+use crate::coordinator::targets::{TargetKind, TargetRef};
+use crate::protocol::HttpFilter;
+
+/// The policies in force now.
+pub trait PolicySource: Send + Sync {
+    fn policies(&self) -> Vec<NamedPolicy>;
+}
+
+/// A fixed list (tests, and a coordinator run without a cluster).
+impl PolicySource for Vec<NamedPolicy> {
+    fn policies(&self) -> Vec<NamedPolicy> {
+        self.clone()
+    }
+}
+
+/// The policy checks of every session, by session id.
+pub struct PolicyGate {
+    source: Arc<dyn PolicySource>,
+    targets: Mutex<HashMap<u64, TargetInfo>>,
+}
+
+impl PolicyGate {
+    pub fn new(source: Arc<dyn PolicySource>) -> PolicyGate {
+        PolicyGate {
+            source,
+            targets: Mutex::default(),
+        }
+    }
+
+    fn targets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TargetInfo>> {
+        self.targets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// At connect: the profile rules. On success the session's target is remembered for the
+    /// checks of its subscriptions.
+    pub fn connect(
+        &self,
+        session: u64,
+        target: TargetInfo,
+        profile: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let policies = self.source.policies();
+        eval::check_connect(&eval::applicable(&policies, &target), profile)?;
+        self.targets().insert(session, target);
+        Ok(())
+    }
+
+    /// A mirror or steal subscription of `session` (unknown sessions pass: they never connected
+    /// through [`PolicyGate::connect`]).
+    pub fn incoming(
+        &self,
+        session: u64,
+        mode: IncomingMode,
+        port: u16,
+        filter: Option<&HttpFilter>,
+    ) -> Result<(), Refusal> {
+        let Some(target) = self.targets().get(&session).cloned() else {
+            return Ok(());
+        };
+        let policies = self.source.policies();
+        let filter = filter.map(filter_request);
+        eval::check_incoming(
+            &eval::applicable(&policies, &target),
+            mode,
+            port,
+            filter.as_ref(),
+        )
+    }
+
+    /// The names of the policies that apply to `session` now (for `status` and the sessions API).
+    pub fn applied(&self, session: u64) -> Vec<String> {
+        let Some(target) = self.targets().get(&session).cloned() else {
+            return Vec::new();
+        };
+        let policies = self.source.policies();
+        eval::applicable(&policies, &target)
+            .iter()
+            .map(|p| p.reference.to_string())
+            .collect()
+    }
+
+    pub fn forget(&self, session: u64) {
+        self.targets().remove(&session);
+    }
+}
+
+/// The protocol's filter in the evaluation's terms; body and jq filters never satisfy a header
+/// pattern, like path filters.
+fn filter_request(filter: &HttpFilter) -> HttpFilterRequest {
+    match filter {
+        HttpFilter::Header(re) => HttpFilterRequest::Header(re.0.clone()),
+        HttpFilter::Path(re) => HttpFilterRequest::Path(re.0.clone()),
+        HttpFilter::Method(m) => HttpFilterRequest::Method(m.as_str().to_owned()),
+        HttpFilter::Body(_) | HttpFilter::HeaderJq(_) => HttpFilterRequest::Path(String::new()),
+        HttpFilter::Composite { all: true, filters } => {
+            HttpFilterRequest::AllOf(filters.iter().map(filter_request).collect())
+        }
+        HttpFilter::Composite {
+            all: false,
+            filters,
+        } => HttpFilterRequest::AnyOf(filters.iter().map(filter_request).collect()),
+    }
+}
+
+/// The session's target for the evaluation: its path and the labels of the workload (or pod).
+pub fn target_info(
+    namespace: &str,
+    target: &TargetRef,
+    inventory: &NamespaceInventory,
+) -> TargetInfo {
+    let TargetRef::Workload { kind, name, .. } = target else {
+        return TargetInfo {
+            namespace: namespace.to_owned(),
+            ..TargetInfo::default()
+        };
+    };
+    fn find<K: ResourceExt>(objects: &[Arc<K>], name: &str) -> BTreeMap<String, String> {
+        objects
+            .iter()
+            .find(|o| o.name_any() == name)
+            .map(|o| o.labels().clone())
+            .unwrap_or_default()
+    }
+    let labels = match kind {
+        TargetKind::Deployment => find(&inventory.deployments, name),
+        TargetKind::Pod => find(&inventory.pods, name),
+        TargetKind::Rollout => find(&inventory.rollouts, name),
+        TargetKind::Job => find(&inventory.jobs, name),
+        TargetKind::CronJob => find(&inventory.cron_jobs, name),
+        TargetKind::StatefulSet => find(&inventory.stateful_sets, name),
+        TargetKind::ReplicaSet => find(&inventory.replica_sets, name),
+        TargetKind::Service => BTreeMap::new(),
+    };
+    TargetInfo {
+        namespace: namespace.to_owned(),
+        path: Some(target.to_string()),
+        labels,
+        copy_target: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::policy::crd::{BlockedFeature, MirrordPolicySpec};
+    use crate::coordinator::policy::eval::{PolicyKind, PolicyRef};
+    use crate::protocol::Filter;
+
+    /// A source whose policies change while a session runs.
+    struct Live(Mutex<Vec<NamedPolicy>>);
+    impl PolicySource for Live {
+        fn policies(&self) -> Vec<NamedPolicy> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn no_unfiltered_steal() -> NamedPolicy {
+        NamedPolicy {
+            reference: PolicyRef {
+                kind: PolicyKind::MirrordPolicy,
+                namespace: Some("shop".into()),
+                name: "filters-only".into(),
+            },
+            spec: MirrordPolicySpec {
+                block: vec![BlockedFeature::StealWithoutFilter],
+                target_path: Some("deploy/web*".into()),
+                ..MirrordPolicySpec::default()
+            },
+        }
+    }
+
+    #[test]
+    fn policies_added_and_deleted_while_a_session_runs() {
+        let live = Arc::new(Live(Mutex::new(Vec::new())));
+        let gate = PolicyGate::new(live.clone());
+        let target = TargetInfo {
+            namespace: "shop".into(),
+            path: Some("deployment/web/container/app".into()),
+            ..TargetInfo::default()
+        };
+        gate.connect(7, target, None).unwrap();
+        assert!(gate.incoming(7, IncomingMode::Steal, 80, None).is_ok());
+        live.0.lock().unwrap().push(no_unfiltered_steal());
+        let refusal = gate.incoming(7, IncomingMode::Steal, 80, None).unwrap_err();
+        assert_eq!(refusal.rule, "block: steal-without-filter");
+        let filter = HttpFilter::Header(Filter("x-user: me".into()));
+        assert!(
+            gate.incoming(7, IncomingMode::Steal, 80, Some(&filter))
+                .is_ok()
+        );
+        assert_eq!(gate.applied(7), vec!["MirrordPolicy shop/filters-only"]);
+        live.0.lock().unwrap().clear();
+        assert!(gate.incoming(7, IncomingMode::Steal, 80, None).is_ok());
+        gate.forget(7);
+        assert!(gate.applied(7).is_empty());
+    }
+}
