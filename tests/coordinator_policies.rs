@@ -4,8 +4,9 @@
 //! `requireProfile` refuses the connect with a 403 `metav1.Status` naming the policy; with a
 //! profile the session runs; a steal without a filter is accepted, then refused with
 //! `ResponseError::ForbiddenWithReason` once a policy is added mid-session, while a filtered steal
-//! still goes through; after the policy is deleted the unfiltered steal is accepted again. Needs
-//! root (namespaces, iptables).
+//! still goes through; after the policy is deleted the unfiltered steal is accepted again;
+//! `env.exclude` keeps a variable out of the agent's env answer; a hostname rule, fed by the
+//! session's own DNS answer, refuses an outgoing connection. Needs root (namespaces, iptables).
 
 #[path = "support/netns.rs"]
 mod netns;
@@ -29,7 +30,8 @@ use mirrord_operator::coordinator::api::state::{
 };
 use mirrord_operator::coordinator::credentials::UserCa;
 use mirrord_operator::coordinator::policy::crd::{
-    BlockedFeature, LabelSelector, MirrordPolicySpec,
+    BlockedFeature, EnvPolicy, LabelSelector, MirrordPolicySpec, NetworkPolicy, OutgoingPolicy,
+    OutgoingRule,
 };
 use mirrord_operator::coordinator::policy::eval::{NamedPolicy, PolicyKind, PolicyRef};
 use mirrord_operator::coordinator::policy::gate::{PolicyGate, PolicySource};
@@ -298,6 +300,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
             .env("MIRRORD_AGENT_FS_MODE", "volumes")
             .env("MIRRORD_AGENT_ENV_MODE", "spec")
             .env("MIRRORD_AGENT_LOG_LEVEL", "warn")
+            .env("MIRRORD_TARGET_ENV_GREETING", "hello")
+            .env("MIRRORD_TARGET_ENV_DB_PASSWORD", "hunter2")
             .stdout(std::process::Stdio::null());
         ns.spawn(cmd);
         let deadline = Instant::now() + TIMEOUT;
@@ -379,6 +383,89 @@ fn policies_refuse_at_connect_and_per_subscription() {
             .retain(|p| p.reference.name != "filters-only");
         assert_eq!(subscribe(&mut ws, StealType::All(APP)).await, Ok(APP));
         unsubscribe(&mut ws).await;
+
+        // env.exclude: the variable never reaches the session.
+        let env_request = || {
+            ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest {
+                env_vars_filter: Default::default(),
+                env_vars_select: ["*".to_owned()].into(),
+            })
+        };
+        send(&mut ws, env_request()).await;
+        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = recv(&mut ws).await else {
+            panic!("an env answer")
+        };
+        assert_eq!(env.get("DB_PASSWORD").map(String::as_str), Some("hunter2"));
+        live.0.lock().unwrap().push(policy(
+            "no-passwords",
+            MirrordPolicySpec {
+                env: Some(EnvPolicy {
+                    exclude: vec!["*_PASSWORD".into()],
+                }),
+                ..MirrordPolicySpec::default()
+            },
+        ));
+        send(&mut ws, env_request()).await;
+        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = recv(&mut ws).await else {
+            panic!("an env answer")
+        };
+        assert!(!env.contains_key("DB_PASSWORD"), "{env:?}");
+        assert_eq!(env.get("GREETING").map(String::as_str), Some("hello"));
+
+        // A hostname rule: the session resolves `localhost` through the agent, then connects.
+        live.0.lock().unwrap().push(policy(
+            "no-localhost",
+            MirrordPolicySpec {
+                network: Some(NetworkPolicy {
+                    outgoing: Some(OutgoingPolicy {
+                        block: vec![OutgoingRule {
+                            hostname: Some("^localhost$".into()),
+                            ..OutgoingRule::default()
+                        }],
+                        ..OutgoingPolicy::default()
+                    }),
+                    ..NetworkPolicy::default()
+                }),
+                ..MirrordPolicySpec::default()
+            },
+        ));
+        send(
+            &mut ws,
+            ClientMessage::GetAddrInfoRequest(GetAddrInfoRequest {
+                node: "localhost".into(),
+            }),
+        )
+        .await;
+        let dns = recv(&mut ws).await;
+        assert!(
+            matches!(
+                dns,
+                DaemonMessage::GetAddrInfoResponse(GetAddrInfoResponse(Ok(_)))
+            ),
+            "{dns:?}"
+        );
+        let target = SocketAddress::Ip(SocketAddr::from((Ipv4Addr::LOCALHOST, 47012)));
+        send(
+            &mut ws,
+            ClientMessage::TcpOutgoing(LayerTcpOutgoing::Connect(LayerConnect {
+                remote_address: target.clone(),
+            })),
+        )
+        .await;
+        let refused = recv(&mut ws).await;
+        let DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::Connect(Err(
+            ResponseError::ForbiddenWithReason {
+                blocked_action,
+                policy_name,
+                reason,
+            },
+        ))) = refused
+        else {
+            panic!("expected a refused connect, got {refused:?}")
+        };
+        assert_eq!(blocked_action, BlockedAction::OutgoingTcp(target));
+        assert_eq!(policy_name.as_deref(), Some("no-localhost"));
+        assert!(reason.contains("network.outgoing.block[0]"), "{reason}");
         ws.close(None).await.unwrap();
     });
 }

@@ -1,14 +1,21 @@
-//! The relay's hook: a mirror or steal subscription checked against the policies, answered in the
-//! protocol as the CLI shows it (`ResponseError::ForbiddenWithReason`, or `Forbidden` for clients
-//! older than protocol 1.17).
+//! The relay's hooks: mirror/steal subscriptions and outgoing connections checked against the
+//! policies, answered in the protocol as the CLI shows it (`ResponseError::ForbiddenWithReason`, or
+//! `Forbidden` for clients older than protocol 1.17); env answers filtered by `env.exclude`; DNS
+//! answers remembered for hostname rules.
 
 use semver::Version;
 use tracing::info;
 
+use super::crd::Protocol;
 use super::eval::IncomingMode;
+use super::eval::Refusal;
 use crate::coordinator::session::{SessionState, SessionTable};
 use crate::protocol::version::MIRROR_POLICY_REASON_VERSION;
-use crate::protocol::{BlockedAction, HttpFilter, Port, ResponseError, StealType};
+use crate::protocol::{
+    BlockedAction, ClientMessage, DaemonConnectV2, DaemonMessage, DaemonTcpOutgoing,
+    DaemonUdpOutgoing, GetAddrInfoResponse, HttpFilter, LayerTcpOutgoing, LayerUdpOutgoing,
+    LogLevel, LogMessage, Port, RemoteEnvVars, ResponseError, SocketAddress, StealType,
+};
 
 /// A refused subscription: the text for the CLI's log and the error for `SubscribeResult`.
 pub struct Refused {
@@ -38,18 +45,121 @@ pub fn subscription(
         (true, None) => BlockedAction::Steal(StealType::All(port)),
         (true, Some(f)) => BlockedAction::Steal(StealType::FilteredHttpEx(port, f.clone())),
     };
+    let error = forbidden(&refusal, blocked_action, client_version);
+    Some(Refused { text, error })
+}
+
+fn forbidden(
+    refusal: &Refusal,
+    blocked_action: BlockedAction,
+    client_version: Option<&Version>,
+) -> ResponseError {
     let policy_name = Some(refusal.policy.name.clone());
-    let error = if client_version.is_some_and(|v| MIRROR_POLICY_REASON_VERSION.matches(v)) {
+    if client_version.is_some_and(|v| MIRROR_POLICY_REASON_VERSION.matches(v)) {
         ResponseError::ForbiddenWithReason {
             blocked_action,
             policy_name,
-            reason: text.clone(),
+            reason: refusal.to_string(),
         }
     } else {
         ResponseError::Forbidden {
             blocked_action,
             policy_name,
         }
+    }
+}
+
+/// A client request the coordinator answers itself because a policy refuses it (outgoing TCP
+/// connects and UDP sockets to IP addresses); `None` lets it go to the agent.
+pub fn client_request(
+    table: &SessionTable,
+    session: &SessionState,
+    msg: &ClientMessage,
+    client_version: Option<&Version>,
+) -> Option<DaemonMessage> {
+    let gate = table.policy_gate()?;
+    let (udp, uid, address) = match msg {
+        ClientMessage::TcpOutgoing(LayerTcpOutgoing::Connect(c)) => {
+            (false, None, &c.remote_address)
+        }
+        ClientMessage::TcpOutgoing(LayerTcpOutgoing::ConnectV2(c)) => {
+            (false, Some(c.uid), &c.remote_address)
+        }
+        ClientMessage::UdpOutgoing(LayerUdpOutgoing::Connect(c)) => (true, None, &c.remote_address),
+        ClientMessage::UdpOutgoing(LayerUdpOutgoing::ConnectV2(c)) => {
+            (true, Some(c.uid), &c.remote_address)
+        }
+        _ => return None,
     };
-    Some(Refused { text, error })
+    let SocketAddress::Ip(addr) = address else {
+        return None;
+    };
+    let protocol = if udp { Protocol::UDP } else { Protocol::TCP };
+    let refusal = gate
+        .outgoing(session.spec.id, addr.ip(), addr.port(), protocol)
+        .err()?;
+    info!(%addr, text = %refusal, "outgoing connection refused by policy");
+    let action = if udp {
+        BlockedAction::OutgoingUdp(address.clone())
+    } else {
+        BlockedAction::OutgoingTcp(address.clone())
+    };
+    let error = forbidden(&refusal, action, client_version);
+    Some(match (udp, uid) {
+        (false, None) => DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::Connect(Err(error))),
+        (false, Some(uid)) => {
+            DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::ConnectV2(DaemonConnectV2 {
+                uid,
+                connect: Err(error),
+            }))
+        }
+        (true, None) => DaemonMessage::UdpOutgoing(DaemonUdpOutgoing::Connect(Err(error))),
+        (true, Some(uid)) => {
+            DaemonMessage::UdpOutgoing(DaemonUdpOutgoing::ConnectV2(DaemonConnectV2 {
+                uid,
+                connect: Err(error),
+            }))
+        }
+    })
+}
+
+/// An agent's answer on its way to the CLI: env variables a policy excludes are removed (the CLI
+/// is told which, by log), DNS answers are remembered. Returns the log line to send, if any.
+pub fn daemon_answer(
+    table: &SessionTable,
+    session: &SessionState,
+    msg: &mut DaemonMessage,
+) -> Option<LogMessage> {
+    let gate = table.policy_gate()?;
+    let id = session.spec.id;
+    match msg {
+        DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(vars))) => {
+            let mut removed = Vec::new();
+            vars.retain(|name, _| match gate.env_excluded(id, name) {
+                Some(policy) => {
+                    removed.push(format!("{name} ({policy})"));
+                    false
+                }
+                None => true,
+            });
+            if removed.is_empty() {
+                return None;
+            }
+            info!(removed = removed.len(), "env variables excluded by policy");
+            Some(LogMessage {
+                message: format!(
+                    "environment variables left out by policy: {}",
+                    removed.join(", ")
+                ),
+                level: LogLevel::Warn,
+            })
+        }
+        DaemonMessage::GetAddrInfoResponse(GetAddrInfoResponse(Ok(lookup))) => {
+            for record in &lookup.0 {
+                gate.resolved(id, &record.name, record.ip);
+            }
+            None
+        }
+        _ => None,
+    }
 }

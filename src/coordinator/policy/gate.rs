@@ -2,12 +2,15 @@
 //! from the [`PolicySource`] (the watch-fed caches) at each check, so a policy added while a session
 //! runs applies to its next subscriptions and a deleted one stops applying.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
 
-use super::eval::{self, HttpFilterRequest, IncomingMode, NamedPolicy, Refusal, TargetInfo};
+use super::eval::{
+    self, Destination, HttpFilterRequest, IncomingMode, NamedPolicy, PolicyRef, Refusal, TargetInfo,
+};
 use crate::coordinator::api::state::NamespaceInventory;
 use crate::coordinator::targets::{TargetKind, TargetRef};
 use crate::protocol::HttpFilter;
@@ -24,22 +27,35 @@ impl PolicySource for Vec<NamedPolicy> {
     }
 }
 
+/// Names a session's own DNS answers gave for an address, kept per session up to this many
+/// addresses (older sessions resolving endlessly must not grow the coordinator).
+const MAX_DNS_ADDRESSES: usize = 4096;
+
+struct SessionEntry {
+    target: TargetInfo,
+    names: HashMap<IpAddr, BTreeSet<String>>,
+}
+
 /// The policy checks of every session, by session id.
 pub struct PolicyGate {
     source: Arc<dyn PolicySource>,
-    targets: Mutex<HashMap<u64, TargetInfo>>,
+    sessions: Mutex<HashMap<u64, SessionEntry>>,
 }
 
 impl PolicyGate {
     pub fn new(source: Arc<dyn PolicySource>) -> PolicyGate {
         PolicyGate {
             source,
-            targets: Mutex::default(),
+            sessions: Mutex::default(),
         }
     }
 
-    fn targets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TargetInfo>> {
-        self.targets.lock().unwrap_or_else(|e| e.into_inner())
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionEntry>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn target(&self, session: u64) -> Option<TargetInfo> {
+        self.sessions().get(&session).map(|e| e.target.clone())
     }
 
     /// At connect: the profile rules. On success the session's target is remembered for the
@@ -52,7 +68,13 @@ impl PolicyGate {
     ) -> Result<(), Refusal> {
         let policies = self.source.policies();
         eval::check_connect(&eval::applicable(&policies, &target), profile)?;
-        self.targets().insert(session, target);
+        self.sessions().insert(
+            session,
+            SessionEntry {
+                target,
+                names: HashMap::new(),
+            },
+        );
         Ok(())
     }
 
@@ -65,7 +87,7 @@ impl PolicyGate {
         port: u16,
         filter: Option<&HttpFilter>,
     ) -> Result<(), Refusal> {
-        let Some(target) = self.targets().get(&session).cloned() else {
+        let Some(target) = self.target(session) else {
             return Ok(());
         };
         let policies = self.source.policies();
@@ -80,7 +102,7 @@ impl PolicyGate {
 
     /// The names of the policies that apply to `session` now (for `status` and the sessions API).
     pub fn applied(&self, session: u64) -> Vec<String> {
-        let Some(target) = self.targets().get(&session).cloned() else {
+        let Some(target) = self.target(session) else {
             return Vec::new();
         };
         let policies = self.source.policies();
@@ -90,8 +112,53 @@ impl PolicyGate {
             .collect()
     }
 
+    /// The policy whose `env.exclude` keeps `name` from `session`, if any.
+    pub fn env_excluded(&self, session: u64, name: &str) -> Option<PolicyRef> {
+        let target = self.target(session)?;
+        let policies = self.source.policies();
+        eval::env_excluded(&eval::applicable(&policies, &target), name).cloned()
+    }
+
+    /// Remembers a DNS answer the session received, for hostname rules.
+    pub fn resolved(&self, session: u64, name: &str, ip: IpAddr) {
+        let mut sessions = self.sessions();
+        let Some(entry) = sessions.get_mut(&session) else {
+            return;
+        };
+        if entry.names.len() >= MAX_DNS_ADDRESSES && !entry.names.contains_key(&ip) {
+            return;
+        }
+        let name = name.strip_suffix('.').unwrap_or(name).to_owned();
+        entry.names.entry(ip).or_default().insert(name);
+    }
+
+    /// An outgoing connection or UDP socket of `session`; the host names come from its own DNS
+    /// answers.
+    pub fn outgoing(
+        &self,
+        session: u64,
+        ip: IpAddr,
+        port: u16,
+        protocol: super::crd::Protocol,
+    ) -> Result<(), Refusal> {
+        let Some((target, hostnames)) = self.sessions().get(&session).map(|e| {
+            let names = e.names.get(&ip).map(|n| n.iter().cloned().collect());
+            (e.target.clone(), names.unwrap_or_default())
+        }) else {
+            return Ok(());
+        };
+        let policies = self.source.policies();
+        let dest = Destination {
+            ip,
+            port,
+            protocol,
+            hostnames,
+        };
+        eval::check_outgoing(&eval::applicable(&policies, &target), &dest)
+    }
+
     pub fn forget(&self, session: u64) {
-        self.targets().remove(&session);
+        self.sessions().remove(&session);
     }
 }
 
