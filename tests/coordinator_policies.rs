@@ -269,7 +269,7 @@ fn policies_refuse_at_connect_and_per_subscription() {
         table.set_policy_gate(Arc::new(PolicyGate::new(live.clone())));
         let api = api(registry.clone(), table.clone());
         let der = client_der(&api).await;
-        let app = agents::router(registry.clone()).merge(api);
+        let app = agents::router(registry.clone()).merge(api.clone());
         let cli_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .unwrap();
@@ -466,6 +466,26 @@ fn policies_refuse_at_connect_and_per_subscription() {
         assert_eq!(blocked_action, BlockedAction::OutgoingTcp(target));
         assert_eq!(policy_name.as_deref(), Some("no-localhost"));
         assert!(reason.contains("network.outgoing.block[0]"), "{reason}");
+
+        // The sessions API shows the policies in force for the session.
+        let request =
+            http::Request::get("/apis/operator.metalbear.co/v1/mirrordoperators/operator")
+                .header("x-test-user", "alice")
+                .body(axum::body::Body::empty())
+                .unwrap();
+        let answer = api.clone().oneshot(request).await.unwrap();
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        let operator: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let sessions = operator["status"]["sessions"].as_array().unwrap();
+        assert_eq!(sessions.len(), 1, "{operator}");
+        assert_eq!(
+            sessions[0]["policies"],
+            serde_json::json!([
+                "MirrordPolicy default/profile-required",
+                "MirrordPolicy default/no-passwords",
+                "MirrordPolicy default/no-localhost"
+            ])
+        );
         ws.close(None).await.unwrap();
     });
 }

@@ -232,6 +232,11 @@ impl SessionDirectory for Arc<SessionService> {
                     })
                     .collect(),
                 header_filter: row.header_filter,
+                policies: self
+                    .table
+                    .policy_gate()
+                    .map(|gate| gate.applied(row.id))
+                    .unwrap_or_default(),
             })
             .collect()
     }
