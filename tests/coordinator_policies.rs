@@ -6,7 +6,9 @@
 //! `ResponseError::ForbiddenWithReason` once a policy is added mid-session, while a filtered steal
 //! still goes through; after the policy is deleted the unfiltered steal is accepted again;
 //! `env.exclude` keeps a variable out of the agent's env answer; a hostname rule, fed by the
-//! session's own DNS answer, refuses an outgoing connection. Needs root (namespaces, iptables).
+//! session's own DNS answer, refuses an outgoing connection; `fs` rules answer opens as missing,
+//! local, or refused for writing while other files open on the target. Needs root (namespaces,
+//! iptables).
 
 #[path = "support/netns.rs"]
 mod netns;
@@ -30,8 +32,8 @@ use mirrord_operator::coordinator::api::state::{
 };
 use mirrord_operator::coordinator::credentials::UserCa;
 use mirrord_operator::coordinator::policy::crd::{
-    BlockedFeature, EnvPolicy, LabelSelector, MirrordPolicySpec, NetworkPolicy, OutgoingPolicy,
-    OutgoingRule,
+    BlockedFeature, EnvPolicy, FsPolicy, LabelSelector, MirrordPolicySpec, NetworkPolicy,
+    OutgoingPolicy, OutgoingRule,
 };
 use mirrord_operator::coordinator::policy::eval::{NamedPolicy, PolicyKind, PolicyRef};
 use mirrord_operator::coordinator::policy::gate::{PolicyGate, PolicySource};
@@ -467,6 +469,62 @@ fn policies_refuse_at_connect_and_per_subscription() {
         assert_eq!(policy_name.as_deref(), Some("no-localhost"));
         assert!(reason.contains("network.outgoing.block[0]"), "{reason}");
 
+        // fs rules: missing, local, read-only; other paths open on the target.
+        std::fs::create_dir_all(root.path().join("etc/app")).unwrap();
+        std::fs::write(root.path().join("etc/app/config.yaml"), "pod: web-a\n").unwrap();
+        live.0.lock().unwrap().push(policy(
+            "files",
+            MirrordPolicySpec {
+                fs: Some(FsPolicy {
+                    read_only: vec!["^/etc/app/".into()],
+                    local: vec!["\\.env$".into()],
+                    not_found: vec!["^/var/run/secrets/".into()],
+                }),
+                ..MirrordPolicySpec::default()
+            },
+        ));
+        let open = |path: &str, write: bool| {
+            ClientMessage::FileRequest(FileRequest::Open(OpenFileRequest {
+                path: path.into(),
+                open_options: OpenOptionsInternal {
+                    read: true,
+                    write,
+                    ..Default::default()
+                },
+            }))
+        };
+        send(&mut ws, open("/var/run/secrets/token", false)).await;
+        let answer = recv(&mut ws).await;
+        assert!(
+            matches!(
+                &answer,
+                DaemonMessage::File(FileResponse::Open(Err(ResponseError::RemoteIO(e))))
+                    if e.kind == ErrorKindInternal::NotFound
+            ),
+            "{answer:?}"
+        );
+        send(&mut ws, open("/app/.env", false)).await;
+        assert_eq!(
+            recv(&mut ws).await,
+            DaemonMessage::File(FileResponse::Open(Err(ResponseError::OpenLocal)))
+        );
+        send(&mut ws, open("/etc/app/config.yaml", true)).await;
+        let answer = recv(&mut ws).await;
+        assert!(
+            matches!(
+                &answer,
+                DaemonMessage::File(FileResponse::Open(Err(ResponseError::RemoteIO(e))))
+                    if e.kind == ErrorKindInternal::PermissionDenied
+            ),
+            "{answer:?}"
+        );
+        send(&mut ws, open("/etc/app/config.yaml", false)).await;
+        let answer = recv(&mut ws).await;
+        assert!(
+            matches!(answer, DaemonMessage::File(FileResponse::Open(Ok(_)))),
+            "{answer:?}"
+        );
+
         // The sessions API shows the policies in force for the session.
         let request =
             http::Request::get("/apis/operator.metalbear.co/v1/mirrordoperators/operator")
@@ -483,7 +541,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
             serde_json::json!([
                 "MirrordPolicy default/profile-required",
                 "MirrordPolicy default/no-passwords",
-                "MirrordPolicy default/no-localhost"
+                "MirrordPolicy default/no-localhost",
+                "MirrordPolicy default/files"
             ])
         );
         ws.close(None).await.unwrap();

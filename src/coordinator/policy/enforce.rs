@@ -1,5 +1,6 @@
 //! The relay's hooks: mirror/steal subscriptions and outgoing connections checked against the
-//! policies, answered in the protocol as the CLI shows it (`ResponseError::ForbiddenWithReason`, or
+//! policies (and file opens against `fs`: missing, local, or refused for writing), answered in the
+//! protocol as the CLI shows it (`ResponseError::ForbiddenWithReason`, or
 //! `Forbidden` for clients older than protocol 1.17); env answers filtered by `env.exclude`; DNS
 //! answers remembered for hostname rules.
 
@@ -8,13 +9,14 @@ use tracing::info;
 
 use super::crd::Protocol;
 use super::eval::IncomingMode;
-use super::eval::Refusal;
+use super::eval::{FileDecision, Refusal};
 use crate::coordinator::session::{SessionState, SessionTable};
 use crate::protocol::version::MIRROR_POLICY_REASON_VERSION;
 use crate::protocol::{
     BlockedAction, ClientMessage, DaemonConnectV2, DaemonMessage, DaemonTcpOutgoing,
-    DaemonUdpOutgoing, GetAddrInfoResponse, HttpFilter, LayerTcpOutgoing, LayerUdpOutgoing,
-    LogLevel, LogMessage, Port, RemoteEnvVars, ResponseError, SocketAddress, StealType,
+    DaemonUdpOutgoing, ErrorKindInternal, FileRequest, GetAddrInfoResponse, HttpFilter,
+    LayerTcpOutgoing, LayerUdpOutgoing, LogLevel, LogMessage, Port, RemoteEnvVars, RemoteIOError,
+    ResponseError, SocketAddress, StealType,
 };
 
 /// A refused subscription: the text for the CLI's log and the error for `SubscribeResult`.
@@ -78,6 +80,20 @@ pub fn client_request(
     client_version: Option<&Version>,
 ) -> Option<DaemonMessage> {
     let gate = table.policy_gate()?;
+    if let ClientMessage::FileRequest(request @ FileRequest::Open(open)) = msg {
+        let path = open.path.to_string_lossy();
+        let write = !open.open_options.is_read_only();
+        let error = match gate.file(session.spec.id, &path, write) {
+            FileDecision::Remote => return None,
+            FileDecision::NotFound(_) => io_error(libc::ENOENT, ErrorKindInternal::NotFound),
+            FileDecision::Local(_) => ResponseError::OpenLocal,
+            FileDecision::Refused(refusal) => {
+                info!(%path, text = %refusal, "file open refused by policy");
+                io_error(libc::EACCES, ErrorKindInternal::PermissionDenied)
+            }
+        };
+        return request.error_response(error).map(DaemonMessage::File);
+    }
     let (udp, uid, address) = match msg {
         ClientMessage::TcpOutgoing(LayerTcpOutgoing::Connect(c)) => {
             (false, None, &c.remote_address)
@@ -120,6 +136,13 @@ pub fn client_request(
                 connect: Err(error),
             }))
         }
+    })
+}
+
+fn io_error(errno: i32, kind: ErrorKindInternal) -> ResponseError {
+    ResponseError::RemoteIO(RemoteIOError {
+        raw_os_error: Some(errno),
+        kind,
     })
 }
 

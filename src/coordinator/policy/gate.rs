@@ -157,6 +157,15 @@ impl PolicyGate {
         eval::check_outgoing(&eval::applicable(&policies, &target), &dest)
     }
 
+    /// A file open of `session` on its target.
+    pub fn file(&self, session: u64, path: &str, write: bool) -> eval::FileDecision {
+        let Some(target) = self.target(session) else {
+            return eval::FileDecision::Remote;
+        };
+        let policies = self.source.policies();
+        eval::check_file(&eval::applicable(&policies, &target), path, write)
+    }
+
     pub fn forget(&self, session: u64) {
         self.sessions().remove(&session);
     }
