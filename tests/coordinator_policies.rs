@@ -5,6 +5,7 @@
 //! profile the session runs; a steal without a filter is accepted, then refused with
 //! `ResponseError::ForbiddenWithReason` once a policy is added mid-session, while a filtered steal
 //! still goes through; after the policy is deleted the unfiltered steal is accepted again;
+//! env values from a Secret the user may not `get` (SubjectAccessReview stand-in) are left out;
 //! `env.exclude` keeps a variable out of the agent's env answer; a hostname rule, fed by the
 //! session's own DNS answer, refuses an outgoing connection; `fs` rules answer opens as missing,
 //! local, or refused for writing while other files open on the target. Needs root (namespaces,
@@ -28,7 +29,8 @@ use mirrord_operator::coordinator::agents::identity::StaticReviewer;
 use mirrord_operator::coordinator::agents::{self, AgentRegistry, HubConfig};
 use mirrord_operator::coordinator::api::router;
 use mirrord_operator::coordinator::api::state::{
-    AllowAll, ApiState, Identity, License, NamespaceInventory, OperatorInfo, StaticInventory,
+    AllowAll, ApiState, Authorizer, AuthorizerError, Decision, Identity, License,
+    NamespaceInventory, OperatorInfo, ResourceAttributes, StaticInventory,
 };
 use mirrord_operator::coordinator::credentials::UserCa;
 use mirrord_operator::coordinator::policy::crd::{
@@ -58,6 +60,31 @@ struct Live(Mutex<Vec<NamedPolicy>>);
 impl PolicySource for Live {
     fn policies(&self) -> Vec<NamedPolicy> {
         self.0.lock().unwrap().clone()
+    }
+}
+
+/// alice may `get` Secret `public` but not `db-creds`.
+struct SecretsFor;
+
+impl Authorizer for SecretsFor {
+    fn authorize<'a>(
+        &'a self,
+        identity: &'a Identity,
+        attributes: &'a ResourceAttributes,
+    ) -> futures::future::BoxFuture<'a, Result<Decision, AuthorizerError>> {
+        let allowed = attributes.resource == "secrets"
+            && attributes.verb == "get"
+            && identity.user == "alice"
+            && attributes.name.as_deref() == Some("public");
+        Box::pin(async move {
+            Ok(if allowed {
+                Decision::Allow
+            } else {
+                Decision::Deny {
+                    reason: "no".into(),
+                }
+            })
+        })
     }
 }
 
@@ -97,7 +124,13 @@ fn inventory() -> StaticInventory {
         pods: vec![object(serde_json::json!({
             "metadata": {"name": "web-a", "namespace": "default", "uid": "uid-web-a",
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-1"}]},
-            "spec": {"containers": [container("web"), container("mirrord-agent")]},
+            "spec": {"containers": [
+                {"name": "web", "image": "x", "env": [
+                    {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "db-creds", "key": "api"}}},
+                    {"name": "PUBLIC_ID", "valueFrom": {"secretKeyRef": {"name": "public", "key": "id"}}}
+                ]},
+                container("mirrord-agent")
+            ]},
             "status": {"phase": "Running"}
         }))],
         deployments: vec![object(serde_json::json!({
@@ -268,7 +301,9 @@ fn policies_refuse_at_connect_and_per_subscription() {
         let registry = AgentRegistry::new(Arc::new(reviewer), HubConfig::default());
         let table = SessionTable::new(TableConfig::default());
         let live = Arc::new(Live::default());
-        table.set_policy_gate(Arc::new(PolicyGate::new(live.clone())));
+        table.set_policy_gate(Arc::new(
+            PolicyGate::new(live.clone()).with_secret_authorizer(Arc::new(SecretsFor)),
+        ));
         let api = api(registry.clone(), table.clone());
         let der = client_der(&api).await;
         let app = agents::router(registry.clone()).merge(api.clone());
@@ -304,6 +339,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
             .env("MIRRORD_AGENT_LOG_LEVEL", "warn")
             .env("MIRRORD_TARGET_ENV_GREETING", "hello")
             .env("MIRRORD_TARGET_ENV_DB_PASSWORD", "hunter2")
+            .env("MIRRORD_TARGET_ENV_API_KEY", "k-123")
+            .env("MIRRORD_TARGET_ENV_PUBLIC_ID", "id-9")
             .stdout(std::process::Stdio::null());
         ns.spawn(cmd);
         let deadline = Instant::now() + TIMEOUT;
@@ -398,6 +435,9 @@ fn policies_refuse_at_connect_and_per_subscription() {
             panic!("an env answer")
         };
         assert_eq!(env.get("DB_PASSWORD").map(String::as_str), Some("hunter2"));
+        // Secret-backed: alice may get Secret `public`, not `db-creds`.
+        assert_eq!(env.get("PUBLIC_ID").map(String::as_str), Some("id-9"));
+        assert!(!env.contains_key("API_KEY"), "{env:?}");
         live.0.lock().unwrap().push(policy(
             "no-passwords",
             MirrordPolicySpec {

@@ -150,10 +150,13 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
     );
     let inventory = Arc::new(caches);
     let table = SessionTable::new(TableConfig::default());
-    table.set_policy_gate(Arc::new(PolicyGate::new(Arc::new(PolicyCache::start(
-        client.clone(),
-        shutdown.clone(),
-    )))));
+    table.set_policy_gate(Arc::new(
+        PolicyGate::new(Arc::new(PolicyCache::start(
+            client.clone(),
+            shutdown.clone(),
+        )))
+        .with_secret_authorizer(authorizer.clone()),
+    ));
     let sessions = Arc::new(SessionService {
         registry: registry.clone(),
         table,

@@ -158,22 +158,23 @@ pub fn daemon_answer(
     match msg {
         DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(vars))) => {
             let mut removed = Vec::new();
-            vars.retain(|name, _| match gate.env_excluded(id, name) {
-                Some(policy) => {
+            vars.retain(|name, _| {
+                if let Some(policy) = gate.env_excluded(id, name) {
                     removed.push(format!("{name} ({policy})"));
-                    false
+                    return false;
                 }
-                None => true,
+                if let Some(why) = gate.secret_env_hidden(id, name) {
+                    removed.push(format!("{name} ({why})"));
+                    return false;
+                }
+                true
             });
             if removed.is_empty() {
                 return None;
             }
             info!(removed = removed.len(), "env variables excluded by policy");
             Some(LogMessage {
-                message: format!(
-                    "environment variables left out by policy: {}",
-                    removed.join(", ")
-                ),
+                message: format!("environment variables left out: {}", removed.join(", ")),
                 level: LogLevel::Warn,
             })
         }

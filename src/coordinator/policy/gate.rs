@@ -11,7 +11,9 @@ use kube::ResourceExt;
 use super::eval::{
     self, Destination, HttpFilterRequest, IncomingMode, NamedPolicy, PolicyRef, Refusal, TargetInfo,
 };
-use crate::coordinator::api::state::NamespaceInventory;
+use crate::coordinator::api::state::{
+    Authorizer, Decision, Identity, NamespaceInventory, ResourceAttributes,
+};
 use crate::coordinator::targets::{TargetKind, TargetRef};
 use crate::protocol::HttpFilter;
 
@@ -34,12 +36,16 @@ const MAX_DNS_ADDRESSES: usize = 4096;
 struct SessionEntry {
     target: TargetInfo,
     names: HashMap<IpAddr, BTreeSet<String>>,
+    /// Env variables from Secrets the session's user may not `get`, with the reason.
+    hidden_env: BTreeMap<String, String>,
 }
 
 /// The policy checks of every session, by session id.
 pub struct PolicyGate {
     source: Arc<dyn PolicySource>,
     sessions: Mutex<HashMap<u64, SessionEntry>>,
+    /// Asks whether a user may `get` a Secret (SubjectAccessReview); none: Secret env is not checked.
+    secrets: Option<Arc<dyn Authorizer>>,
 }
 
 impl PolicyGate {
@@ -47,7 +53,68 @@ impl PolicyGate {
         PolicyGate {
             source,
             sessions: Mutex::default(),
+            secrets: None,
         }
+    }
+
+    /// Env values from Secrets reach a session only if its user may `get` the Secret.
+    pub fn with_secret_authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> PolicyGate {
+        self.secrets = Some(authorizer);
+        self
+    }
+
+    /// At connect, after [`PolicyGate::connect`]: one review per Secret the target's env reads
+    /// through `valueFrom.secretKeyRef`; the variables of a Secret the user may not `get` (or that
+    /// could not be reviewed) are hidden from the session's env answers.
+    pub async fn review_secret_env(
+        &self,
+        session: u64,
+        identity: &Identity,
+        namespace: &str,
+        secret_env: Vec<(String, String)>,
+    ) {
+        let Some(authorizer) = &self.secrets else {
+            return;
+        };
+        let mut by_secret: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (var, secret) in secret_env {
+            by_secret.entry(secret).or_default().push(var);
+        }
+        let mut hidden = BTreeMap::new();
+        for (secret, vars) in by_secret {
+            let attributes = ResourceAttributes {
+                verb: "get",
+                group: "",
+                version: "v1",
+                resource: "secrets",
+                subresource: None,
+                namespace: Some(namespace.to_owned()),
+                name: Some(secret.clone()),
+            };
+            let why = match authorizer.authorize(identity, &attributes).await {
+                Ok(Decision::Allow) => continue,
+                Ok(Decision::Deny { .. }) => {
+                    format!(
+                        "user {} may not get Secret {namespace}/{secret}",
+                        identity.user
+                    )
+                }
+                Err(e) => format!("Secret {namespace}/{secret} could not be reviewed: {}", e.0),
+            };
+            for var in vars {
+                hidden.insert(var, why.clone());
+            }
+        }
+        if let Some(entry) = self.sessions().get_mut(&session) {
+            entry.hidden_env = hidden;
+        }
+    }
+
+    /// Why `name` is hidden from `session` as a Secret value, if it is.
+    pub fn secret_env_hidden(&self, session: u64, name: &str) -> Option<String> {
+        self.sessions()
+            .get(&session)
+            .and_then(|e| e.hidden_env.get(name).cloned())
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionEntry>> {
@@ -73,6 +140,7 @@ impl PolicyGate {
             SessionEntry {
                 target,
                 names: HashMap::new(),
+                hidden_env: BTreeMap::new(),
             },
         );
         Ok(())
@@ -187,6 +255,41 @@ fn filter_request(filter: &HttpFilter) -> HttpFilterRequest {
             filters,
         } => HttpFilterRequest::AnyOf(filters.iter().map(filter_request).collect()),
     }
+}
+
+/// `(variable, Secret name)` for each `valueFrom.secretKeyRef` in the env of the target container of
+/// the first of `pods` found (the pods of one workload share their template).
+pub fn secret_env(
+    inventory: &NamespaceInventory,
+    pods: &[String],
+    container: Option<&str>,
+) -> Vec<(String, String)> {
+    let Some(pod) = inventory
+        .pods
+        .iter()
+        .find(|p| pods.iter().any(|name| *name == p.name_any()))
+    else {
+        return Vec::new();
+    };
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let Some(c) = containers
+        .iter()
+        .find(|c| container.is_none_or(|name| c.name == name))
+    else {
+        return Vec::new();
+    };
+    c.env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let secret = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.clone(), secret.name.clone()))
+        })
+        .collect()
 }
 
 /// The session's target for the evaluation: its path and the labels of the workload (or pod).

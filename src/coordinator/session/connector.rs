@@ -163,6 +163,25 @@ impl Connector for Arc<SessionService> {
                 if let Err(refusal) = gate.connect(spec.id, target, profile) {
                     return ApiError::forbidden(refusal.to_string()).into_response();
                 }
+                let resolved = targets::resolve(&inventory, &request.target, &targets::has_agent);
+                if let Ok(entry) = resolved {
+                    let container = match &entry.target {
+                        TargetRef::Workload { container, .. } => container.as_deref(),
+                        _ => None,
+                    };
+                    let secret_env = crate::coordinator::policy::gate::secret_env(
+                        &inventory,
+                        &entry.ready_pods,
+                        container,
+                    );
+                    gate.review_secret_env(
+                        spec.id,
+                        &request.identity,
+                        &request.namespace,
+                        secret_env,
+                    )
+                    .await;
+                }
             }
             if !service.registry.agents().iter().any(|a| (spec.pods)(a)) {
                 return service.no_agent(&request).into_response();
