@@ -194,9 +194,14 @@ fn session_row(session: &Value) -> Result<Vec<String>, AdminError> {
             line
         })
         .collect();
+    // The policies in force go under the target they apply to.
+    let mut target = text(session, "/target")?.to_owned();
+    for policy in session["policies"].as_array().into_iter().flatten() {
+        let _ = write!(target, "\npolicy: {}", policy.as_str().unwrap_or_default());
+    }
     Ok(vec![
         session["id"].as_str().unwrap_or_default().to_owned(),
-        text(session, "/target")?.to_owned(),
+        target,
         session["namespace"].as_str().unwrap_or("N/A").to_owned(),
         text(session, "/user")?.to_owned(),
         ports.join("\n"),
@@ -251,6 +256,20 @@ mod tests {
         assert_eq!(display_date("2030-01-01"), " 1-Jan-2030");
         assert_eq!(display_date("2099-12-31"), "31-Dec-2099");
         assert_eq!(display_date("garbage"), "garbage");
+    }
+
+    #[test]
+    fn session_policies_show_under_the_target() {
+        let session = serde_json::json!({
+            "id": "A11CE", "duration_secs": 5, "user": "alice", "target": "deployment/web",
+            "namespace": "shop", "locked_ports": [],
+            "policies": ["MirrordPolicy shop/filters-only", "MirrordClusterPolicy no-mirror"],
+        });
+        let row = session_row(&session).unwrap();
+        assert_eq!(
+            row[1],
+            "deployment/web\npolicy: MirrordPolicy shop/filters-only\npolicy: MirrordClusterPolicy no-mirror"
+        );
     }
 
     #[test]

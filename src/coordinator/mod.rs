@@ -12,6 +12,7 @@ pub mod filters;
 pub mod kube;
 pub mod metrics;
 mod overlap;
+pub mod policy;
 pub mod queues;
 pub mod run;
 pub mod session;

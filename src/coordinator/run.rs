@@ -33,6 +33,7 @@ use super::{
         user_ca,
     },
     metrics::Metrics,
+    policy::{cache::PolicyCache, gate::PolicyGate},
     session::{SessionTable, TableConfig, connector::SessionService},
 };
 use crate::{
@@ -148,9 +149,17 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         HubConfig::default(),
     );
     let inventory = Arc::new(caches);
+    let table = SessionTable::new(TableConfig::default());
+    table.set_policy_gate(Arc::new(
+        PolicyGate::new(Arc::new(PolicyCache::start(
+            client.clone(),
+            shutdown.clone(),
+        )))
+        .with_secret_authorizer(authorizer.clone()),
+    ));
     let sessions = Arc::new(SessionService {
         registry: registry.clone(),
-        table: SessionTable::new(TableConfig::default()),
+        table,
         inventory: inventory.clone(),
     });
     let state = ApiState::new(info, user_ca, authorizer, inventory)

@@ -69,6 +69,10 @@ pub fn session_json(session: &SessionSummary) -> Value {
     if let Some(filter) = &session.header_filter {
         doc["http_filter"] = json!({ "headerFilter": filter });
     }
+    // Not read by the mirrord CLI (it ignores unknown fields); shown by `mirrord-operator status`.
+    if !session.policies.is_empty() {
+        doc["policies"] = json!(session.policies);
+    }
     doc
 }
 

@@ -185,6 +185,8 @@ pub struct SessionSummary {
     pub locked_ports: Vec<LockedPort>,
     /// The informational `header_filter` of the connect URL.
     pub header_filter: Option<String>,
+    /// The policies that apply to the session now (`MirrordPolicy ns/name`, docs/policies.md).
+    pub policies: Vec<String>,
 }
 
 /// Result of killing one session.

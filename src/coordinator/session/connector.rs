@@ -155,6 +155,37 @@ impl Connector for Arc<SessionService> {
                 Ok(spec) => spec,
                 Err(e) => return e.into_response(),
             };
+            if let Some(gate) = service.table.policy_gate() {
+                let inventory = service.inventory.namespace(&request.namespace);
+                let target = crate::coordinator::policy::gate::target_info(
+                    &request.namespace,
+                    &request.target,
+                    &inventory,
+                );
+                let profile = request.params.get("profile").map(String::as_str);
+                if let Err(refusal) = gate.connect(spec.id, target, profile) {
+                    return ApiError::forbidden(refusal.to_string()).into_response();
+                }
+                let resolved = targets::resolve(&inventory, &request.target, &targets::has_agent);
+                if let Ok(entry) = resolved {
+                    let container = match &entry.target {
+                        TargetRef::Workload { container, .. } => container.as_deref(),
+                        _ => None,
+                    };
+                    let secret_env = crate::coordinator::policy::gate::secret_env(
+                        &inventory,
+                        &entry.ready_pods,
+                        container,
+                    );
+                    gate.review_secret_env(
+                        spec.id,
+                        &request.identity,
+                        &request.namespace,
+                        secret_env,
+                    )
+                    .await;
+                }
+            }
             if !service.registry.agents().iter().any(|a| (spec.pods)(a)) {
                 return service.no_agent(&request).into_response();
             }
@@ -241,6 +272,11 @@ impl SessionDirectory for Arc<SessionService> {
                     })
                     .collect(),
                 header_filter: row.header_filter,
+                policies: self
+                    .table
+                    .policy_gate()
+                    .map(|gate| gate.applied(row.id))
+                    .unwrap_or_default(),
             })
             .collect()
     }

@@ -231,6 +231,8 @@ pub struct SessionTable {
     inner: Mutex<TableInner>,
     config: TableConfig,
     next_connection: AtomicU64,
+    /// The policy checks (docs/policies.md), set once at start; none means no policies.
+    policy: std::sync::OnceLock<Arc<crate::coordinator::policy::gate::PolicyGate>>,
 }
 
 /// Display form of a filter in the table.
@@ -259,7 +261,17 @@ impl SessionTable {
             inner: Mutex::default(),
             config,
             next_connection: AtomicU64::new(1),
+            policy: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Turns policy enforcement on (once; later calls are ignored).
+    pub fn set_policy_gate(&self, gate: Arc<crate::coordinator::policy::gate::PolicyGate>) {
+        let _ = self.policy.set(gate);
+    }
+
+    pub fn policy_gate(&self) -> Option<&Arc<crate::coordinator::policy::gate::PolicyGate>> {
+        self.policy.get()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TableInner> {
@@ -322,6 +334,9 @@ impl SessionTable {
 
     fn end(&self, session: &Arc<SessionState>, why: &str) {
         let id = session.spec.id;
+        if let Some(gate) = self.policy_gate() {
+            gate.forget(id);
+        }
         let waiting = {
             let mut inner = self.lock();
             if inner

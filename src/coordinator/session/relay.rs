@@ -631,6 +631,14 @@ impl Relay {
             // Everything else has its state on one pod: env, files, DNS, outgoing, and the
             // messages the agent refuses (pause, VPN).
             other => {
+                if let Some(refused) = crate::coordinator::policy::enforce::client_request(
+                    &self.table,
+                    &self.session,
+                    &other,
+                    self.client_version.as_ref(),
+                ) {
+                    return self.to_cli(refused).await;
+                }
                 if let Some(primary) = self.primary.clone() {
                     self.to_pod(&primary, &other).await;
                 }
@@ -646,6 +654,19 @@ impl Relay {
         filter: Option<HttpFilter>,
         msg: ClientMessage,
     ) -> Result<(), RelayEnd> {
+        if let Some(refused) = crate::coordinator::policy::enforce::subscription(
+            &self.table,
+            &self.session,
+            family == Family::Steal,
+            port,
+            filter.as_ref(),
+            self.client_version.as_ref(),
+        ) {
+            self.log(LogLevel::Error, refused.text).await?;
+            return self
+                .to_cli(wrap(family, DaemonTcp::SubscribeResult(Err(refused.error))))
+                .await;
+        }
         let mode = match family {
             Family::Mirror => Mode::Mirror,
             Family::Steal => Mode::Steal,
@@ -776,8 +797,16 @@ impl Relay {
                 log.message = format!("[{}] {}", pod.1, log.message);
                 return self.to_cli(DaemonMessage::LogMessage(log)).await;
             }
-            other => {
+            mut other => {
                 if self.primary.as_ref() == Some(&pod) {
+                    let note = crate::coordinator::policy::enforce::daemon_answer(
+                        &self.table,
+                        &self.session,
+                        &mut other,
+                    );
+                    if let Some(note) = note {
+                        self.log(note.level, note.message).await?;
+                    }
                     return self.to_cli(other).await;
                 }
                 debug!(pod = %pod_name(&pod), "answer from a pod that is not primary dropped");

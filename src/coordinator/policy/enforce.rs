@@ -1,0 +1,189 @@
+//! The relay's hooks: mirror/steal subscriptions and outgoing connections checked against the
+//! policies (and file opens against `fs`: missing, local, or refused for writing), answered in the
+//! protocol as the CLI shows it (`ResponseError::ForbiddenWithReason`, or
+//! `Forbidden` for clients older than protocol 1.17); env answers filtered by `env.exclude`; DNS
+//! answers remembered for hostname rules.
+
+use semver::Version;
+use tracing::info;
+
+use super::crd::Protocol;
+use super::eval::IncomingMode;
+use super::eval::{FileDecision, Refusal};
+use crate::coordinator::session::{SessionState, SessionTable};
+use crate::protocol::version::MIRROR_POLICY_REASON_VERSION;
+use crate::protocol::{
+    BlockedAction, ClientMessage, DaemonConnectV2, DaemonMessage, DaemonTcpOutgoing,
+    DaemonUdpOutgoing, ErrorKindInternal, FileRequest, GetAddrInfoResponse, HttpFilter,
+    LayerTcpOutgoing, LayerUdpOutgoing, LogLevel, LogMessage, Port, RemoteEnvVars, RemoteIOError,
+    ResponseError, SocketAddress, StealType,
+};
+
+/// A refused subscription: the text for the CLI's log and the error for `SubscribeResult`.
+pub struct Refused {
+    pub text: String,
+    pub error: ResponseError,
+}
+
+pub fn subscription(
+    table: &SessionTable,
+    session: &SessionState,
+    steal: bool,
+    port: Port,
+    filter: Option<&HttpFilter>,
+    client_version: Option<&Version>,
+) -> Option<Refused> {
+    let gate = table.policy_gate()?;
+    let mode = if steal {
+        IncomingMode::Steal
+    } else {
+        IncomingMode::Mirror
+    };
+    let refusal = gate.incoming(session.spec.id, mode, port, filter).err()?;
+    let text = refusal.to_string();
+    info!(port, %text, "subscription refused by policy");
+    let blocked_action = match (steal, filter) {
+        (false, _) => BlockedAction::Mirror(port),
+        (true, None) => BlockedAction::Steal(StealType::All(port)),
+        (true, Some(f)) => BlockedAction::Steal(StealType::FilteredHttpEx(port, f.clone())),
+    };
+    let error = forbidden(&refusal, blocked_action, client_version);
+    Some(Refused { text, error })
+}
+
+fn forbidden(
+    refusal: &Refusal,
+    blocked_action: BlockedAction,
+    client_version: Option<&Version>,
+) -> ResponseError {
+    let policy_name = Some(refusal.policy.name.clone());
+    if client_version.is_some_and(|v| MIRROR_POLICY_REASON_VERSION.matches(v)) {
+        ResponseError::ForbiddenWithReason {
+            blocked_action,
+            policy_name,
+            reason: refusal.to_string(),
+        }
+    } else {
+        ResponseError::Forbidden {
+            blocked_action,
+            policy_name,
+        }
+    }
+}
+
+/// A client request the coordinator answers itself because a policy refuses it (outgoing TCP
+/// connects and UDP sockets to IP addresses); `None` lets it go to the agent.
+pub fn client_request(
+    table: &SessionTable,
+    session: &SessionState,
+    msg: &ClientMessage,
+    client_version: Option<&Version>,
+) -> Option<DaemonMessage> {
+    let gate = table.policy_gate()?;
+    if let ClientMessage::FileRequest(request @ FileRequest::Open(open)) = msg {
+        let path = open.path.to_string_lossy();
+        let write = !open.open_options.is_read_only();
+        let error = match gate.file(session.spec.id, &path, write) {
+            FileDecision::Remote => return None,
+            FileDecision::NotFound(_) => io_error(libc::ENOENT, ErrorKindInternal::NotFound),
+            FileDecision::Local(_) => ResponseError::OpenLocal,
+            FileDecision::Refused(refusal) => {
+                info!(%path, text = %refusal, "file open refused by policy");
+                io_error(libc::EACCES, ErrorKindInternal::PermissionDenied)
+            }
+        };
+        return request.error_response(error).map(DaemonMessage::File);
+    }
+    let (udp, uid, address) = match msg {
+        ClientMessage::TcpOutgoing(LayerTcpOutgoing::Connect(c)) => {
+            (false, None, &c.remote_address)
+        }
+        ClientMessage::TcpOutgoing(LayerTcpOutgoing::ConnectV2(c)) => {
+            (false, Some(c.uid), &c.remote_address)
+        }
+        ClientMessage::UdpOutgoing(LayerUdpOutgoing::Connect(c)) => (true, None, &c.remote_address),
+        ClientMessage::UdpOutgoing(LayerUdpOutgoing::ConnectV2(c)) => {
+            (true, Some(c.uid), &c.remote_address)
+        }
+        _ => return None,
+    };
+    let SocketAddress::Ip(addr) = address else {
+        return None;
+    };
+    let protocol = if udp { Protocol::UDP } else { Protocol::TCP };
+    let refusal = gate
+        .outgoing(session.spec.id, addr.ip(), addr.port(), protocol)
+        .err()?;
+    info!(%addr, text = %refusal, "outgoing connection refused by policy");
+    let action = if udp {
+        BlockedAction::OutgoingUdp(address.clone())
+    } else {
+        BlockedAction::OutgoingTcp(address.clone())
+    };
+    let error = forbidden(&refusal, action, client_version);
+    Some(match (udp, uid) {
+        (false, None) => DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::Connect(Err(error))),
+        (false, Some(uid)) => {
+            DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::ConnectV2(DaemonConnectV2 {
+                uid,
+                connect: Err(error),
+            }))
+        }
+        (true, None) => DaemonMessage::UdpOutgoing(DaemonUdpOutgoing::Connect(Err(error))),
+        (true, Some(uid)) => {
+            DaemonMessage::UdpOutgoing(DaemonUdpOutgoing::ConnectV2(DaemonConnectV2 {
+                uid,
+                connect: Err(error),
+            }))
+        }
+    })
+}
+
+fn io_error(errno: i32, kind: ErrorKindInternal) -> ResponseError {
+    ResponseError::RemoteIO(RemoteIOError {
+        raw_os_error: Some(errno),
+        kind,
+    })
+}
+
+/// An agent's answer on its way to the CLI: env variables a policy excludes are removed (the CLI
+/// is told which, by log), DNS answers are remembered. Returns the log line to send, if any.
+pub fn daemon_answer(
+    table: &SessionTable,
+    session: &SessionState,
+    msg: &mut DaemonMessage,
+) -> Option<LogMessage> {
+    let gate = table.policy_gate()?;
+    let id = session.spec.id;
+    match msg {
+        DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(vars))) => {
+            let mut removed = Vec::new();
+            vars.retain(|name, _| {
+                if let Some(policy) = gate.env_excluded(id, name) {
+                    removed.push(format!("{name} ({policy})"));
+                    return false;
+                }
+                if let Some(why) = gate.secret_env_hidden(id, name) {
+                    removed.push(format!("{name} ({why})"));
+                    return false;
+                }
+                true
+            });
+            if removed.is_empty() {
+                return None;
+            }
+            info!(removed = removed.len(), "env variables excluded by policy");
+            Some(LogMessage {
+                message: format!("environment variables left out: {}", removed.join(", ")),
+                level: LogLevel::Warn,
+            })
+        }
+        DaemonMessage::GetAddrInfoResponse(GetAddrInfoResponse(Ok(lookup))) => {
+            for record in &lookup.0 {
+                gate.resolved(id, &record.name, record.ip);
+            }
+            None
+        }
+        _ => None,
+    }
+}
