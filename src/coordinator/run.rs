@@ -147,6 +147,13 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         )),
         HubConfig::default(),
     );
+    let templates = caches.clone();
+    let _queue_splitters = super::queues::wiring::start(
+        client.clone(),
+        move |namespace, name| templates.deployment_template(namespace, name),
+        Arc::new(metrics.queues.clone()),
+        shutdown.clone(),
+    );
     let inventory = Arc::new(caches);
     let sessions = Arc::new(SessionService {
         registry: registry.clone(),

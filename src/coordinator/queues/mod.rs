@@ -11,5 +11,8 @@ pub mod filter;
 pub mod metrics;
 pub mod names;
 pub mod overlap;
+pub mod plan;
 pub mod rabbitmq;
 pub mod registry_cache;
+pub mod supervisor;
+pub mod wiring;
