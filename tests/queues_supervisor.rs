@@ -6,6 +6,7 @@
 #[path = "support/rabbitmq.rs"]
 mod rabbitmq;
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +15,12 @@ use k8s_openapi::api::core::v1::PodSpec;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicPublishOptions, QueueDeclareOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use mirrord_operator::coordinator::queues::{
     crd::MirrordWorkloadQueueRegistry,
     metrics::NoMetrics,
+    sessions::{QueueSessionError, RmqSession},
     supervisor::{BrokerSecrets, ProblemReason, Supervisor},
 };
 use rabbitmq::RabbitNode;
@@ -71,6 +73,11 @@ fn template(namespace: &str, name: &str) -> Option<PodSpec> {
 }
 
 async fn publish(uri: &str, queue: &str, count: usize) {
+    publish_with(uri, queue, count, None).await;
+}
+
+/// Publishes `count` messages, with header `tenant` when given.
+async fn publish_with(uri: &str, queue: &str, count: usize, tenant: Option<&str>) {
     let conn = Connection::connect(uri, ConnectionProperties::default())
         .await
         .unwrap();
@@ -93,7 +100,14 @@ async fn publish(uri: &str, queue: &str, count: usize) {
                 queue.into(),
                 BasicPublishOptions::default(),
                 format!("m{i}").as_bytes(),
-                BasicProperties::default(),
+                match tenant {
+                    Some(t) => {
+                        let mut headers = FieldTable::default();
+                        headers.insert("tenant".into(), AMQPValue::LongString(t.into()));
+                        BasicProperties::default().with_headers(headers)
+                    }
+                    None => BasicProperties::default(),
+                },
             )
             .await
             .unwrap()
@@ -175,4 +189,97 @@ async fn registries_start_report_and_stop_splitters() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(node.queue_depth("orders"), Some(5));
     assert_eq!(node.queue_depth("orders-mirrord-output"), Some(20));
+}
+
+fn splits(pairs: &[(&str, &str, &str)]) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (id, header, regex) in pairs {
+        out.entry(id.to_string())
+            .or_default()
+            .insert(header.to_string(), regex.to_string());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_gets_its_queue_env_and_cleans_up() {
+    let node = RabbitNode::start();
+    let uri = node.uri();
+    publish(&uri, "orders", 0).await;
+    let supervisor = tokio::sync::Mutex::new(Supervisor::new(
+        Arc::new(Secrets(uri.clone())),
+        Arc::new(NoMetrics),
+    ));
+    let registries = [registry("good", "api", "rmq", "ORDERS")];
+    let reports = supervisor
+        .lock()
+        .await
+        .reconcile(&registries, template)
+        .await;
+    assert_eq!(reports[0].running, ["orders"], "{reports:?}");
+
+    // Unknown queue id or workload: refused, nothing registered.
+    let error = RmqSession::start(
+        &supervisor,
+        "staging",
+        "api",
+        0x1f,
+        &splits(&[("nope", "tenant", "a")]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, QueueSessionError::NotSplit { .. }),
+        "{error}"
+    );
+    assert_eq!(error.status_code(), 404);
+
+    let alice = RmqSession::start(
+        &supervisor,
+        "staging",
+        "api",
+        0x1f,
+        &splits(&[("q", "tenant", "^alice$")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(alice.queues()["orders"], "orders-mirrord-1f");
+    let mut env = HashMap::from([("ORDERS".to_owned(), "orders-mirrord-output".to_owned())]);
+    alice.apply_env(&mut env);
+    assert_eq!(env["ORDERS"], "orders-mirrord-1f");
+
+    // A filter that can match alice's messages is refused, naming her session.
+    let error = RmqSession::start(
+        &supervisor,
+        "staging",
+        "api",
+        0x2a,
+        &splits(&[("q", "tenant", "^(alice|bob)$")]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.status_code(), 409);
+    assert!(error.to_string().contains("session 1f"), "{error}");
+
+    publish_with(&uri, "orders", 7, Some("alice")).await;
+    publish_with(&uri, "orders", 3, Some("bob")).await;
+    wait_depth(&node, "orders-mirrord-1f", 7).await;
+    wait_depth(&node, "orders-mirrord-output", 3).await;
+
+    // Session end: alice's unconsumed messages go back to the output queue, her queue is deleted.
+    alice.end().await;
+    wait_depth(&node, "orders-mirrord-output", 10).await;
+    assert_eq!(node.queue_depth("orders-mirrord-1f"), None);
+    // The overlapping filter is accepted now that alice is gone.
+    let bob = RmqSession::start(
+        &supervisor,
+        "staging",
+        "api",
+        0x2a,
+        &splits(&[("q", "tenant", "^(alice|bob)$")]),
+    )
+    .await
+    .unwrap();
+    bob.end().await;
+    supervisor.lock().await.stop_all().await;
 }

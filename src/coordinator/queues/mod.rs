@@ -14,5 +14,6 @@ pub mod overlap;
 pub mod plan;
 pub mod rabbitmq;
 pub mod registry_cache;
+pub mod sessions;
 pub mod supervisor;
 pub mod wiring;

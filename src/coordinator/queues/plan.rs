@@ -16,6 +16,8 @@ use super::names;
 pub struct RmqPlan {
     pub namespace: String,
     pub registry: String,
+    /// The consumer workload's name (sessions find their splits by target workload).
+    pub consumer: String,
     pub queue_id: String,
     /// Secret (same namespace) holding the broker URI under key `uri`.
     pub secret: String,
@@ -77,6 +79,7 @@ pub fn rmq_plans(registry: &MirrordWorkloadQueueRegistry, template: Option<&PodS
         let plan = |env: &str, original: &str| RmqPlan {
             namespace: namespace.clone(),
             registry: name.clone(),
+            consumer: consumer.name.clone(),
             queue_id: queue_id.clone(),
             secret: rmq.cluster_properties.clone(),
             original: original.to_owned(),

@@ -95,6 +95,25 @@ impl Supervisor {
             .map(|(_, r)| (r.plan.clone(), r.splitter.clone()))
     }
 
+    /// The running splitters of `namespace`'s workload `consumer` for `queue_id` (several when a
+    /// `regexPattern` names several queues).
+    pub fn splitters_for(
+        &self,
+        namespace: &str,
+        consumer: &str,
+        queue_id: &str,
+    ) -> Vec<(RmqPlan, Arc<RmqSplitter>)> {
+        self.running
+            .values()
+            .filter(|r| {
+                r.plan.namespace == namespace
+                    && r.plan.consumer == consumer
+                    && r.plan.queue_id == queue_id
+            })
+            .map(|r| (r.plan.clone(), r.splitter.clone()))
+            .collect()
+    }
+
     /// Every running splitter's plan.
     pub fn plans(&self) -> Vec<RmqPlan> {
         self.running.values().map(|r| r.plan.clone()).collect()

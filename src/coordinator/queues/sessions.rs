@@ -1,0 +1,201 @@
+//! A developer's RabbitMQ split for one mirrord session (operator-api.md §7.2, §7.4): the connect
+//! parameter `rmq_splits` (`{queue_id: {header: regex}}`) becomes one temporary queue per split
+//! original queue, its filter registered on that queue's splitter, and the env the local process
+//! must see (the queue's env var naming the temporary queue) for `GetEnvVarsResponse`. Ending it
+//! removes the filters first, returns leftovers to the output queue, deletes the temporary queues.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use super::filter::RegisterError;
+use super::plan::RmqPlan;
+use super::rabbitmq::{RmqSplitter, SplitterError};
+use super::supervisor::Supervisor;
+
+/// Why a queue session cannot start (answered at connect as a `metav1.Status`).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueSessionError {
+    #[error("rmq_splits is not a JSON object of {{queue_id: {{header: regex}}}}: {0}")]
+    BadParameter(String),
+    #[error(
+        "queue id {queue_id:?} of workload {consumer:?} in namespace {namespace:?} has no running splitter (no MirrordWorkloadQueueRegistry names it, or its registry reports a problem)"
+    )]
+    NotSplit {
+        namespace: String,
+        consumer: String,
+        queue_id: String,
+    },
+    #[error(
+        "queue {queue:?}: your filter can match the same message as session {other}'s (e.g. {witness})"
+    )]
+    Overlap {
+        queue: String,
+        other: String,
+        witness: String,
+    },
+    #[error("queue {queue:?}: {error}")]
+    Splitter { queue: String, error: SplitterError },
+}
+
+impl QueueSessionError {
+    /// HTTP status for the connect answer.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            QueueSessionError::BadParameter(_) => 400,
+            QueueSessionError::NotSplit { .. } => 404,
+            QueueSessionError::Overlap { .. } => 409,
+            QueueSessionError::Splitter { .. } => 503,
+        }
+    }
+
+    /// Metric label / `metav1.Status` reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            QueueSessionError::BadParameter(_) => "BadRequest",
+            QueueSessionError::NotSplit { .. } => "NotFound",
+            QueueSessionError::Overlap { .. } => "Conflict",
+            QueueSessionError::Splitter { .. } => "ServiceUnavailable",
+        }
+    }
+}
+
+/// Parses the `rmq_splits` connect parameter.
+pub fn parse_rmq_splits(
+    text: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, QueueSessionError> {
+    serde_json::from_str(text).map_err(|e| QueueSessionError::BadParameter(e.to_string()))
+}
+
+/// One split queue of a running session.
+struct Split {
+    plan: RmqPlan,
+    splitter: Arc<RmqSplitter>,
+    queue: String,
+}
+
+/// A session's RabbitMQ splits; [`RmqSession::end`] undoes them.
+pub struct RmqSession {
+    key: String,
+    splits: Vec<Split>,
+}
+
+impl std::fmt::Debug for RmqSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RmqSession")
+            .field("key", &self.key)
+            .field(
+                "queues",
+                &self.splits.iter().map(|s| &s.queue).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl RmqSession {
+    /// Registers `splits` (queue id -> filter) for session `session_id` on the splitters of
+    /// `namespace`'s workload `consumer`. All or nothing: a refusal removes what was added.
+    pub async fn start(
+        supervisor: &Mutex<Supervisor>,
+        namespace: &str,
+        consumer: &str,
+        session_id: u64,
+        splits: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<RmqSession, QueueSessionError> {
+        let key = format!("{session_id:x}");
+        let mut targets = Vec::new();
+        {
+            let supervisor = supervisor.lock().await;
+            for (queue_id, filter) in splits {
+                let found = supervisor.splitters_for(namespace, consumer, queue_id);
+                if found.is_empty() {
+                    return Err(QueueSessionError::NotSplit {
+                        namespace: namespace.into(),
+                        consumer: consumer.into(),
+                        queue_id: queue_id.clone(),
+                    });
+                }
+                targets.extend(found.into_iter().map(|f| (f, filter)));
+            }
+        }
+        let mut session = RmqSession {
+            key,
+            splits: Vec::new(),
+        };
+        for ((plan, splitter), filter) in targets {
+            match splitter.add_session(&session.key, filter).await {
+                Ok(queue) => session.splits.push(Split {
+                    plan,
+                    splitter,
+                    queue,
+                }),
+                Err(error) => {
+                    let error = match error {
+                        SplitterError::Register(RegisterError::Overlap { other, witness }) => {
+                            QueueSessionError::Overlap {
+                                queue: plan.original.clone(),
+                                other,
+                                witness,
+                            }
+                        }
+                        error => QueueSessionError::Splitter {
+                            queue: plan.original.clone(),
+                            error,
+                        },
+                    };
+                    session.end().await;
+                    return Err(error);
+                }
+            }
+        }
+        tracing::info!(session = %session.key, namespace, consumer, queues = session.splits.len(), "queue session started");
+        Ok(session)
+    }
+
+    /// The session's temporary queues by original queue.
+    pub fn queues(&self) -> BTreeMap<String, String> {
+        self.splits
+            .iter()
+            .map(|s| (s.plan.original.clone(), s.queue.clone()))
+            .collect()
+    }
+
+    /// Points the queue env vars of the remote environment at the session's temporary queues
+    /// (the hook for `GetEnvVarsResponse`): a variable the pod has (it names the output queue
+    /// there) or, with a `fallbackName`, one it lacks.
+    pub fn apply_env(&self, env: &mut HashMap<String, String>) {
+        for split in &self.splits {
+            env.insert(split.plan.env.clone(), split.queue.clone());
+        }
+    }
+
+    /// Ends the session on every queue; failures are logged (the queue is then left in place).
+    pub async fn end(self) {
+        for split in self.splits {
+            match split.splitter.remove_session(&self.key).await {
+                Ok(ended) => {
+                    tracing::info!(session = %self.key, queue = %split.queue, returned = ended.returned, "queue session ended")
+                }
+                Err(error) => {
+                    tracing::warn!(session = %self.key, queue = %split.queue, %error, "queue session cleanup failed")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rmq_splits_parameter() {
+        let parsed = parse_rmq_splits(r#"{"orders":{"tenant":"^a$"}}"#).unwrap();
+        assert_eq!(parsed["orders"]["tenant"], "^a$");
+        for bad in ["", "[]", r#"{"orders":"x"}"#, r#"{"orders":{"h":1}}"#] {
+            let error = parse_rmq_splits(bad).unwrap_err();
+            assert_eq!(error.status_code(), 400, "{bad}");
+        }
+    }
+}
