@@ -148,7 +148,7 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         HubConfig::default(),
     );
     let templates = caches.clone();
-    let _queue_splitters = super::queues::wiring::start(
+    let queue_splitters = super::queues::wiring::start(
         client.clone(),
         move |namespace, name| templates.deployment_template(namespace, name),
         Arc::new(metrics.queues.clone()),
@@ -159,6 +159,7 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         registry: registry.clone(),
         table: SessionTable::new(TableConfig::default()),
         inventory: inventory.clone(),
+        queues: Some(queue_splitters),
     });
     let state = ApiState::new(info, user_ca, authorizer, inventory)
         .with_limits(limits)

@@ -185,6 +185,82 @@ impl RmqSession {
     }
 }
 
+/// A mirrord session's queue splits as the session table holds them: the env for
+/// `GetEnvVarsResponse`, ended once when the session ends (or when dropped, e.g. a connect whose
+/// upgrade failed).
+pub struct SessionQueues {
+    env: BTreeMap<String, String>,
+    session: std::sync::Mutex<Option<RmqSession>>,
+}
+
+impl std::fmt::Debug for SessionQueues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionQueues")
+            .field("env", &self.env)
+            .finish()
+    }
+}
+
+impl SessionQueues {
+    /// The queue splits a connect asks for (`rmq_splits`), started on the workload's splitters;
+    /// `None` when it asks for none. `workload` is the target's Deployment or Rollout name.
+    pub async fn for_connect(
+        supervisor: &Mutex<Supervisor>,
+        params: &BTreeMap<String, String>,
+        namespace: &str,
+        workload: Option<&str>,
+        session_id: u64,
+    ) -> Result<Option<Arc<SessionQueues>>, QueueSessionError> {
+        let Some(text) = params.get("rmq_splits") else {
+            return Ok(None);
+        };
+        let splits = parse_rmq_splits(text)?;
+        if splits.is_empty() {
+            return Ok(None);
+        }
+        let Some(workload) = workload else {
+            return Err(QueueSessionError::BadParameter(
+                "rmq_splits needs a deployment or rollout target".into(),
+            ));
+        };
+        let session =
+            RmqSession::start(supervisor, namespace, workload, session_id, &splits).await?;
+        let mut env = HashMap::new();
+        session.apply_env(&mut env);
+        Ok(Some(Arc::new(SessionQueues {
+            env: env.into_iter().collect(),
+            session: std::sync::Mutex::new(Some(session)),
+        })))
+    }
+
+    /// The relay's hook on `GetEnvVarsResponse`.
+    pub fn apply_env(&self, env: &mut HashMap<String, String>) {
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+
+    /// Ends the splits in the background (once; later calls do nothing).
+    pub fn end(&self) {
+        let taken = self.session.lock().ok().and_then(|mut s| s.take());
+        if let Some(session) = taken {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(session.end());
+                }
+                Err(_) => tracing::warn!(
+                    ?session,
+                    "no runtime to end the queue session; its queues are left in place"
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for SessionQueues {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::PodSpec;
 use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
 
-use super::crd::{MirrordWorkloadQueueRegistry, QueueRegistryStatus};
+use super::crd::{MirrordWorkloadQueueRegistry, QueueRegistryStatus, WorkloadType};
 use super::metrics::SplitterMetrics;
 use super::plan::{self, RmqPlan, SplitKey};
 use super::rabbitmq::{RmqSplitConfig, RmqSplitter, SplitterError};
@@ -132,7 +132,10 @@ impl Supervisor {
         let mut owner: BTreeMap<SplitKey, usize> = BTreeMap::new();
         for registry in registries {
             let namespace = registry.metadata.namespace.clone().unwrap_or_default();
-            let spec = template(&namespace, &registry.spec.consumer.name);
+            // Only Deployment templates are read (a Rollout consumer reports ConsumerNotFound).
+            let spec = (registry.spec.consumer.workload_type == WorkloadType::Deployment)
+                .then(|| template(&namespace, &registry.spec.consumer.name))
+                .flatten();
             let planned = plan::rmq_plans(registry, spec.as_ref());
             let mut problems: Vec<_> = planned
                 .problems

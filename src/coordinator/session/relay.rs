@@ -760,8 +760,13 @@ impl Relay {
                 log.message = format!("[{}] {}", pod.1, log.message);
                 return self.to_cli(DaemonMessage::LogMessage(log)).await;
             }
-            other => {
+            mut other => {
                 if self.primary.as_ref() == Some(&pod) {
+                    if let (DaemonMessage::GetEnvVarsResponse(Ok(env)), Some(queues)) =
+                        (&mut other, &self.session.spec.queues)
+                    {
+                        queues.apply_env(&mut env.0);
+                    }
                     return self.to_cli(other).await;
                 }
                 debug!(pod = %pod_name(&pod), "answer from a pod that is not primary dropped");
