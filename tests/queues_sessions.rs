@@ -404,7 +404,15 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
         wait_depth(&node, "orders-mirrord-output", Some(4)).await;
 
         // The session ends: her unread messages go back to the output queue, her queue goes.
-        assert!(service.list().iter().any(|s| s.id == alice_id));
+        // The operator status embeds her session as a MirrordRMQSession (§7.5.3).
+        let listed = service.list();
+        let row = listed.iter().find(|s| s.id == alice_id).unwrap();
+        assert_eq!(row.rmq.len(), 1);
+        assert_eq!(
+            row.rmq[0]["status"]["Ready"]["queueNames"]["orders"]["outputName"],
+            "orders-mirrord-a11ce"
+        );
+        assert_eq!(row.rmq[0]["spec"]["queueFilters"]["orders"]["tenant"], "^alice$");
         let _ = service.kill(alice_id, "test over").await;
         drop(alice);
         wait_depth(&node, "orders-mirrord-a11ce", None).await;

@@ -69,6 +69,9 @@ pub fn session_json(session: &SessionSummary) -> Value {
     if let Some(filter) = &session.header_filter {
         doc["http_filter"] = json!({ "headerFilter": filter });
     }
+    if !session.rmq.is_empty() {
+        doc["rmq"] = json!(session.rmq);
+    }
     doc
 }
 

@@ -185,6 +185,8 @@ pub struct SessionSummary {
     pub locked_ports: Vec<LockedPort>,
     /// The informational `header_filter` of the connect URL.
     pub header_filter: Option<String>,
+    /// The session's queue splits as `MirrordRMQSession` objects (operator-api.md §7.5.3).
+    pub rmq: Vec<serde_json::Value>,
 }
 
 /// Result of killing one session.

@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use super::crd::{
+    MirrordRMQSession, QueueConsumer, QueueNames, QueueSessionStatus, RmqSessionSpec,
+    SessionDetails, WorkloadType,
+};
 use super::filter::RegisterError;
 use super::plan::RmqPlan;
 use super::rabbitmq::{RmqSplitter, SplitterError};
@@ -170,6 +174,45 @@ impl RmqSession {
         }
     }
 
+    /// This session as a `MirrordRMQSession` in state `Ready`: per queue id the original queue and
+    /// the session's temporary queue (`outputName`), per env var the same.
+    fn object(
+        &self,
+        namespace: &str,
+        filters: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> MirrordRMQSession {
+        let mut details = SessionDetails::default();
+        let mut consumer = None;
+        for split in &self.splits {
+            let names = QueueNames {
+                original_name: split.plan.original.clone(),
+                output_name: split.queue.clone(),
+            };
+            details
+                .queue_names
+                .entry(split.plan.queue_id.clone())
+                .or_insert_with(|| names.clone());
+            details.env_updates.insert(split.plan.env.clone(), names);
+            consumer.get_or_insert_with(|| split.plan.consumer.clone());
+        }
+        let mut object = MirrordRMQSession::new(
+            &format!("{}-rmq", self.key),
+            RmqSessionSpec {
+                namespace: namespace.to_owned(),
+                queue_filters: filters,
+                queue_consumer: QueueConsumer {
+                    name: consumer.unwrap_or_default(),
+                    container: None,
+                    workload_type: WorkloadType::Deployment,
+                },
+                session_id: self.key.clone(),
+                output_queue_names: BTreeMap::new(),
+            },
+        );
+        object.status = Some(QueueSessionStatus::Ready(details));
+        object
+    }
+
     /// Ends the session on every queue; failures are logged (the queue is then left in place).
     pub async fn end(self) {
         for split in self.splits {
@@ -190,6 +233,8 @@ impl RmqSession {
 /// upgrade failed).
 pub struct SessionQueues {
     env: BTreeMap<String, String>,
+    /// The session as a `MirrordRMQSession` (embedded in the operator status, §7.5.3).
+    object: MirrordRMQSession,
     session: std::sync::Mutex<Option<RmqSession>>,
 }
 
@@ -227,10 +272,17 @@ impl SessionQueues {
             RmqSession::start(supervisor, namespace, workload, session_id, &splits).await?;
         let mut env = HashMap::new();
         session.apply_env(&mut env);
+        let object = session.object(namespace, splits);
         Ok(Some(Arc::new(SessionQueues {
             env: env.into_iter().collect(),
+            object,
             session: std::sync::Mutex::new(Some(session)),
         })))
+    }
+
+    /// The `MirrordRMQSession` object for the operator status.
+    pub fn object(&self) -> &MirrordRMQSession {
+        &self.object
     }
 
     /// The relay's hook on `GetEnvVarsResponse`.

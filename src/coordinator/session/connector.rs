@@ -258,6 +258,13 @@ impl SessionDirectory for Arc<SessionService> {
                         filter: p.filter,
                     })
                     .collect(),
+                rmq: self
+                    .table
+                    .get(row.id)
+                    .and_then(|s| s.spec.queues.clone())
+                    .and_then(|q| serde_json::to_value(q.object()).ok())
+                    .into_iter()
+                    .collect(),
                 header_filter: row.header_filter,
             })
             .collect()
