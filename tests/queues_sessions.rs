@@ -308,7 +308,7 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
             registry: registry.clone(),
             table: table.clone(),
             inventory: inventory.clone(),
-            queues: Some(supervisor.clone()),
+            queues: Some(supervisor.lock().await.index()),
         });
         assert!(service.features().contains(&"RmqQueueSplitting"));
         let ca = UserCa::from_pem(

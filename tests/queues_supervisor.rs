@@ -170,7 +170,13 @@ async fn registries_start_report_and_stop_splitters() {
         status.env_updates["ORDERS"].output_name,
         "orders-mirrord-output"
     );
-    assert!(supervisor.splitter("staging", "orders").is_some());
+    assert_eq!(
+        supervisor
+            .index()
+            .splitters_for("staging", "api", "q")
+            .len(),
+        1
+    );
 
     // The running splitter forwards the original queue to the output queue.
     publish(&uri, "orders", 20).await;
@@ -184,7 +190,12 @@ async fn registries_start_report_and_stop_splitters() {
     // The registry goes away: the splitter stops, messages stay in the original queue.
     let reports = supervisor.reconcile(&[], template).await;
     assert!(reports.is_empty());
-    assert!(supervisor.splitter("staging", "orders").is_none());
+    assert!(
+        supervisor
+            .index()
+            .splitters_for("staging", "api", "q")
+            .is_empty()
+    );
     publish(&uri, "orders", 5).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(node.queue_depth("orders"), Some(5));
@@ -217,10 +228,11 @@ async fn a_session_gets_its_queue_env_and_cleans_up() {
         .reconcile(&registries, template)
         .await;
     assert_eq!(reports[0].running, ["orders"], "{reports:?}");
+    let index = supervisor.lock().await.index();
 
     // Unknown queue id or workload: refused, nothing registered.
     let error = RmqSession::start(
-        &supervisor,
+        &index,
         "staging",
         "api",
         0x1f,
@@ -235,7 +247,7 @@ async fn a_session_gets_its_queue_env_and_cleans_up() {
     assert_eq!(error.status_code(), 404);
 
     let alice = RmqSession::start(
-        &supervisor,
+        &index,
         "staging",
         "api",
         0x1f,
@@ -250,7 +262,7 @@ async fn a_session_gets_its_queue_env_and_cleans_up() {
 
     // A filter that can match alice's messages is refused, naming her session.
     let error = RmqSession::start(
-        &supervisor,
+        &index,
         "staging",
         "api",
         0x2a,
@@ -272,7 +284,7 @@ async fn a_session_gets_its_queue_env_and_cleans_up() {
     assert_eq!(node.queue_depth("orders-mirrord-1f"), None);
     // The overlapping filter is accepted now that alice is gone.
     let bob = RmqSession::start(
-        &supervisor,
+        &index,
         "staging",
         "api",
         0x2a,

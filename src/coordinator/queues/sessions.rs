@@ -7,8 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
-
 use super::crd::{
     MirrordRMQSession, QueueConsumer, QueueNames, QueueSessionStatus, RmqSessionSpec,
     SessionDetails, WorkloadType,
@@ -16,7 +14,7 @@ use super::crd::{
 use super::filter::RegisterError;
 use super::plan::RmqPlan;
 use super::rabbitmq::{RmqSplitter, SplitterError};
-use super::supervisor::Supervisor;
+use super::supervisor::SplitterIndex;
 
 /// Why a queue session cannot start (answered at connect as a `metav1.Status`).
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +99,7 @@ impl RmqSession {
     /// Registers `splits` (queue id -> filter) for session `session_id` on the splitters of
     /// `namespace`'s workload `consumer`. All or nothing: a refusal removes what was added.
     pub async fn start(
-        supervisor: &Mutex<Supervisor>,
+        splitters: &SplitterIndex,
         namespace: &str,
         consumer: &str,
         session_id: u64,
@@ -109,19 +107,16 @@ impl RmqSession {
     ) -> Result<RmqSession, QueueSessionError> {
         let key = format!("{session_id:x}");
         let mut targets = Vec::new();
-        {
-            let supervisor = supervisor.lock().await;
-            for (queue_id, filter) in splits {
-                let found = supervisor.splitters_for(namespace, consumer, queue_id);
-                if found.is_empty() {
-                    return Err(QueueSessionError::NotSplit {
-                        namespace: namespace.into(),
-                        consumer: consumer.into(),
-                        queue_id: queue_id.clone(),
-                    });
-                }
-                targets.extend(found.into_iter().map(|f| (f, filter)));
+        for (queue_id, filter) in splits {
+            let found = splitters.splitters_for(namespace, consumer, queue_id);
+            if found.is_empty() {
+                return Err(QueueSessionError::NotSplit {
+                    namespace: namespace.into(),
+                    consumer: consumer.into(),
+                    queue_id: queue_id.clone(),
+                });
             }
+            targets.extend(found.into_iter().map(|f| (f, filter)));
         }
         let mut session = RmqSession {
             key,
@@ -250,7 +245,7 @@ impl SessionQueues {
     /// The queue splits a connect asks for (`rmq_splits`), started on the workload's splitters;
     /// `None` when it asks for none. `workload` is the target's Deployment or Rollout name.
     pub async fn for_connect(
-        supervisor: &Mutex<Supervisor>,
+        splitters: &SplitterIndex,
         params: &BTreeMap<String, String>,
         namespace: &str,
         workload: Option<&str>,
@@ -269,7 +264,7 @@ impl SessionQueues {
             ));
         };
         let session =
-            RmqSession::start(supervisor, namespace, workload, session_id, &splits).await?;
+            RmqSession::start(splitters, namespace, workload, session_id, &splits).await?;
         let mut env = HashMap::new();
         session.apply_env(&mut env);
         let object = session.object(namespace, splits);

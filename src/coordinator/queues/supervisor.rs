@@ -76,25 +76,15 @@ pub struct Supervisor {
     secrets: Arc<dyn BrokerSecrets>,
     metrics: Arc<dyn SplitterMetrics>,
     running: BTreeMap<SplitKey, Running>,
+    index: SplitterIndex,
 }
 
-impl Supervisor {
-    pub fn new(secrets: Arc<dyn BrokerSecrets>, metrics: Arc<dyn SplitterMetrics>) -> Self {
-        Supervisor {
-            secrets,
-            metrics,
-            running: BTreeMap::new(),
-        }
-    }
+/// A read-only view of the running splitters for session connects, updated by the supervisor:
+/// a connect never waits for a reconcile round (whose preflights may take seconds).
+#[derive(Clone, Default)]
+pub struct SplitterIndex(Arc<std::sync::RwLock<Vec<(RmqPlan, Arc<RmqSplitter>)>>>);
 
-    /// The splitter of an original queue, for sessions (`namespace`, original queue name).
-    pub fn splitter(&self, namespace: &str, original: &str) -> Option<(RmqPlan, Arc<RmqSplitter>)> {
-        self.running
-            .iter()
-            .find(|(k, _)| k.namespace == namespace && k.original == original)
-            .map(|(_, r)| (r.plan.clone(), r.splitter.clone()))
-    }
-
+impl SplitterIndex {
     /// The running splitters of `namespace`'s workload `consumer` for `queue_id` (several when a
     /// `regexPattern` names several queues).
     pub fn splitters_for(
@@ -103,20 +93,41 @@ impl Supervisor {
         consumer: &str,
         queue_id: &str,
     ) -> Vec<(RmqPlan, Arc<RmqSplitter>)> {
-        self.running
-            .values()
-            .filter(|r| {
-                r.plan.namespace == namespace
-                    && r.plan.consumer == consumer
-                    && r.plan.queue_id == queue_id
+        let running = self.0.read().unwrap_or_else(|e| e.into_inner());
+        running
+            .iter()
+            .filter(|(plan, _)| {
+                plan.namespace == namespace
+                    && plan.consumer == consumer
+                    && plan.queue_id == queue_id
             })
-            .map(|r| (r.plan.clone(), r.splitter.clone()))
+            .cloned()
             .collect()
     }
+}
 
-    /// Every running splitter's plan.
-    pub fn plans(&self) -> Vec<RmqPlan> {
-        self.running.values().map(|r| r.plan.clone()).collect()
+impl Supervisor {
+    pub fn new(secrets: Arc<dyn BrokerSecrets>, metrics: Arc<dyn SplitterMetrics>) -> Self {
+        Supervisor {
+            secrets,
+            metrics,
+            running: BTreeMap::new(),
+            index: SplitterIndex::default(),
+        }
+    }
+
+    /// The view sessions read.
+    pub fn index(&self) -> SplitterIndex {
+        self.index.clone()
+    }
+
+    fn publish_index(&self) {
+        let view = self
+            .running
+            .values()
+            .map(|r| (r.plan.clone(), r.splitter.clone()))
+            .collect();
+        *self.index.0.write().unwrap_or_else(|e| e.into_inner()) = view;
     }
 
     /// Starts the splitters `registries` ask for that are not running, stops those no longer asked
@@ -177,6 +188,7 @@ impl Supervisor {
         for key in stale {
             if let Some(running) = self.running.remove(&key) {
                 tracing::info!(queue = %key, "registry no longer asks for this split; stopping its splitter");
+                self.publish_index();
                 stop(running.splitter).await;
             }
         }
@@ -192,6 +204,7 @@ impl Supervisor {
                                 splitter: Arc::new(splitter),
                             },
                         );
+                        self.publish_index();
                     }
                     Err(problem) => {
                         report.problems.push(problem);
@@ -206,7 +219,9 @@ impl Supervisor {
 
     /// Stops every splitter (coordinator shutdown).
     pub async fn stop_all(&mut self) {
-        for (_, running) in std::mem::take(&mut self.running) {
+        let running = std::mem::take(&mut self.running);
+        self.publish_index();
+        for (_, running) in running {
             stop(running.splitter).await;
         }
     }

@@ -16,11 +16,10 @@ use kube::{
         reflector::Store,
     },
 };
-use tokio::sync::Mutex;
 
 use super::crd::MirrordWorkloadQueueRegistry;
 use super::metrics::SplitterMetrics;
-use super::supervisor::{BrokerSecrets, RegistryReport, Supervisor};
+use super::supervisor::{BrokerSecrets, RegistryReport, SplitterIndex, Supervisor};
 use crate::server::{shutdown::Shutdown, watch::watch_all};
 
 /// How often the registries are compared with the running splitters (and failed ones retried).
@@ -54,23 +53,20 @@ impl BrokerSecrets for KubeSecrets {
     }
 }
 
-/// Starts the loop; the returned supervisor is shared with the session half.
+/// Starts the loop; the returned index is what session connects read.
 pub fn start(
     client: Client,
     templates: impl Fn(&str, &str) -> Option<PodSpec> + Send + Sync + 'static,
     metrics: Arc<dyn SplitterMetrics>,
     mut shutdown: Shutdown,
-) -> Arc<Mutex<Supervisor>> {
+) -> SplitterIndex {
     let registries: Store<MirrordWorkloadQueueRegistry> = watch_all(
         client.clone(),
         "MirrordWorkloadQueueRegistry",
         shutdown.clone(),
     );
-    let supervisor = Arc::new(Mutex::new(Supervisor::new(
-        Arc::new(KubeSecrets(client.clone())),
-        metrics,
-    )));
-    let shared = supervisor.clone();
+    let mut supervisor = Supervisor::new(Arc::new(KubeSecrets(client.clone())), metrics);
+    let index = supervisor.index();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -85,7 +81,7 @@ pub fn start(
         let _ = registries.wait_until_ready().await;
         loop {
             let snapshot = registries.state();
-            let reports = shared.lock().await.reconcile(&snapshot, &templates).await;
+            let reports = supervisor.reconcile(&snapshot, &templates).await;
             let mut current = BTreeSet::new();
             for (registry, report) in snapshot.iter().zip(&reports) {
                 publish(
@@ -103,9 +99,9 @@ pub fn start(
                 break;
             }
         }
-        shared.lock().await.stop_all().await;
+        supervisor.stop_all().await;
     });
-    supervisor
+    index
 }
 
 async fn publish(

@@ -24,7 +24,7 @@ use crate::coordinator::api::state::{
     ConnectRequest, Connector, Inventory, KillOutcome, LockedPort, SessionDirectory, SessionSummary,
 };
 use crate::coordinator::filters::OnConcurrentSteal;
-use crate::coordinator::queues::{sessions::SessionQueues, supervisor::Supervisor};
+use crate::coordinator::queues::{sessions::SessionQueues, supervisor::SplitterIndex};
 use crate::coordinator::targets::{self, TargetKind, TargetRef};
 use crate::protocol::MAX_MESSAGE_SIZE;
 
@@ -37,7 +37,7 @@ pub struct SessionService {
     pub table: Arc<SessionTable>,
     pub inventory: Arc<dyn Inventory>,
     /// Queue splitting (`rmq_splits`); `None` refuses no connect but splits nothing.
-    pub queues: Option<Arc<tokio::sync::Mutex<Supervisor>>>,
+    pub queues: Option<SplitterIndex>,
 }
 
 impl SessionService {
@@ -176,7 +176,7 @@ impl Connector for Arc<SessionService> {
             let mut spec = spec;
             // Only the connect that creates the session starts its queue splits (409 naming the
             // other session on an overlapping filter); later connections join it.
-            if let Some(supervisor) = &service.queues
+            if let Some(splitters) = &service.queues
                 && service.table.get(spec.id).is_none()
             {
                 let workload = match &request.target {
@@ -188,7 +188,7 @@ impl Connector for Arc<SessionService> {
                     _ => None,
                 };
                 match SessionQueues::for_connect(
-                    supervisor,
+                    splitters,
                     &request.params,
                     &request.namespace,
                     workload,
