@@ -82,7 +82,10 @@ pub struct Supervisor {
 /// A read-only view of the running splitters for session connects, updated by the supervisor:
 /// a connect never waits for a reconcile round (whose preflights may take seconds).
 #[derive(Clone, Default)]
-pub struct SplitterIndex(Arc<std::sync::RwLock<Vec<(RmqPlan, Arc<RmqSplitter>)>>>);
+pub struct SplitterIndex(Arc<std::sync::RwLock<Vec<Indexed>>>);
+
+/// A running splitter and the plan it runs.
+type Indexed = (RmqPlan, Arc<RmqSplitter>);
 
 impl SplitterIndex {
     /// The running splitters of `namespace`'s workload `consumer` for `queue_id` (several when a
