@@ -175,6 +175,7 @@ fn sessions() -> Vec<SessionSummary> {
                     filter: p["filter"].as_str().map(Into::into),
                 })
                 .collect(),
+            rmq: Vec::new(),
             header_filter: s["header_filter"].as_str().map(Into::into),
             policies: Vec::new(),
         })

@@ -171,7 +171,68 @@ pub fn render_status(operator: &Value) -> Result<String, AdminError> {
             &rows,
         ));
     }
+    out.push_str(&rmq_tables(sessions));
     Ok(out)
+}
+
+/// One table per queue consumer of the sessions' `rmq` objects (`MirrordRMQSession`): which
+/// original queue each session splits into which temporary queue, with what filter. (The CLI
+/// 3.250 does not print these; the SQS tables it prints have the same columns.)
+fn rmq_tables(sessions: &[Value]) -> String {
+    let mut tables: std::collections::BTreeMap<String, Vec<Vec<String>>> = Default::default();
+    for session in sessions {
+        for rmq in session["rmq"].as_array().into_iter().flatten() {
+            let spec = &rmq["spec"];
+            let consumer = format!(
+                "{}/{}",
+                spec["queueConsumer"]["workloadType"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_lowercase(),
+                spec["queueConsumer"]["name"].as_str().unwrap_or_default()
+            );
+            let Some(names) = rmq["status"]["Ready"]["queueNames"].as_object() else {
+                continue;
+            };
+            for (id, names) in names {
+                let filter: Vec<String> = spec["queueFilters"][id]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(header, regex)| {
+                        format!("{header}:{}", regex.as_str().unwrap_or_default())
+                    })
+                    .collect();
+                tables.entry(consumer.clone()).or_default().push(vec![
+                    session["id"].as_str().unwrap_or_default().to_owned(),
+                    id.clone(),
+                    session["user"].as_str().unwrap_or_default().to_owned(),
+                    names["originalName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    names["outputName"].as_str().unwrap_or_default().to_owned(),
+                    filter.join("\n"),
+                ]);
+            }
+        }
+    }
+    let mut out = String::new();
+    for (consumer, rows) in tables {
+        let _ = write!(out, "\nRMQ Queue for {consumer}\n");
+        out.push_str(&table(
+            &[
+                "Session ID",
+                "Queue ID",
+                "User",
+                "Original Name",
+                "Session Queue",
+                "Filter",
+            ],
+            &rows,
+        ));
+    }
+    out
 }
 
 fn session_row(session: &Value) -> Result<Vec<String>, AdminError> {
@@ -250,6 +311,31 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rmq_sessions_get_a_table_per_consumer() {
+        let operator = serde_json::json!({
+            "spec": {"operator_version": "1", "default_namespace": "mirrord",
+                "license": {"name": "n", "organization": "o", "expire_at": "2099-12-31"}},
+            "status": {"sessions": [{"id": "A11CE", "user": "alice", "target": "deployment/web",
+                "namespace": "default", "duration_secs": 5, "locked_ports": [],
+                "rmq": [{"spec": {"namespace": "default", "sessionId": "a11ce",
+                    "queueConsumer": {"name": "web", "workloadType": "Deployment"},
+                    "queueFilters": {"orders": {"tenant": "^alice$"}}},
+                    "status": {"Ready": {"queueNames": {"orders": {"originalName": "orders",
+                        "outputName": "orders-mirrord-a11ce"}}, "envUpdates": {}}}}]}]}
+        });
+        let text = render_status(&operator).unwrap();
+        assert!(text.contains("RMQ Queue for deployment/web"), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("A11CE") && l.contains("orders-mirrord-a11ce"))
+            .unwrap();
+        assert!(
+            row.contains("tenant:^alice$") && row.contains("alice"),
+            "{row}"
+        );
+    }
 
     #[test]
     fn dates_print_like_the_cli() {

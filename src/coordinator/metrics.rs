@@ -10,6 +10,7 @@ use super::kube::{
     front_proxy::{AuthnError, AuthnObserver},
     reviews::ReviewObserver,
 };
+use super::queues::metrics::QueueMetrics;
 pub use crate::server::metrics::{ReasonLabel, ResultLabel};
 use crate::server::metrics::{TlsMetrics, render};
 use crate::tls::{ServingCert, TlsError, files::ReloadObserver};
@@ -29,6 +30,7 @@ pub struct Metrics {
     pub reviews: Family<ReviewLabel, Counter>,
     pub errors: Family<ReasonLabel, Counter>,
     pub tls: TlsMetrics,
+    pub queues: QueueMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,12 +57,14 @@ impl Default for Metrics {
         let errors = Family::<ReasonLabel, Counter>::default();
         registry.register("errors", "Errors by reason", errors.clone());
         let tls = TlsMetrics::register(&mut registry);
+        let queues = QueueMetrics::register(&mut registry);
         Metrics {
             registry,
             authentications,
             reviews,
             errors,
             tls,
+            queues,
         }
     }
 }

@@ -148,6 +148,13 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         )),
         HubConfig::default(),
     );
+    let templates = caches.clone();
+    let queue_splitters = super::queues::wiring::start(
+        client.clone(),
+        move |namespace, name| templates.deployment_template(namespace, name),
+        Arc::new(metrics.queues.clone()),
+        shutdown.clone(),
+    );
     let inventory = Arc::new(caches);
     let table = SessionTable::new(TableConfig::default());
     table.set_policy_gate(Arc::new(
@@ -161,6 +168,7 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         registry: registry.clone(),
         table,
         inventory: inventory.clone(),
+        queues: Some(queue_splitters),
     });
     let state = ApiState::new(info, user_ca, authorizer, inventory)
         .with_limits(limits)

@@ -73,6 +73,9 @@ pub fn session_json(session: &SessionSummary) -> Value {
     if !session.policies.is_empty() {
         doc["policies"] = json!(session.policies);
     }
+    if !session.rmq.is_empty() {
+        doc["rmq"] = json!(session.rmq);
+    }
     doc
 }
 

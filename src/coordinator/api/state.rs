@@ -187,6 +187,8 @@ pub struct SessionSummary {
     pub header_filter: Option<String>,
     /// The policies that apply to the session now (`MirrordPolicy ns/name`, docs/policies.md).
     pub policies: Vec<String>,
+    /// The session's queue splits as `MirrordRMQSession` objects (operator-api.md §7.5.3).
+    pub rmq: Vec<serde_json::Value>,
 }
 
 /// Result of killing one session.

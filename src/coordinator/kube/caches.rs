@@ -12,7 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet, StatefulSet},
     batch::v1::{CronJob, Job},
-    core::v1::Pod,
+    core::v1::{Pod, PodSpec},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -138,6 +138,18 @@ impl Caches {
     /// True once every store has completed its first list.
     pub fn synced(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// A Deployment's pod template (queue splitting reads the queue names in its env).
+    pub fn deployment_template(&self, namespace: &str, name: &str) -> Option<PodSpec> {
+        let key = reflector::ObjectRef::new(name).within(namespace);
+        self.deployments
+            .get(&key)?
+            .spec
+            .as_ref()?
+            .template
+            .spec
+            .clone()
     }
 }
 

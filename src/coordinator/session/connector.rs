@@ -24,7 +24,8 @@ use crate::coordinator::api::state::{
     ConnectRequest, Connector, Inventory, KillOutcome, LockedPort, SessionDirectory, SessionSummary,
 };
 use crate::coordinator::filters::OnConcurrentSteal;
-use crate::coordinator::targets::{self, TargetRef};
+use crate::coordinator::queues::{sessions::SessionQueues, supervisor::SplitterIndex};
+use crate::coordinator::targets::{self, TargetKind, TargetRef};
 use crate::protocol::MAX_MESSAGE_SIZE;
 
 /// The subprotocol the CLI asks for and checks byte for byte (§5.5).
@@ -35,6 +36,8 @@ pub struct SessionService {
     pub registry: Arc<AgentRegistry>,
     pub table: Arc<SessionTable>,
     pub inventory: Arc<dyn Inventory>,
+    /// Queue splitting (`rmq_splits`); `None` refuses no connect but splits nothing.
+    pub queues: Option<SplitterIndex>,
 }
 
 impl SessionService {
@@ -115,6 +118,7 @@ impl SessionService {
             header_filter: request.params.get("header_filter").cloned(),
             on_concurrent_steal,
             pods: self.selector(&request.namespace, &request.target),
+            queues: None,
         })
     }
 
@@ -203,6 +207,37 @@ impl Connector for Arc<SessionService> {
                 )
                 .into_response();
             }
+            let mut spec = spec;
+            // Only the connect that creates the session starts its queue splits (409 naming the
+            // other session on an overlapping filter); later connections join it.
+            if let Some(splitters) = &service.queues
+                && service.table.get(spec.id).is_none()
+            {
+                let workload = match &request.target {
+                    TargetRef::Workload {
+                        kind: TargetKind::Deployment | TargetKind::Rollout,
+                        name,
+                        ..
+                    } => Some(name.as_str()),
+                    _ => None,
+                };
+                match SessionQueues::for_connect(
+                    splitters,
+                    &request.params,
+                    &request.namespace,
+                    workload,
+                    spec.id,
+                )
+                .await
+                {
+                    Ok(queues) => spec.queues = queues,
+                    Err(e) => {
+                        let code = StatusCode::from_u16(e.status_code())
+                            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                        return ApiError::new(code, e.reason(), e.to_string()).into_response();
+                    }
+                }
+            }
             let (mut parts, _body) = request.request.into_parts();
             let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
                 Ok(ws) => ws,
@@ -222,7 +257,11 @@ impl Connector for Arc<SessionService> {
     }
 
     fn features(&self) -> Vec<&'static str> {
-        vec!["LayerReconnect"]
+        let mut features = vec!["LayerReconnect"];
+        if self.queues.is_some() {
+            features.push("RmqQueueSplitting");
+        }
+        features
     }
 }
 
@@ -270,6 +309,13 @@ impl SessionDirectory for Arc<SessionService> {
                         kind: p.kind,
                         filter: p.filter,
                     })
+                    .collect(),
+                rmq: self
+                    .table
+                    .get(row.id)
+                    .and_then(|s| s.spec.queues.clone())
+                    .and_then(|q| serde_json::to_value(q.object()).ok())
+                    .into_iter()
                     .collect(),
                 header_filter: row.header_filter,
                 policies: self

@@ -61,6 +61,8 @@ pub struct SessionSpec {
     pub header_filter: Option<String>,
     pub on_concurrent_steal: OnConcurrentSteal,
     pub pods: PodSelector,
+    /// Queue splits (`rmq_splits`): env for the CLI, ended with the session.
+    pub queues: Option<Arc<crate::coordinator::queues::sessions::SessionQueues>>,
 }
 
 /// Sent to every relay of a session.
@@ -358,6 +360,9 @@ impl SessionTable {
             touched
         };
         session.ended.store(true, Ordering::Release);
+        if let Some(queues) = &session.spec.queues {
+            queues.end();
+        }
         info!(session = %format!("{id:X}"), %why, "session ended");
         for (namespace, port) in waiting {
             self.wake_waiting(&namespace, port);
@@ -632,6 +637,7 @@ mod tests {
             header_filter: None,
             on_concurrent_steal: on,
             pods: Arc::new(|_| true),
+            queues: None,
         }
     }
 

@@ -807,6 +807,11 @@ impl Relay {
                     if let Some(note) = note {
                         self.log(note.level, note.message).await?;
                     }
+                    if let (DaemonMessage::GetEnvVarsResponse(Ok(env)), Some(queues)) =
+                        (&mut other, &self.session.spec.queues)
+                    {
+                        queues.apply_env(&mut env.0);
+                    }
                     return self.to_cli(other).await;
                 }
                 debug!(pod = %pod_name(&pod), "answer from a pod that is not primary dropped");

@@ -1,0 +1,351 @@
+//! Runs one [`RmqSplitter`] per original queue the cluster's `MirrordWorkloadQueueRegistry`
+//! objects ask for, and says what went wrong on the registry: the coordinator calls
+//! [`Supervisor::reconcile`] with snapshots of its watch-fed stores (no API call per registry
+//! except reading a broker Secret when a splitter starts).
+//!
+//! Before a splitter starts, a preflight connects and checks the original queue exists, so that a
+//! missing queue or failing credentials become one clear problem on the registry (retried on the
+//! next round) instead of a splitter reconnecting forever.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::PodSpec;
+use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
+
+use super::crd::{MirrordWorkloadQueueRegistry, QueueRegistryStatus, WorkloadType};
+use super::metrics::SplitterMetrics;
+use super::plan::{self, RmqPlan, SplitKey};
+use super::rabbitmq::{RmqSplitConfig, RmqSplitter, SplitterError};
+
+/// Reads the broker URI (key `uri`) of a registry's `clusterProperties` Secret.
+pub trait BrokerSecrets: Send + Sync {
+    fn uri<'a>(
+        &'a self,
+        namespace: &'a str,
+        secret: &'a str,
+    ) -> BoxFuture<'a, Result<String, String>>;
+}
+
+/// Why a registry queue is not being split (the Event reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProblemReason {
+    /// The consumer workload, container, or queue name cannot be found.
+    ConsumerNotFound,
+    /// The `clusterProperties` Secret or its `uri` key is missing.
+    CredentialsMissing,
+    /// Connecting or logging in to the broker failed.
+    BrokerConnectionFailed,
+    /// The original queue does not exist on the broker.
+    QueueMissing,
+    /// A splitter for the same original queue is already run for another registry.
+    Shared,
+}
+
+impl ProblemReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProblemReason::ConsumerNotFound => "ConsumerNotFound",
+            ProblemReason::CredentialsMissing => "CredentialsMissing",
+            ProblemReason::BrokerConnectionFailed => "BrokerConnectionFailed",
+            ProblemReason::QueueMissing => "QueueMissing",
+            ProblemReason::Shared => "QueueShared",
+        }
+    }
+}
+
+/// What one round found for one registry: its new status and its problems.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryReport {
+    pub namespace: String,
+    pub name: String,
+    pub status: QueueRegistryStatus,
+    pub problems: Vec<(ProblemReason, String)>,
+    /// Splitters of this registry running after this round.
+    pub running: Vec<String>,
+}
+
+struct Running {
+    plan: RmqPlan,
+    splitter: Arc<RmqSplitter>,
+}
+
+/// The splitters and what started them.
+pub struct Supervisor {
+    secrets: Arc<dyn BrokerSecrets>,
+    metrics: Arc<dyn SplitterMetrics>,
+    running: BTreeMap<SplitKey, Running>,
+    index: SplitterIndex,
+}
+
+/// A read-only view of the running splitters for session connects, updated by the supervisor:
+/// a connect never waits for a reconcile round (whose preflights may take seconds).
+#[derive(Clone, Default)]
+pub struct SplitterIndex(Arc<std::sync::RwLock<Vec<Indexed>>>);
+
+/// A running splitter and the plan it runs.
+type Indexed = (RmqPlan, Arc<RmqSplitter>);
+
+impl SplitterIndex {
+    /// The running splitters of `namespace`'s workload `consumer` for `queue_id` (several when a
+    /// `regexPattern` names several queues).
+    pub fn splitters_for(
+        &self,
+        namespace: &str,
+        consumer: &str,
+        queue_id: &str,
+    ) -> Vec<(RmqPlan, Arc<RmqSplitter>)> {
+        let running = self.0.read().unwrap_or_else(|e| e.into_inner());
+        running
+            .iter()
+            .filter(|(plan, _)| {
+                plan.namespace == namespace
+                    && plan.consumer == consumer
+                    && plan.queue_id == queue_id
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+impl Supervisor {
+    pub fn new(secrets: Arc<dyn BrokerSecrets>, metrics: Arc<dyn SplitterMetrics>) -> Self {
+        Supervisor {
+            secrets,
+            metrics,
+            running: BTreeMap::new(),
+            index: SplitterIndex::default(),
+        }
+    }
+
+    /// The view sessions read.
+    pub fn index(&self) -> SplitterIndex {
+        self.index.clone()
+    }
+
+    fn publish_index(&self) {
+        let view = self
+            .running
+            .values()
+            .map(|r| (r.plan.clone(), r.splitter.clone()))
+            .collect();
+        *self.index.0.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    /// Starts the splitters `registries` ask for that are not running, stops those no longer asked
+    /// for (after confirming what they have in flight), and reports per registry.
+    /// `template(namespace, deployment)` is the Deployment's pod template.
+    pub async fn reconcile(
+        &mut self,
+        registries: &[Arc<MirrordWorkloadQueueRegistry>],
+        template: impl Fn(&str, &str) -> Option<PodSpec>,
+    ) -> Vec<RegistryReport> {
+        let mut reports = Vec::new();
+        let mut wanted: BTreeMap<SplitKey, RmqPlan> = BTreeMap::new();
+        let mut owner: BTreeMap<SplitKey, usize> = BTreeMap::new();
+        for registry in registries {
+            let namespace = registry.metadata.namespace.clone().unwrap_or_default();
+            // Only Deployment templates are read (a Rollout consumer reports ConsumerNotFound).
+            let spec = (registry.spec.consumer.workload_type == WorkloadType::Deployment)
+                .then(|| template(&namespace, &registry.spec.consumer.name))
+                .flatten();
+            let planned = plan::rmq_plans(registry, spec.as_ref());
+            let mut problems: Vec<_> = planned
+                .problems
+                .into_iter()
+                .map(|p| (ProblemReason::ConsumerNotFound, p))
+                .collect();
+            for split in &planned.splits {
+                let key = SplitKey::of(split);
+                match wanted.get(&key) {
+                    Some(first) if first.registry != split.registry => problems.push((
+                        ProblemReason::Shared,
+                        format!(
+                            "queue {:?} is already split for registry {:?}",
+                            split.original, first.registry
+                        ),
+                    )),
+                    Some(_) => {}
+                    None => {
+                        wanted.insert(key.clone(), split.clone());
+                        owner.insert(key, reports.len());
+                    }
+                }
+            }
+            reports.push(RegistryReport {
+                namespace,
+                name: registry.metadata.name.clone().unwrap_or_default(),
+                status: plan::rmq_status(&planned.splits),
+                problems,
+                running: Vec::new(),
+            });
+        }
+
+        let stale: Vec<SplitKey> = self
+            .running
+            .iter()
+            .filter(|(key, r)| wanted.get(*key) != Some(&r.plan))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(running) = self.running.remove(&key) {
+                tracing::info!(queue = %key, "registry no longer asks for this split; stopping its splitter");
+                self.publish_index();
+                stop(running.splitter).await;
+            }
+        }
+        for (key, split) in wanted {
+            let report = &mut reports[owner[&key]];
+            if !self.running.contains_key(&key) {
+                match self.start(&split).await {
+                    Ok(splitter) => {
+                        self.running.insert(
+                            key.clone(),
+                            Running {
+                                plan: split.clone(),
+                                splitter: Arc::new(splitter),
+                            },
+                        );
+                        self.publish_index();
+                    }
+                    Err(problem) => {
+                        report.problems.push(problem);
+                        continue;
+                    }
+                }
+            }
+            report.running.push(split.original.clone());
+        }
+        reports
+    }
+
+    /// Stops every splitter (coordinator shutdown).
+    pub async fn stop_all(&mut self) {
+        let running = std::mem::take(&mut self.running);
+        self.publish_index();
+        for (_, running) in running {
+            stop(running.splitter).await;
+        }
+    }
+
+    async fn start(&self, split: &RmqPlan) -> Result<RmqSplitter, (ProblemReason, String)> {
+        let uri = self
+            .secrets
+            .uri(&split.namespace, &split.secret)
+            .await
+            .map_err(|e| (ProblemReason::CredentialsMissing, e))?;
+        preflight(&uri, &split.original).await?;
+        let mut config = RmqSplitConfig::new(uri, split.original.clone());
+        if let Some(properties) = &split.queue_properties {
+            config.queue_arguments = queue_arguments(properties).map_err(|e| {
+                (
+                    ProblemReason::ConsumerNotFound,
+                    format!("queueProperties of {:?}: {e}", split.queue_id),
+                )
+            })?;
+        }
+        // Sessions are added through the splitter once running; none exist at start yet (the
+        // session half registers them again after a coordinator restart).
+        RmqSplitter::spawn(config, [], self.metrics.clone())
+            .map_err(|e: SplitterError| (ProblemReason::ConsumerNotFound, e.to_string()))
+    }
+}
+
+async fn stop(splitter: Arc<RmqSplitter>) {
+    match Arc::try_unwrap(splitter) {
+        Ok(splitter) => splitter.stop().await,
+        // A session still holds it: it stops when the last holder drops it.
+        Err(_) => tracing::warn!("splitter still used by a session; it stops when that ends"),
+    }
+}
+
+/// Connects and passively declares `queue`: a clear reason instead of a reconnect loop.
+async fn preflight(uri: &str, queue: &str) -> Result<(), (ProblemReason, String)> {
+    let connect = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await;
+    let connection = match connect {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            return Err((
+                ProblemReason::BrokerConnectionFailed,
+                format!("cannot connect to the broker (address or credentials): {error}"),
+            ));
+        }
+        Err(_) => {
+            return Err((
+                ProblemReason::BrokerConnectionFailed,
+                "connecting to the broker timed out after 10s".into(),
+            ));
+        }
+    };
+    let result = async {
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+    }
+    .await;
+    let _ = connection.close(200, "preflight done".into()).await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(error) => match error.kind() {
+            lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404 => Err((
+                ProblemReason::QueueMissing,
+                format!("queue {queue:?} does not exist on the broker"),
+            )),
+            _ => Err((
+                ProblemReason::BrokerConnectionFailed,
+                format!("checking queue {queue:?}: {error}"),
+            )),
+        },
+    }
+}
+
+/// `queueProperties` (a JSON object) as AMQP queue arguments: strings, integers, booleans.
+fn queue_arguments(json: &str) -> Result<FieldTable, String> {
+    use lapin::types::AMQPValue;
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let serde_json::Value::Object(map) = value else {
+        return Err("not an object".into());
+    };
+    let mut table = FieldTable::default();
+    for (key, value) in map {
+        let value = match value {
+            serde_json::Value::String(s) => AMQPValue::LongString(s.into()),
+            serde_json::Value::Bool(b) => AMQPValue::Boolean(b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(n) => AMQPValue::LongLongInt(n),
+                None => return Err(format!("{key}: only integers are supported")),
+            },
+            other => return Err(format!("{key}: unsupported value {other}")),
+        };
+        table.insert(key.as_str().into(), value);
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_properties_become_arguments() {
+        let table =
+            queue_arguments(r#"{"x-queue-type":"classic","x-max-length":10,"lazy":true}"#).unwrap();
+        let inner = table.inner();
+        assert_eq!(inner.len(), 3);
+        assert!(queue_arguments("[1]").is_err());
+        assert!(queue_arguments(r#"{"a":1.5}"#).is_err());
+    }
+}
