@@ -123,6 +123,7 @@ step "render coordinator cert-manager" coord_check coord-cm --mode cert-manager 
 step "render coordinator cert-manager with an existing issuer" coord_check coord-cm-issuer --mode cert-manager \
   --issuer ClusterIssuer/corp-ca -- "${cm[@]}" --set certManager.issuerRef.name=corp-ca \
   --set certManager.issuerRef.kind=ClusterIssuer
+# shellcheck disable=SC2016 # expanded by the inner shell
 step "coordinator check catches a cert-manager render checked as self-managed" \
   bash -c '! "$0" "$1" --mode self-managed "$2/coord-cm.yaml" >/dev/null' "$root/e2e/tools/coordinator-chart-check.py" "$work"
 mirror_check() { # mirror_check NAME CHECKER-ARGS -- HELM-ARGS: the registry-mirror objects

@@ -44,6 +44,11 @@ pub struct CoordinatorArgs {
     )]
     pub user_ca_secret_name: String,
 
+    /// Lifetime of a user-credential CA the coordinator creates. It is replaced after 2/3 of it;
+    /// the replaced CA's certificates stay accepted until they expire.
+    #[arg(long, env = "MIRRORD_OPERATOR_USER_CA_VALIDITY", default_value = "87600h", value_parser = duration)]
+    pub user_ca_validity: Duration,
+
     /// Lifetime of the user certificates the coordinator issues.
     #[arg(long, env = "MIRRORD_OPERATOR_USER_CERT_VALIDITY", default_value = "720h", value_parser = duration)]
     pub user_cert_validity: Duration,

@@ -87,6 +87,7 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         &args.user_ca_secret_name,
         api_service_owner(&Api::all(client.clone()), &args.api_service_name).await,
         time::OffsetDateTime::now_utc(),
+        args.user_ca_validity,
     )
     .await?;
     tracing::info!(
@@ -158,6 +159,18 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         .with_sessions(Arc::new(sessions.clone()))
         .with_connector(Arc::new(sessions))
         .with_agents(registry.clone());
+    tokio::spawn(user_ca::keep(
+        Api::namespaced(client.clone(), &args.server.namespace),
+        args.user_ca_secret_name.clone(),
+        args.user_ca_validity,
+        state.user_ca.clone(),
+        args.server.cert_check_interval,
+        {
+            let metrics = metrics.clone();
+            move |label| metrics.error(label)
+        },
+        shutdown.clone(),
+    ));
     let router = authenticated(
         api::router(state),
         Authn {
