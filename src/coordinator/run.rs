@@ -27,6 +27,7 @@ use super::{
     config::CoordinatorArgs,
     error::CoordinatorError,
     kube::{
+        authz_cache::CachedAuthorizer,
         caches::Caches,
         front_proxy::{self, Authn, SharedConfig},
         reviews::{KubeTokenReviewer, SarAuthorizer},
@@ -132,7 +133,11 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
             expire_at,
         },
     };
-    let authorizer = Arc::new(SarAuthorizer::new(client.clone(), metrics.clone()));
+    let authorizer = Arc::new(CachedAuthorizer::new(
+        SarAuthorizer::new(client.clone(), metrics.clone()),
+        args.authz_cache_ttl,
+        metrics.clone(),
+    ));
     let limits = ApiLimits {
         certificate_validity: time::Duration::try_from(args.user_cert_validity)
             .unwrap_or(ApiLimits::default().certificate_validity),
