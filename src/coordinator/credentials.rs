@@ -131,8 +131,9 @@ impl UserCa {
     /// accepted for the last third, which covers every certificate it signed
     /// ([`sign_csr`](Self::sign_csr) never signs past the CA's own end).
     pub fn rotation_due(&self, now: OffsetDateTime) -> bool {
-        let life = self.not_after - self.not_before;
-        now.unix_timestamp() >= self.not_before + life * 2 / 3
+        // Counted from issuance: `notBefore` is back-dated, which would dominate short lives.
+        let issued = (self.not_before + BACKDATE.whole_seconds()).min(self.not_after);
+        now.unix_timestamp() >= issued + (self.not_after - issued) * 2 / 3
     }
 
     /// The CAs to keep accepting once this one is replaced: itself and its still-accepted

@@ -254,6 +254,11 @@ mod tests {
             next.verify_client(&b64, due).is_ok(),
             "overlap: the old certificate is still accepted"
         );
+        // Short lives: 2/3 counts from issuance, not from the back-dated notBefore.
+        let short = certs::generate_ca(CA_NAME, t0, Duration::from_secs(45)).unwrap();
+        let short = UserCa::from_pem(&short.cert_pem, &short.key_pem).unwrap();
+        assert!(!short.rotation_due(t0 + Duration::from_secs(29)));
+        assert!(short.rotation_due(t0 + Duration::from_secs(30)));
         // Once the old CA has expired it is dropped from what the Secret is read as.
         assert_eq!(
             from_secret(&rotated, t0 + 3 * year + year)
