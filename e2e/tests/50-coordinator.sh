@@ -65,7 +65,7 @@ test_coordinator_api_resources() {
 }
 
 test_coordinator_user_lists_targets_and_gets_credential() {
-  local ns user=e2e-jane csr out
+  local ns user=e2e-jane out
   _coord_ready
   new_ns ns coord-user
   _bind_user "$user"
@@ -171,4 +171,98 @@ test_coordinator_agents_register() {
   # Without its agent the target is not available: scale to 0, the agent's link goes.
   k -n "$ns" scale deploy/demo-app --replicas 0 >/dev/null
   wait_for "target demo-app gone or unavailable" 60 _target_unavailable "$ns" demo-app
+}
+
+# ---- CA rotation of the coordinator (self-managed) -----------------------------------------------------
+
+COORD_TLS_SECRET="$COORD_SVC-tls"
+
+# PEM of the coordinator's TLS Secret KEY (empty when absent).
+_coord_pem() {
+  local key="${1//./\\.}"
+  k -n "$OP_NS" get secret "$COORD_TLS_SECRET" -o jsonpath="{.data.$key}" | base64 -d
+}
+
+_coord_has_ca() { [[ "$(_coord_pem ca.crt)" == *"BEGIN CERTIFICATE"* ]]; }
+
+# _coord_bundle_has PEM...: the APIService's caBundle contains every PEM.
+_coord_bundle_has() {
+  local bundle pem
+  bundle="$(k get apiservice "$COORD_APISERVICE" -o jsonpath='{.spec.caBundle}' | base64 -d)"
+  for pem in "$@"; do [[ "$bundle" == *"$pem"* ]] || { echo "caBundle lacks a CA"; return 1; }; done
+}
+
+# _coord_served_verifies PEM: the certificate the coordinator serves verifies against PEM alone. Only
+# where the host reaches the coordinator's endpoint (our node); elsewhere it succeeds without checking.
+_coord_served_verifies() {
+  local addr
+  node_is_local || return 0
+  addr="$(k -n "$OP_NS" get endpoints "$COORD_SVC" -o jsonpath='{.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}')"
+  printf '%s\n' "$1" >"$E2E_DIR/coord-only-ca.pem"
+  openssl s_client -connect "$addr" -CAfile "$E2E_DIR/coord-only-ca.pem" -verify_return_error \
+    </dev/null >"$E2E_DIR/coord-s_client.log" 2>&1
+}
+
+# _coord_reinstall HELM-ARGS...: the coordinator restarted from no TLS Secret with these values, so that it
+# issues a CA whose life follows tls.certValidity. Stopped first: the old pod would recreate the Secret.
+_coord_reinstall() {
+  k -n "$OP_NS" scale deploy "$COORD_SVC" --replicas 0 >/dev/null
+  k -n "$OP_NS" wait --for=delete pod -l app.kubernetes.io/component=coordinator --timeout 60s >/dev/null 2>&1 || true
+  k -n "$OP_NS" delete secret "$COORD_TLS_SECRET" --ignore-not-found >/dev/null
+  op_helm upgrade "${OP_BASE_VALUES[@]}" "$@"
+}
+
+# The coordinator's CA is rotated in stages while requests keep going through the aggregator: the next
+# CA is in the APIService's caBundle before it signs anything, so the APIService stays Available and no
+# request fails. A 12 s certificate makes a 120 s CA: the next one is staged after 60 s, promoted after 80 s.
+# Agents: an agent admitted before the rotation keeps its established link; one admitted afterwards gets
+# the new bundle from the webhook and registers (docs/coordinator.md, "Certificates and agents").
+test_coordinator_ca_rotation() {
+  local ns ca0 next started n=0
+  _coord_ready
+  defer _coord_reinstall
+  _coord_reinstall --set tls.certValidity=12s --set tls.checkInterval=1s
+  started=$SECONDS
+  wait_for "a new CA in Secret $COORD_TLS_SECRET" 60 _coord_has_ca
+  ca0="$(_coord_pem ca.crt)"
+  wait_for "the APIService's caBundle to hold the new CA" 60 _coord_bundle_has "$ca0"
+  wait_for "APIService $COORD_APISERVICE Available with the new CA" 60 _apiservice_available
+  wait_for "requests through the aggregator to succeed" 60 k get mirrordoperators operator -o name
+  new_ns ns coord-carotate "$INJECT_LABEL=enabled"
+  wait_for "the webhook to give agents the new CA" 30 _webhook_injects_ca "$ns"
+  app_deployment_yaml early 1 | k -n "$ns" create -f - >/dev/null
+  wait_for "early available" 120 k -n "$ns" rollout status deploy/early --timeout 5s
+  wait_for "target early available (its agent connected)" 60 _target_available "$ns" early
+  # One request through kube-apiserver's aggregator, and the APIService still Available.
+  _coord_request() {
+    local out
+    n=$((n + 1))
+    out="$(k get mirrordoperators operator -o name 2>&1)" || fail "request $n failed during the CA rotation: $out"
+    out="$(_apiservice_available)" || fail "APIService not Available at request $n: $out"
+  }
+  until next="$(_coord_pem ca-next.crt)" && [[ -n "$next" ]]; do
+    ((SECONDS - started < 180)) || fail "no next CA staged within 180s"
+    _coord_request
+  done
+  log "next CA staged after $((SECONDS - started))s ($n requests so far)"
+  [[ "$(_coord_pem ca.crt)" == "$ca0" ]] || fail "the CA changed when the next one was staged"
+  wait_for "caBundle to hold the current and the next CA" 30 _coord_bundle_has "$ca0" "$next"
+  _coord_served_verifies "$ca0" || fail "while staged, the served certificate is not from the current CA"
+  until [[ "$(_coord_pem ca.crt)" == "$next" ]]; do
+    ((SECONDS - started < 300)) || fail "the next CA was not promoted within 300s"
+    _coord_request
+  done
+  log "next CA promoted after $((SECONDS - started))s ($n requests so far)"
+  [[ "$(_coord_pem ca-previous.crt)" == "$ca0" ]] || fail "the old CA is not kept as ca-previous.crt"
+  _coord_bundle_has "$ca0" "$next" || fail "caBundle no longer holds both CAs after the promotion"
+  wait_for "the served certificate to come from the new CA" 30 _coord_served_verifies "$next"
+  if node_is_local && _coord_served_verifies "$ca0"; then
+    fail "the served certificate still verifies against the old CA alone"
+  fi
+  for _ in 1 2 3 4 5; do _coord_request; done
+  log "ok: $n requests through the aggregator across the CA rotation, APIService Available throughout"
+  _target_available "$ns" early || fail "the agent admitted before the rotation lost its link"
+  app_deployment_yaml late 1 | k -n "$ns" create -f - >/dev/null
+  wait_for "late available" 120 k -n "$ns" rollout status deploy/late --timeout 5s
+  wait_for "target late available (an agent admitted after the rotation registers)" 60 _target_available "$ns" late
 }

@@ -109,6 +109,23 @@ step "render webhook.url (e2e: webhook on the host)" check url --url "$url" --ex
 step "render single replica, Fail policy, 10s timeout" check single --replicas 1 --failure-policy Fail --timeout 10 -- \
   --set replicaCount=1 --set webhook.failurePolicy=Fail --set webhook.timeoutSeconds=10
 step "invalid values are rejected by the schema" bash -c '! "$0" template x "$1" --set webhook.failurePolicy=Sometimes --set agent.redirect=nope >/dev/null 2>&1' "$helm" "$chart"
+coord_check() { # coord_check NAME CHECKER-ARGS -- HELM-ARGS: the coordinator's objects
+  local name="$1"
+  shift
+  local cargs=()
+  while [[ "$1" != -- ]]; do cargs+=("$1"); shift; done
+  shift
+  render --set coordinator.enabled=true "$@" >"$work/$name.yaml" &&
+    python3 "$root/e2e/tools/coordinator-chart-check.py" "${cargs[@]}" "$work/$name.yaml"
+}
+step "render coordinator self-managed" coord_check coord-sm --mode self-managed --
+step "render coordinator cert-manager" coord_check coord-cm --mode cert-manager -- "${cm[@]}"
+step "render coordinator cert-manager with an existing issuer" coord_check coord-cm-issuer --mode cert-manager \
+  --issuer ClusterIssuer/corp-ca -- "${cm[@]}" --set certManager.issuerRef.name=corp-ca \
+  --set certManager.issuerRef.kind=ClusterIssuer
+# shellcheck disable=SC2016 # expanded by the inner shell
+step "coordinator check catches a cert-manager render checked as self-managed" \
+  bash -c '! "$0" "$1" --mode self-managed "$2/coord-cm.yaml" >/dev/null' "$root/e2e/tools/coordinator-chart-check.py" "$work"
 mirror_check() { # mirror_check NAME CHECKER-ARGS -- HELM-ARGS: the registry-mirror objects
   local name="$1"
   shift

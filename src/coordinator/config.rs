@@ -44,6 +44,17 @@ pub struct CoordinatorArgs {
     )]
     pub user_ca_secret_name: String,
 
+    /// Lifetime of a user-credential CA the coordinator creates. It is replaced after 2/3 of it;
+    /// the replaced CA's certificates stay accepted until they expire.
+    #[arg(long, env = "MIRRORD_OPERATOR_USER_CA_VALIDITY", default_value = "87600h", value_parser = duration)]
+    pub user_ca_validity: Duration,
+
+    /// How long an allowing SubjectAccessReview is reused for the same user and request
+    /// attributes; 0s asks kube-apiserver for every request. A revoked RoleBinding takes effect
+    /// within this time (denials are never cached).
+    #[arg(long, env = "MIRRORD_OPERATOR_AUTHZ_CACHE_TTL", default_value = "10s", value_parser = duration)]
+    pub authz_cache_ttl: Duration,
+
     /// Lifetime of the user certificates the coordinator issues.
     #[arg(long, env = "MIRRORD_OPERATOR_USER_CERT_VALIDITY", default_value = "720h", value_parser = duration)]
     pub user_cert_validity: Duration,

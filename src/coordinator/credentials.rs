@@ -57,12 +57,18 @@ impl CredentialError {
     }
 }
 
-/// The CA that signs user certificates, parsed once.
+/// The CA that signs user certificates, parsed once, and the CAs it replaced whose certificates are
+/// still accepted (the rotation overlap: a certificate signed before a rotation works until it expires).
 pub struct UserCa {
     cert_pem: String,
     key_pem: String,
     cert_der: Vec<u8>,
     fingerprint: String,
+    /// The CA's validity, Unix seconds.
+    not_before: i64,
+    not_after: i64,
+    /// Earlier CAs (PEM, DER), only verified against.
+    previous: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for UserCa {
@@ -88,12 +94,60 @@ impl UserCa {
             ));
         }
         let fingerprint = URL_SAFE_NO_PAD.encode(sha256(&block));
+        let validity = cert.validity();
+        let (not_before, not_after) = (
+            validity.not_before.timestamp(),
+            validity.not_after.timestamp(),
+        );
         Ok(Self {
             cert_pem: cert_pem.to_owned(),
             key_pem: key_pem.to_owned(),
             cert_der: block,
             fingerprint,
+            not_before,
+            not_after,
+            previous: Vec::new(),
         })
+    }
+
+    /// Also accepts client certificates of the CAs in `pems` (PEM, any number of blocks) that are
+    /// valid at `now`; expired ones are dropped, so the overlap ends when the old CA does.
+    pub fn accepting_previous(
+        mut self,
+        pems: &str,
+        now: OffsetDateTime,
+    ) -> Result<Self, CredentialError> {
+        for der in pem_blocks(pems, "CERTIFICATE") {
+            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
+                .map_err(|e| CredentialError::Ca(format!("a previous CA: {e}")))?;
+            if der != self.cert_der && cert.validity().is_valid_at(ASN1Time::from(now)) {
+                self.previous.push((to_pem(&der), der));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Rotation policy: a new CA is due after 2/3 of this one's life. The old one then stays
+    /// accepted for the last third, which covers every certificate it signed
+    /// ([`sign_csr`](Self::sign_csr) never signs past the CA's own end).
+    pub fn rotation_due(&self, now: OffsetDateTime) -> bool {
+        // Counted from issuance: `notBefore` is back-dated, which would dominate short lives.
+        let issued = (self.not_before + BACKDATE.whole_seconds()).min(self.not_after);
+        now.unix_timestamp() >= issued + (self.not_after - issued) * 2 / 3
+    }
+
+    /// The CAs to keep accepting once this one is replaced: itself and its still-accepted
+    /// predecessors, as PEM (what the Secret stores as `ca-previous.crt`).
+    pub fn retired_bundle(&self) -> String {
+        std::iter::once(self.cert_pem.as_str())
+            .chain(self.previous.iter().map(|(pem, _)| pem.as_str()))
+            .map(|pem| pem.trim_end().to_owned() + "\n")
+            .collect()
+    }
+
+    /// How many earlier CAs are still accepted.
+    pub fn previous_count(&self) -> usize {
+        self.previous.len()
     }
 
     /// A new self-signed CA (development and tests; production keeps one in a Secret).
@@ -156,7 +210,9 @@ impl UserCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         params.not_before = now - BACKDATE;
-        params.not_after = now + validity;
+        // Never past the CA's own end, so the rotation overlap covers every certificate signed.
+        let ca_end = OffsetDateTime::from_unix_timestamp(self.not_after).unwrap_or(now + validity);
+        params.not_after = (now + validity).min(ca_end);
         let mut seed = csr_pem.as_bytes().to_vec();
         seed.extend_from_slice(&now.unix_timestamp_nanos().to_be_bytes());
         let mut serial = sha256(&seed)[..16].to_vec();
@@ -195,9 +251,17 @@ impl UserCa {
         if !rest.is_empty() {
             return Err(CredentialError::ClientDerEncoding);
         }
-        let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&self.cert_der)
-            .map_err(|e| CredentialError::Ca(e.to_string()))?;
-        if cert.issuer() != ca.subject() || cert.verify_signature(Some(ca.public_key())).is_err() {
+        let mut signed_by_us = false;
+        for ca_der in std::iter::once(&self.cert_der).chain(self.previous.iter().map(|(_, d)| d)) {
+            let (_, ca) = x509_parser::certificate::X509Certificate::from_der(ca_der)
+                .map_err(|e| CredentialError::Ca(e.to_string()))?;
+            if cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+            {
+                signed_by_us = true;
+                break;
+            }
+        }
+        if !signed_by_us {
             return Err(CredentialError::ClientNotOurs);
         }
         if !cert.validity().is_valid_at(ASN1Time::from(now)) {
@@ -261,6 +325,27 @@ fn pem_block(text: &str, label: &str) -> Option<Vec<u8>> {
     STANDARD.decode(body).ok()
 }
 
+/// Every `label` block of `text`, decoded (blocks that are not base64 are skipped).
+fn pem_blocks(text: &str, label: &str) -> Vec<Vec<u8>> {
+    let end = format!("-----END {label}-----");
+    text.split_inclusive(end.as_str())
+        .filter_map(|chunk| pem_block(chunk, label))
+        .collect()
+}
+
+fn to_pem(der: &[u8]) -> String {
+    let body = STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut out = [0; 32];
@@ -269,7 +354,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The CSR the real CLI 3.250 sent (cli-capture-3.250.jsonl): Ed25519 key, CN=vm, CRLF lines.
@@ -317,6 +402,76 @@ mod tests {
             ours.verify_client("not base64!", now),
             Err(CredentialError::ClientDerEncoding)
         ));
+    }
+
+    #[test]
+    fn a_rotated_ca_keeps_accepting_what_the_old_one_signed_until_it_expires() {
+        let t0 = at(1_800_000_000);
+        let old = UserCa::generate("old", t0).unwrap();
+        assert!(!old.rotation_due(t0));
+        // 2/3 of 3650 days.
+        let rotation = t0 + Duration::days(2434);
+        assert!(old.rotation_due(rotation));
+        let before = old.sign_csr(CLI_CSR, rotation, Duration::days(30)).unwrap();
+        let before = STANDARD.encode(&before.der);
+
+        let new = UserCa::generate("new", rotation).unwrap();
+        let new = UserCa::from_pem(new.cert_pem(), &new.key_pem)
+            .unwrap()
+            .accepting_previous(&old.retired_bundle(), rotation)
+            .unwrap();
+        assert_eq!(new.previous_count(), 1);
+        assert_ne!(new.fingerprint(), old.fingerprint());
+        // The overlap: the old certificate works until it expires, new ones come from the new CA.
+        assert!(
+            new.verify_client(&before, rotation + Duration::days(29))
+                .is_ok()
+        );
+        assert!(matches!(
+            new.verify_client(&before, rotation + Duration::days(31)),
+            Err(CredentialError::ClientExpired)
+        ));
+        let after = new.sign_csr(CLI_CSR, rotation, Duration::days(30)).unwrap();
+        assert!(
+            new.verify_client(&STANDARD.encode(&after.der), rotation)
+                .is_ok()
+        );
+        assert!(matches!(
+            old.verify_client(&STANDARD.encode(&after.der), rotation),
+            Err(CredentialError::ClientNotOurs)
+        ));
+        // Without the previous CA the old certificate is refused: the overlap is what accepts it.
+        let bare = UserCa::from_pem(new.cert_pem(), &new.key_pem).unwrap();
+        assert!(matches!(
+            bare.verify_client(&before, rotation),
+            Err(CredentialError::ClientNotOurs)
+        ));
+        // The next rotation keeps both earlier CAs while they are valid, and drops expired ones.
+        assert!(new.retired_bundle().matches("BEGIN CERTIFICATE").count() == 2);
+        let expired = UserCa::from_pem(new.cert_pem(), &new.key_pem)
+            .unwrap()
+            .accepting_previous(&old.retired_bundle(), t0 + Duration::days(3651))
+            .unwrap();
+        assert_eq!(expired.previous_count(), 0);
+        assert!(
+            UserCa::from_pem(new.cert_pem(), &new.key_pem)
+                .unwrap()
+                .accepting_previous(
+                    "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                    t0
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn never_signs_past_the_ca_end() {
+        let t0 = at(1_800_000_000);
+        let ca = UserCa::generate("ca", t0).unwrap();
+        let late = t0 + Duration::days(3645);
+        let signed = ca.sign_csr(CLI_CSR, late, Duration::days(30)).unwrap();
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&signed.der).unwrap();
+        assert!(cert.validity().not_after.timestamp() <= ca.not_after);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use super::{
     config::CoordinatorArgs,
     error::CoordinatorError,
     kube::{
+        authz_cache::CachedAuthorizer,
         caches::Caches,
         front_proxy::{self, Authn, SharedConfig},
         reviews::{KubeTokenReviewer, SarAuthorizer},
@@ -88,6 +89,7 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         &args.user_ca_secret_name,
         api_service_owner(&Api::all(client.clone()), &args.api_service_name).await,
         time::OffsetDateTime::now_utc(),
+        args.user_ca_validity,
     )
     .await?;
     tracing::info!(
@@ -132,7 +134,11 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
             expire_at,
         },
     };
-    let authorizer = Arc::new(SarAuthorizer::new(client.clone(), metrics.clone()));
+    let authorizer = Arc::new(CachedAuthorizer::new(
+        SarAuthorizer::new(client.clone(), metrics.clone()),
+        args.authz_cache_ttl,
+        metrics.clone(),
+    ));
     let limits = ApiLimits {
         certificate_validity: time::Duration::try_from(args.user_cert_validity)
             .unwrap_or(ApiLimits::default().certificate_validity),
@@ -175,6 +181,18 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
         .with_sessions(Arc::new(sessions.clone()))
         .with_connector(Arc::new(sessions))
         .with_agents(registry.clone());
+    tokio::spawn(user_ca::keep(
+        Api::namespaced(client.clone(), &args.server.namespace),
+        args.user_ca_secret_name.clone(),
+        args.user_ca_validity,
+        state.user_ca.clone(),
+        args.server.cert_check_interval,
+        {
+            let metrics = metrics.clone();
+            move |label| metrics.error(label)
+        },
+        shutdown.clone(),
+    ));
     let router = authenticated(
         api::router(state),
         Authn {

@@ -205,6 +205,20 @@ fn has_data(secret: &Secret, key: &str) -> bool {
     secret.data.as_ref().is_some_and(|d| d.contains_key(key))
 }
 
+/// The CAs a client of the server behind `secret` should trust: a self-managed Secret's
+/// [`Material::trust_bundle`] (previous, current and next CA), or else the `ca.crt` that
+/// cert-manager writes beside the serving pair. None when the Secret holds neither, or the
+/// `ca.crt` holds no certificate (an issuer that does not publish its CA).
+pub fn secret_trust_bundle(secret: &Secret, now: OffsetDateTime) -> Option<String> {
+    if let Some(material) = Material::from_secret(secret) {
+        return Some(material.trust_bundle(now));
+    }
+    let ca = string_data(secret, CA_CERT)?;
+    CertificateDer::pem_slice_iter(ca.as_bytes())
+        .any(|c| c.is_ok())
+        .then_some(ca)
+}
+
 impl Material {
     /// None when the current CA or serving pair is missing. A Secret written before CA staging
     /// existed simply has no next CA.
@@ -352,6 +366,59 @@ impl Material {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn secret_of(entries: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn trust_bundle_of_a_cert_manager_secret_is_its_ca_crt() {
+        let now = OffsetDateTime::now_utc();
+        let ca = certs::generate_ca("issuer", now, Duration::from_secs(3600)).unwrap();
+        // cert-manager's Secret: ca.crt, tls.crt, tls.key, and never the CA key.
+        let cm = secret_of(&[
+            (CA_CERT, &ca.cert_pem),
+            (TLS_CERT, "serving"),
+            (TLS_KEY, "key"),
+        ]);
+        assert_eq!(
+            secret_trust_bundle(&cm, now).as_deref(),
+            Some(ca.cert_pem.as_str())
+        );
+        // An issuer that publishes no CA, or garbage in ca.crt: nothing to trust.
+        assert_eq!(
+            secret_trust_bundle(&secret_of(&[(TLS_CERT, "x")]), now),
+            None
+        );
+        assert_eq!(
+            secret_trust_bundle(&secret_of(&[(CA_CERT, "not pem")]), now),
+            None
+        );
+    }
+
+    #[test]
+    fn trust_bundle_of_a_self_managed_secret_holds_its_cas() {
+        let now = OffsetDateTime::now_utc();
+        let ca = certs::generate_ca("current", now, Duration::from_secs(3600)).unwrap();
+        let previous = certs::generate_ca("previous", now, Duration::from_secs(3600)).unwrap();
+        let sm = secret_of(&[
+            (CA_CERT, &ca.cert_pem),
+            (CA_KEY, &ca.key_pem),
+            (PREVIOUS_CA_CERT, &previous.cert_pem),
+            (TLS_CERT, "serving"),
+            (TLS_KEY, "key"),
+        ]);
+        let bundle = secret_trust_bundle(&sm, now).unwrap();
+        assert!(bundle.contains(&ca.cert_pem) && bundle.contains(&previous.cert_pem));
+    }
 
     #[test]
     fn rotation_is_due_after_two_thirds_of_the_issued_life() {

@@ -1,6 +1,6 @@
 //! The CA bundle injected agents trust for the coordinator, read from the coordinator's own
-//! self-managed TLS Secret (`--coordinator-tls-secret-name`): the coordinator keeps a CA of its own,
-//! so the webhook's CA would not verify it. Public data only (the certificates, never the keys).
+//! TLS Secret (`--coordinator-tls-secret-name`; self-managed, or cert-manager's with `ca.crt`): the
+//! coordinator has a CA of its own, so the webhook's CA would not verify it. Public data only (the certificates, never the keys).
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use super::server::WebhookState;
-use crate::{server::shutdown::Shutdown, tls::rotation::Material};
+use crate::{server::shutdown::Shutdown, tls::rotation::secret_trust_bundle};
 
 /// Polls Secret `name`: every two seconds until it holds a CA, then every `interval` (a CA rotation
 /// changes the bundle). Pods admitted before the first read get no CA, and their agents say so.
@@ -23,8 +23,7 @@ pub async fn watch(
         let bundle = match api.get_opt(&name).await {
             Ok(secret) => secret
                 .as_ref()
-                .and_then(Material::from_secret)
-                .map(|m| m.trust_bundle(time::OffsetDateTime::now_utc())),
+                .and_then(|s| secret_trust_bundle(s, time::OffsetDateTime::now_utc())),
             Err(error) => {
                 tracing::warn!(%error, secret = %name, "cannot read the coordinator's TLS Secret");
                 None

@@ -388,6 +388,16 @@ fn decide_inner<'a>(
             value: PatchValue::Status(status, StatusAt::Annotation),
         }
     });
+    // With the agent as a regular container, the mirrord CLI (first container status not among its
+    // known sidecars) and kubectl may pick `mirrord-agent`: name the app container as the default,
+    // unless the pod already names one. The status op above made sure annotations exist.
+    if !native_sidecar && !annotations.is_some_and(|a| a.contains_key(DEFAULT_CONTAINER_ANNOTATION))
+    {
+        ops.push(PatchOp {
+            path: Cow::Borrowed(DEFAULT_CONTAINER_POINTER),
+            value: PatchValue::Text(target.name.clone()),
+        });
+    }
     // Reading another container's /proc needs a shared PID namespace. Trade-off: every container of
     // the pod then sees the others' processes (and their /proc/<pid>/environ with SYS_PTRACE), and
     // the pause process becomes PID 1, so an app relying on being PID 1 for signal handling changes.
@@ -468,6 +478,11 @@ fn write_token_volume(out: &mut Vec<u8>, name: &str) {
     push_value(out, &TOKEN_EXPIRATION_SECONDS);
     out.extend_from_slice(br#","path":"token"}}]}}"#);
 }
+
+/// The container `kubectl` (and the mirrord CLI) use when none is named.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+const DEFAULT_CONTAINER_POINTER: &str =
+    "/metadata/annotations/kubectl.kubernetes.io~1default-container";
 
 /// The JSON pointer of the status annotation: [`STATUS_ANNOTATION`]'s `/` escaped as `~1`.
 const STATUS_ANNOTATION_POINTER: &str = "/metadata/annotations/agent.mirrord.metalbear.co~1status";
