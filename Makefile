@@ -42,6 +42,8 @@ bench: deps ## every benchmark (agent ones need root); results are written into 
 	$(CARGO) bench --locked --bench agent_load
 	$(CARGO) bench --locked --bench agent_process
 	$(CARGO) bench --locked --bench sessions
+	$(CARGO) bench --locked --bench queues
+	$(CARGO) bench --locked --bench registry_mirror
 
 certs: ## development certificates in webhook-certs/ for localhost and 127.0.0.1
 	$(CARGO) run --quiet --locked -- certs --out-dir webhook-certs --dns-name localhost --ip 127.0.0.1

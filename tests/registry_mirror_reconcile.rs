@@ -4,7 +4,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 use http::{Request, Response, StatusCode};
@@ -12,7 +15,7 @@ use kube::{Client, client::Body, runtime::controller::Action};
 use mirrord_operator::registry_mirror::{
     crd::RegistryMirror,
     metrics::Metrics,
-    reconcile::{Context, RESYNC, reconcile},
+    reconcile::{Context, RESYNC, TLS_RENEW_BEFORE, TLS_VALIDITY, reconcile},
     render::{RenderConfig, TlsMaterial},
 };
 use serde_json::{Value, json};
@@ -103,20 +106,36 @@ fn fixed_now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
 }
 
+/// The clock of the renewal test only (the other tests use `fixed_now`), in Unix seconds.
+static MOVABLE_NOW: AtomicI64 = AtomicI64::new(1_800_000_000);
+
+fn movable_now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(MOVABLE_NOW.load(Ordering::SeqCst)).unwrap()
+}
+
+/// Fixed PEM that names the issue time, so a reissued certificate differs.
 fn fixture_tls(
     sans: &[String],
-    _: OffsetDateTime,
+    now: OffsetDateTime,
 ) -> Result<TlsMaterial, mirrord_operator::certs::CertError> {
+    let stamp = now.unix_timestamp();
     Ok(TlsMaterial {
-        ca_pem: "CA\n".to_owned(),
-        cert_pem: "CERT\n".to_owned(),
-        key_pem: "KEY\n".to_owned(),
+        ca_pem: format!("CA {stamp}\n"),
+        cert_pem: format!("CERT {stamp}\n"),
+        key_pem: format!("KEY {stamp}\n"),
         sans: sans.to_vec(),
+        not_after: (now + TLS_VALIDITY)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
     })
 }
 
 impl Harness {
     fn new(mirror: Value) -> Self {
+        Self::with_clock(mirror, fixed_now)
+    }
+
+    fn with_clock(mirror: Value, clock: fn() -> OffsetDateTime) -> Self {
         let state = Arc::new(Mutex::new(State {
             mirror,
             ..State::default()
@@ -162,7 +181,7 @@ impl Harness {
             },
             instance: "test".to_owned(),
             metrics: Arc::new(Metrics::default()),
-            clock: fixed_now,
+            clock,
             issue_tls: fixture_tls,
         });
         Harness { state, ctx }
@@ -336,6 +355,69 @@ async fn rotated_credentials_are_rendered() {
     expected.extend(applies("quay"));
     assert_eq!(lines(&second), expected, "a new password changes no status");
     assert!(secret_conf(&second).contains("Authorization \"Basic dXNlcjp0d28=\""));
+}
+
+fn secret_data(calls: &[Call], key: &str) -> String {
+    let secret = find(calls, "/secrets/registry-mirror-quay?");
+    secret.body["data"][key].as_str().unwrap().to_owned()
+}
+
+fn sts_checksum(calls: &[Call]) -> String {
+    let sts = find(calls, "/statefulsets/registry-mirror-quay?");
+    sts.body["spec"]["template"]["metadata"]["annotations"]["k8s.osp.tech/config-checksum"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The CA and serving certificate are kept while they are valid for long enough and reissued (new
+/// expiry annotation, new pod checksum) once less than TLS_RENEW_BEFORE is left.
+#[tokio::test]
+async fn certificates_are_renewed_before_they_expire() {
+    let h = Harness::with_clock(
+        mirror(json!({"upstreamUrl": "quay.example.com"})),
+        movable_now,
+    );
+    let start = MOVABLE_NOW.load(Ordering::SeqCst);
+    let (_, first) = h.pass().await;
+    let (cert, checksum) = (secret_data(&first, "tls.crt"), sts_checksum(&first));
+    let not_after = find(&first, "/secrets/registry-mirror-quay?").body["metadata"]["annotations"]
+        ["k8s.osp.tech/tls-not-after"]
+        .clone();
+    assert_eq!(
+        not_after,
+        json!("2028-01-15T08:00:00Z"),
+        "issued for TLS_VALIDITY"
+    );
+
+    // Just outside the renewal window: the same material.
+    let keep = TLS_VALIDITY - TLS_RENEW_BEFORE - std::time::Duration::from_secs(3600);
+    MOVABLE_NOW.store(start + keep.as_secs() as i64, Ordering::SeqCst);
+    let (_, kept) = h.pass().await;
+    assert_eq!(secret_data(&kept, "tls.crt"), cert);
+    assert_eq!(sts_checksum(&kept), checksum);
+
+    // Inside it: a new CA and certificate, a new expiry, and the pods restart.
+    let renew = TLS_VALIDITY - TLS_RENEW_BEFORE + std::time::Duration::from_secs(3600);
+    MOVABLE_NOW.store(start + renew.as_secs() as i64, Ordering::SeqCst);
+    let (_, renewed) = h.pass().await;
+    assert_ne!(secret_data(&renewed, "tls.crt"), cert);
+    assert_ne!(
+        secret_data(&renewed, "ca.crt"),
+        secret_data(&first, "ca.crt")
+    );
+    assert_ne!(sts_checksum(&renewed), checksum);
+    assert_ne!(
+        find(&renewed, "/secrets/registry-mirror-quay?").body["metadata"]["annotations"]["k8s.osp.tech/tls-not-after"],
+        not_after
+    );
+
+    // And the renewed material is then kept.
+    let (_, after) = h.pass().await;
+    assert_eq!(
+        secret_data(&after, "tls.crt"),
+        secret_data(&renewed, "tls.crt")
+    );
 }
 
 #[tokio::test]

@@ -36,6 +36,7 @@ fn tls(sans: Vec<String>) -> TlsMaterial {
             .to_owned(),
         key_pem: "-----BEGIN PRIVATE KEY-----\nFIXTURE-KEY\n-----END PRIVATE KEY-----\n".to_owned(),
         sans,
+        not_after: "2027-01-15T08:00:00Z".to_owned(),
     }
 }
 

@@ -5,7 +5,7 @@
 # the operator with the base e2e values, creates DEPLOYMENTS Deployments (no replicas: they are listed as
 # targets without starting pods) in namespace bench-api, runs e2e/tools/bench-api.py and tears down.
 #
-#   flock /work/e2e.lock e2e/tools/bench-api.sh [ROUNDS] [DEPLOYMENTS]     (defaults: 500 rounds, 50)
+#   e2e/tools/bench-api.sh [ROUNDS] [DEPLOYMENTS]     (defaults: 500 rounds, 50)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-500}"

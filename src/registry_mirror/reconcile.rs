@@ -21,7 +21,10 @@ use super::{
     error::ReconcileError,
     input::{CacheVolume, Credentials, InputError, Upstream, validate_name, validate_spec},
     metrics::{ErrorLabel, Metrics, ReasonLabel},
-    render::{self, MirrorInputs, Owner, RenderConfig, TLS_SANS_ANNOTATION, TlsMaterial},
+    render::{
+        self, MirrorInputs, Owner, RenderConfig, TLS_NOT_AFTER_ANNOTATION, TLS_SANS_ANNOTATION,
+        TlsMaterial,
+    },
 };
 
 /// Field manager of every server-side apply (and of the status).
@@ -30,8 +33,10 @@ pub const FIELD_MANAGER: &str = "registry-mirror-controller";
 pub const INVALID_REQUEUE: Duration = Duration::from_secs(300);
 /// Healthy mirrors are re-applied this often, to undo drift the watches missed.
 pub const RESYNC: Duration = Duration::from_secs(600);
-/// Validity of the mirror's CA and serving certificate (not rotated: see docs/registry-mirror.md).
-pub const TLS_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Validity of the mirror's CA and serving certificate.
+pub const TLS_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Both are reissued when less than this is left (a resync every [`RESYNC`] notices it in time).
+pub const TLS_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Issues the TLS material for a set of SANs (real: rcgen; tests: fixed PEM).
 pub type TlsIssuer = fn(&[String], OffsetDateTime) -> Result<TlsMaterial, crate::certs::CertError>;
@@ -63,6 +68,7 @@ pub fn issue_tls(
         cert_pem: serving.cert_pem,
         key_pem: serving.key_pem,
         sans: sans.to_vec(),
+        not_after: rfc3339(now + TLS_VALIDITY),
     })
 }
 
@@ -169,7 +175,9 @@ async fn validate(
     }))
 }
 
-/// TLS material from the existing config Secret when it was issued for `sans`, else a fresh one.
+/// TLS material from the existing config Secret when it was issued for `sans` and is not due for
+/// renewal, else a fresh CA and serving certificate (the pods restart through the config checksum and
+/// the node agents follow the new CA).
 fn reuse_or_issue(
     existing: Option<&Secret>,
     sans: &[String],
@@ -180,6 +188,14 @@ fn reuse_or_issue(
         if issued_for != &sans.join(",") {
             return None;
         }
+        // No (or an unreadable) expiry: issued by an older controller; renew once.
+        let not_after = secret.annotations().get(TLS_NOT_AFTER_ANNOTATION)?;
+        let expires =
+            OffsetDateTime::parse(not_after, &time::format_description::well_known::Rfc3339)
+                .ok()?;
+        if (ctx.clock)() + TLS_RENEW_BEFORE >= expires {
+            return None;
+        }
         let data = secret.data.as_ref()?;
         let text = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
         Some(TlsMaterial {
@@ -187,6 +203,7 @@ fn reuse_or_issue(
             cert_pem: text("tls.crt")?,
             key_pem: text("tls.key")?,
             sans: sans.to_vec(),
+            not_after: not_after.clone(),
         })
     });
     match reused {

@@ -22,6 +22,8 @@ pub const MIRROR_LABEL: &str = "mirror";
 pub const CHECKSUM_ANNOTATION: &str = "k8s.osp.tech/config-checksum";
 /// Annotation on the config Secret: the SANs its certificate was issued for.
 pub const TLS_SANS_ANNOTATION: &str = "k8s.osp.tech/tls-sans";
+/// Annotation on the config Secret: when its serving certificate (and CA) expire, RFC 3339.
+pub const TLS_NOT_AFTER_ANNOTATION: &str = "k8s.osp.tech/tls-not-after";
 /// Where the config Secret is mounted in the cache pods.
 pub const CONFIG_DIR: &str = "/etc/registry-mirror";
 /// Where the cache volume `image-store` is mounted.
@@ -53,6 +55,8 @@ pub struct TlsMaterial {
     pub key_pem: String,
     /// The SANs the certificate was issued for, in [`tls_sans`] order.
     pub sans: Vec<String>,
+    /// When the CA and the serving certificate expire (RFC 3339); the controller renews before.
+    pub not_after: String,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -329,10 +333,13 @@ fn checksum(parts: &[&str]) -> String {
 pub fn config_secret(cfg: &RenderConfig, inputs: &MirrorInputs<'_>) -> Secret {
     let name = &inputs.owner.name;
     let mut metadata = metadata(cfg, inputs.owner, child_name(name), None);
-    metadata.annotations = Some(BTreeMap::from([(
-        TLS_SANS_ANNOTATION.to_owned(),
-        inputs.tls.sans.join(","),
-    )]));
+    metadata.annotations = Some(BTreeMap::from([
+        (TLS_SANS_ANNOTATION.to_owned(), inputs.tls.sans.join(",")),
+        (
+            TLS_NOT_AFTER_ANNOTATION.to_owned(),
+            inputs.tls.not_after.clone(),
+        ),
+    ]));
     let conf = nginx_conf(name, inputs.upstream, inputs.credentials, inputs.cache);
     let entry = |key: &str, value: &str| (key.to_owned(), ByteString(value.as_bytes().to_vec()));
     Secret {

@@ -132,13 +132,55 @@ pub fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
 pub struct Registry {
     pub port: u16,
     pub proc: Proc,
+    scheme: &'static str,
 }
 
 impl Registry {
     pub fn start(dir: &Path) -> Self {
-        let registry = need("docker-registry");
+        Self::start_in(&dir.join("registry"))
+    }
+
+    /// A second registry serving the same storage over TLS (a certificate for 127.0.0.1 from a fresh
+    /// CA), as a real upstream would: returns it and its CA file.
+    pub fn tls_twin(&self, dir: &Path) -> (Self, PathBuf) {
+        let root = dir.join("registry-tls");
+        fs::create_dir_all(&root).unwrap();
+        let tls = issue_tls(&["127.0.0.1".to_owned()], time::OffsetDateTime::now_utc()).unwrap();
+        let (cert, key, ca) = (
+            root.join("tls.crt"),
+            root.join("tls.key"),
+            root.join("ca.crt"),
+        );
+        fs::write(&cert, &tls.cert_pem).unwrap();
+        fs::write(&key, &tls.key_pem).unwrap();
+        fs::write(&ca, &tls.ca_pem).unwrap();
+        let data = dir.join("registry").join("data");
+        let twin = Self::start_tls(&root, &data, &cert, &key, &ca);
+        (twin, ca)
+    }
+
+    fn start_tls(root: &Path, data: &Path, cert: &Path, key: &Path, ca: &Path) -> Self {
+        fs::copy(
+            data.parent().unwrap().join("htpasswd"),
+            root.join("htpasswd"),
+        )
+        .unwrap();
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        );
+        let mut registry = Self::launch(root, data, Some(&tls), "https");
+        let url = format!("https://127.0.0.1:{}/v2/", registry.port);
+        let auth = format!("{USER}:{PASSWORD}");
+        wait_until("docker-registry (TLS)", &mut registry.proc, || {
+            curl(&["--cacert", ca.to_str().unwrap(), "-u", &auth, &url]).0 == 200
+        });
+        registry
+    }
+
+    fn start_in(root: &Path) -> Self {
         let htpasswd = need("htpasswd");
-        let root = dir.join("registry");
         fs::create_dir_all(root.join("data")).unwrap();
         let hashed = Command::new(htpasswd)
             .args(["-Bbn", USER, PASSWORD])
@@ -146,25 +188,33 @@ impl Registry {
             .unwrap();
         assert!(hashed.status.success(), "htpasswd failed");
         fs::write(root.join("htpasswd"), hashed.stdout).unwrap();
+        let mut registry = Self::launch(root, &root.join("data"), None, "http");
+        let url = format!("http://127.0.0.1:{}/v2/", registry.port);
+        wait_until("docker-registry", &mut registry.proc, || {
+            curl(&["-u", &format!("{USER}:{PASSWORD}"), &url]).0 == 200
+        });
+        registry
+    }
+
+    /// Writes the config (storage in `data`, htpasswd of `root`, optional `tls` lines under `http:`)
+    /// and starts the registry on a free loopback port.
+    fn launch(root: &Path, data: &Path, tls: Option<&str>, scheme: &'static str) -> Self {
         let port = free_port();
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only\nauth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n",
-            data = root.join("data").display(),
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only\n{tls}auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n",
+            data = data.display(),
+            tls = tls.unwrap_or(""),
             htpasswd = root.join("htpasswd").display(),
         );
         fs::write(root.join("config.yml"), config).unwrap();
-        let mut cmd = Command::new(registry);
+        let mut cmd = Command::new(need("docker-registry"));
         cmd.arg("serve").arg(root.join("config.yml"));
-        let mut proc = spawn(cmd, root.join("registry.log"));
-        let url = format!("http://127.0.0.1:{port}/v2/");
-        wait_until("docker-registry", &mut proc, || {
-            curl(&["-u", &format!("{USER}:{PASSWORD}"), &url]).0 == 200
-        });
-        Registry { port, proc }
+        let proc = spawn(cmd, root.join("registry.log"));
+        Registry { port, proc, scheme }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     fn auth(&self) -> String {
