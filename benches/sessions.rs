@@ -115,6 +115,7 @@ fn api(registry: Arc<AgentRegistry>, table: Arc<SessionTable>) -> Router {
         registry,
         table,
         inventory: inventory.clone(),
+        queues: None,
     });
     let info = OperatorInfo::new(
         "mirrord",

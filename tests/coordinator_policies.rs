@@ -163,6 +163,7 @@ fn api(registry: Arc<AgentRegistry>, table: Arc<SessionTable>) -> axum::Router {
         registry,
         table,
         inventory: inventory.clone(),
+        queues: None,
     });
     let info = OperatorInfo::new(
         "mirrord",

@@ -57,6 +57,7 @@ fn api() -> Router {
         registry: AgentRegistry::new(Arc::new(StaticReviewer::default()), HubConfig::default()),
         table: SessionTable::new(TableConfig::default()),
         inventory: inventory.clone(),
+        queues: None,
     });
     let info = OperatorInfo::new(
         "mirrord",

@@ -161,6 +161,7 @@ impl Hub {
             header_filter: None,
             on_concurrent_steal: OnConcurrentSteal::Abort,
             pods: Arc::new(|_| true),
+            queues: None,
         };
         let (session, connection) = self.table.join(spec).unwrap();
         let (cli, relay_end) = Frames::pair();
