@@ -175,6 +175,16 @@ op_webhook_instance() {
   fi
 }
 
+# Why the webhook's container last ended (reason, exit code) and the end of that run's log: for tests
+# that fail on a restart, so the cause is in the log.
+op_last_termination() {
+  op_in_cluster || return 0
+  local pod
+  pod="$(_op_webhook_pod)"
+  echo "last termination: $(k -n "$OP_NS" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].lastState.terminated}')"
+  k -n "$OP_NS" logs "$pod" --previous 2>/dev/null | tail -20
+}
+
 _op_no_webhook_pods() {
   [[ -z "$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook -o name)" ]]
 }

@@ -68,8 +68,10 @@ test_certificate_rotation() {
     wait_for "the served certificate to change" 30 _changed _served_fingerprint "$served0"
     served1="$(_served_fingerprint)"
     log "served certificate after rotation: $served1"
-    [[ "$(op_webhook_instance)" == "$instance" ]] ||
+    if [[ "$(op_webhook_instance)" != "$instance" ]]; then
+      op_last_termination >&2
       fail "the webhook restarted ($instance is now $(op_webhook_instance)); rotation must be in-process"
+    fi
     _ca_bundle 0 >"$E2E_DIR/ca-bundle.pem"
     # shellcheck disable=SC2046 # the verify arguments are words
     openssl s_client -connect "$(op_webhook_addr)" -CAfile "$E2E_DIR/ca-bundle.pem" -verify_return_error \
