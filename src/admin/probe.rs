@@ -222,6 +222,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ProbeConnection<S> {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+
+    /// The WebSocket itself, for frames that are not protocol messages (tests send malformed
+    /// ones).
+    pub fn websocket(&mut self) -> &mut WebSocketStream<S> {
+        &mut self.ws
+    }
 }
 
 /// Runs the plan, printing events through `emit`.
