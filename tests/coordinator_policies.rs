@@ -11,47 +11,28 @@
 //! local, or refused for writing while other files open on the target. Needs root (namespaces,
 //! iptables).
 
+#[path = "support/coordinator.rs"]
+mod coordinator;
 #[path = "support/netns.rs"]
 mod netns;
 
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use axum::middleware::Next;
-use axum::response::Response;
-use base64::Engine;
-use futures::{SinkExt, StreamExt};
-use http_body_util::BodyExt;
-use mirrord_operator::coordinator::agents::identity::StaticReviewer;
-use mirrord_operator::coordinator::agents::{self, AgentRegistry, HubConfig};
-use mirrord_operator::coordinator::api::router;
+use coordinator::{APP, Cli, Coordinator, TIMEOUT};
 use mirrord_operator::coordinator::api::state::{
-    AllowAll, ApiState, Authorizer, AuthorizerError, Decision, Identity, License,
-    NamespaceInventory, OperatorInfo, ResourceAttributes, StaticInventory,
+    Authorizer, AuthorizerError, Decision, Identity, ResourceAttributes,
 };
-use mirrord_operator::coordinator::credentials::UserCa;
 use mirrord_operator::coordinator::policy::crd::{
     BlockedFeature, EnvPolicy, FsPolicy, LabelSelector, MirrordPolicySpec, NetworkPolicy,
     OutgoingPolicy, OutgoingRule,
 };
 use mirrord_operator::coordinator::policy::eval::{NamedPolicy, PolicyKind, PolicyRef};
 use mirrord_operator::coordinator::policy::gate::{PolicyGate, PolicySource};
-use mirrord_operator::coordinator::session::connector::{SUBPROTOCOL, SessionService};
-use mirrord_operator::coordinator::session::{SessionTable, TableConfig};
-use mirrord_operator::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
 use mirrord_operator::protocol::*;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tower::ServiceExt;
+use serde_json::json;
 
-const APP: u16 = 8080;
 const HUB_PORT: u16 = 47011;
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Policies the test changes while sessions run, as the watch-fed cache would.
 #[derive(Default)]
@@ -99,184 +80,57 @@ fn policy(name: &str, spec: MirrordPolicySpec) -> NamedPolicy {
     }
 }
 
-async fn identity(mut request: axum::extract::Request, next: Next) -> Response {
-    let user = request
-        .headers()
-        .get("x-test-user")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("anonymous")
-        .to_owned();
-    request.extensions_mut().insert(Identity {
-        user,
-        groups: vec!["system:authenticated".into()],
-        extra: Default::default(),
-    });
-    next.run(request).await
-}
-
-fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Arc<T> {
-    Arc::new(serde_json::from_value(value).unwrap())
-}
-
-fn inventory() -> StaticInventory {
-    let container = |name: &str| serde_json::json!({"name": name, "image": "x"});
-    let namespace = NamespaceInventory {
-        pods: vec![object(serde_json::json!({
-            "metadata": {"name": "web-a", "namespace": "default", "uid": "uid-web-a",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-1"}]},
-            "spec": {"containers": [
-                {"name": "web", "image": "x", "env": [
-                    {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "db-creds", "key": "api"}}},
-                    {"name": "PUBLIC_ID", "valueFrom": {"secretKeyRef": {"name": "public", "key": "id"}}}
-                ]},
-                container("mirrord-agent")
-            ]},
-            "status": {"phase": "Running"}
-        }))],
-        deployments: vec![object(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "default", "uid": "deploy-1",
-                "labels": {"team": "payments"}},
-            "spec": {"selector": {"matchLabels": {"app": "web"}},
-                "template": {"spec": {"containers": [container("web")]}}}
-        }))],
-        replica_sets: vec![object(serde_json::json!({
-            "metadata": {"name": "web-1", "namespace": "default", "uid": "rs-1",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "deploy-1"}]},
-            "spec": {"selector": {"matchLabels": {"app": "web"}}}
-        }))],
-        ..Default::default()
-    };
-    StaticInventory {
-        namespaces: [("default".to_owned(), namespace)].into(),
-    }
-}
-
-fn api(registry: Arc<AgentRegistry>, table: Arc<SessionTable>) -> axum::Router {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coordinator");
-    let ca = UserCa::from_pem(
-        &std::fs::read_to_string(data.join("user-ca.crt")).unwrap(),
-        &std::fs::read_to_string(data.join("user-ca.key")).unwrap(),
-    )
-    .unwrap();
-    let inventory = Arc::new(inventory());
-    let service = Arc::new(SessionService {
-        registry,
-        table,
-        inventory: inventory.clone(),
-        queues: None,
-    });
-    let info = OperatorInfo::new(
-        "mirrord",
-        License {
-            name: "test".into(),
-            organization: "test".into(),
-            expire_at: time::Date::from_calendar_date(2099, time::Month::December, 31).unwrap(),
-        },
+/// Deployment `web` (labelled `team: payments`) → ReplicaSet → pod `web-a`, whose container env
+/// takes `API_KEY` and `PUBLIC_ID` from Secrets.
+fn coordinator() -> Coordinator {
+    let web = json!({"name": "web", "image": "x", "env": [
+        {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "db-creds", "key": "api"}}},
+        {"name": "PUBLIC_ID", "valueFrom": {"secretKeyRef": {"name": "public", "key": "id"}}}
+    ]});
+    let pod = coordinator::web_pod(
+        "web-a",
+        json!([web, coordinator::container("mirrord-agent")]),
     );
-    let state = ApiState::new(info, ca, Arc::new(AllowAll), inventory)
-        .with_sessions(Arc::new(service.clone()))
-        .with_connector(Arc::new(service));
-    router(state).layer(axum::middleware::from_fn(identity))
+    let inventory = coordinator::web_inventory(
+        vec![pod],
+        json!({"team": "payments"}),
+        coordinator::web_template(),
+    );
+    Coordinator::new(&["web-a"], inventory, None)
 }
-
-/// A user certificate for the CSR the real CLI sent (capture), as `x-client-der`.
-async fn client_der(api: &axum::Router) -> String {
-    let capture = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/coordinator/cli-capture-3.250.jsonl"),
-    )
-    .unwrap();
-    let csr: serde_json::Value = capture
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["method"] == "POST")
-        .unwrap();
-    let request =
-        http::Request::post("/apis/operator.metalbear.co/v1/mirrordclusteroperatorusercredentials")
-            .header("content-type", "application/json")
-            .header("x-test-user", "alice")
-            .body(axum::body::Body::from(
-                csr["body"].as_str().unwrap().to_owned(),
-            ))
-            .unwrap();
-    let answer = api.clone().oneshot(request).await.unwrap();
-    let body = answer.into_body().collect().await.unwrap().to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let pem = answer["status"]["certificate"].as_str().unwrap();
-    let der = rustls_pemfile::certs(&mut pem.as_bytes())
-        .next()
-        .unwrap()
-        .unwrap();
-    base64::engine::general_purpose::STANDARD.encode(der)
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 fn connect_request(
     addr: SocketAddr,
     der: &str,
     id: u64,
     profile: Option<&str>,
-) -> http::Request<()> {
+) -> coordinator::Request {
     let profile = profile.map(|p| format!("&profile={p}")).unwrap_or_default();
-    let url = format!(
-        "ws://{addr}/apis/operator.metalbear.co/v1/proxy/namespaces/default/targets/deployment.web?connect=true&on_concurrent_steal=abort{profile}&key=k"
-    );
-    let mut request = url.into_client_request().unwrap();
-    let headers = request.headers_mut();
-    headers.insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
-    headers.insert("x-session-id", id.to_string().parse().unwrap());
-    headers.insert("x-client-der", der.parse().unwrap());
-    headers.insert("x-mirrord-cli-version", "3.250.0".parse().unwrap());
-    headers.insert("x-test-user", "alice".parse().unwrap());
-    request
-}
-
-async fn send(ws: &mut Ws, msg: ClientMessage) {
-    ws.send(Message::binary(encode_to_vec(&msg).unwrap()))
-        .await
-        .unwrap();
-}
-
-/// The next message that is not a log.
-async fn recv(ws: &mut Ws) -> DaemonMessage {
-    loop {
-        let frame = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("stream open")
-            .expect("valid frame");
-        let Message::Binary(bytes) = frame else {
-            panic!("Binary frames only, got {frame:?}")
-        };
-        match decode_from_slice::<DaemonMessage>(&bytes).unwrap() {
-            Decoded::Message(DaemonMessage::LogMessage(_), _) => continue,
-            Decoded::Message(msg, _) => return msg,
-            Decoded::Incomplete { .. } => panic!("truncated message"),
-        }
-    }
-}
-
-async fn subscribe(ws: &mut Ws, steal: StealType) -> Result<Port, ResponseError> {
-    send(
-        ws,
-        ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(steal)),
+    coordinator::upgrade_request(
+        addr,
+        "deployment.web",
+        &format!("connect=true&on_concurrent_steal=abort{profile}&key=k"),
+        der,
+        id,
+        "alice",
     )
-    .await;
-    match recv(ws).await {
+}
+
+async fn subscribe(ws: &mut Cli, steal: StealType) -> Result<Port, ResponseError> {
+    match ws
+        .ask(ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(steal)))
+        .await
+    {
         DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(result)) => result,
         other => panic!("expected SubscribeResult, got {other:?}"),
     }
 }
 
-async fn unsubscribe(ws: &mut Ws) {
-    send(
-        ws,
-        ClientMessage::TcpSteal(LayerTcpSteal::PortUnsubscribe(APP)),
-    )
-    .await;
-    send(ws, ClientMessage::Ping).await;
-    assert_eq!(recv(ws).await, DaemonMessage::Pong);
+async fn unsubscribe(ws: &mut Cli) {
+    ws.send(ClientMessage::TcpSteal(LayerTcpSteal::PortUnsubscribe(APP)))
+        .await;
+    ws.send(ClientMessage::Ping).await;
+    assert_eq!(ws.recv_no_log().await, DaemonMessage::Pong);
 }
 
 #[test]
@@ -284,71 +138,31 @@ fn policies_refuse_at_connect_and_per_subscription() {
     let ns = netns::NetNs::with_caller("cp");
     let _site = ns.serve_hello(APP, "app of web-a", TIMEOUT);
     let root = tempfile::tempdir().unwrap();
-    let mut token = tempfile::NamedTempFile::new().unwrap();
-    write!(token, "token-web-a").unwrap();
-    let hub = ns.run_in(|| {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, HUB_PORT)).unwrap();
-        l.set_nonblocking(true).unwrap();
-        l
-    });
+    let token = coordinator::token_file("web-a");
+    let hub = coordinator::hub_listener(&ns, HUB_PORT);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let reviewer =
-            StaticReviewer::default().with_pod("token-web-a", "default", "web-a", "uid-web-a");
-        let registry = AgentRegistry::new(Arc::new(reviewer), HubConfig::default());
-        let table = SessionTable::new(TableConfig::default());
+        let coordinator = coordinator();
         let live = Arc::new(Live::default());
-        table.set_policy_gate(Arc::new(
+        coordinator.table.set_policy_gate(Arc::new(
             PolicyGate::new(live.clone()).with_secret_authorizer(Arc::new(SecretsFor)),
         ));
-        let api = api(registry.clone(), table.clone());
-        let der = client_der(&api).await;
-        let app = agents::router(registry.clone()).merge(api.clone());
-        let cli_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap();
-        let addr = cli_listener.local_addr().unwrap();
-        for listener in [
-            cli_listener,
-            tokio::net::TcpListener::from_std(hub).unwrap(),
-        ] {
-            tokio::spawn(axum::serve(listener, app.clone()).into_future());
-        }
+        let der = coordinator.client_der("alice").await;
+        let addr = coordinator.serve(vec![hub]).await;
 
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_mirrord-operator"));
-        cmd.arg("agent")
-            .env(
-                "MIRRORD_AGENT_COORDINATOR_URL",
-                format!("ws://127.0.0.1:{HUB_PORT}"),
-            )
-            .env("MIRRORD_AGENT_TOKEN_FILE", token.path())
-            .env("MIRRORD_AGENT_POD_NAME", "web-a")
-            .env("MIRRORD_AGENT_POD_NAMESPACE", "default")
-            .env("MIRRORD_AGENT_POD_UID", "uid-web-a")
-            .env("MIRRORD_AGENT_POD_IP", netns::POD_ADDR.to_string())
-            .env("MIRRORD_AGENT_TARGET_CONTAINER", "web")
-            .env("MIRRORD_AGENT_TARGET_PORTS", APP.to_string())
-            .env("MIRRORD_AGENT_REDIRECT", "iptables")
-            .env("MIRRORD_AGENT_CHAIN_PREFIX", "CPTEST")
-            .env("MIRRORD_AGENT_TARGET_ROOT", root.path())
+        let mut cmd = coordinator::agent_command(&ns, HUB_PORT, "web-a", token.path(), "CPTEST");
+        cmd.env("MIRRORD_AGENT_TARGET_ROOT", root.path())
             .env("MIRRORD_AGENT_FS_MODE", "volumes")
-            .env("MIRRORD_AGENT_ENV_MODE", "spec")
-            .env("MIRRORD_AGENT_LOG_LEVEL", "warn")
             .env("MIRRORD_TARGET_ENV_GREETING", "hello")
             .env("MIRRORD_TARGET_ENV_DB_PASSWORD", "hunter2")
             .env("MIRRORD_TARGET_ENV_API_KEY", "k-123")
-            .env("MIRRORD_TARGET_ENV_PUBLIC_ID", "id-9")
-            .stdout(std::process::Stdio::null());
+            .env("MIRRORD_TARGET_ENV_PUBLIC_ID", "id-9");
         ns.spawn(cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        while registry.agents().is_empty() {
-            assert!(Instant::now() < deadline, "the agent never registered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        coordinator.wait_for_agents(1).await;
 
         // requireProfile, selected by the deployment's labels: no profile → 403 Status.
         live.0.lock().unwrap().push(policy(
@@ -362,9 +176,9 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 ..MirrordPolicySpec::default()
             },
         ));
-        let refused = tokio_tungstenite::connect_async(connect_request(addr, &der, 1, None)).await;
+        let refused = Cli::open(connect_request(addr, &der, 1, None)).await;
         let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
-            panic!("expected an HTTP refusal, got {refused:?}")
+            panic!("expected an HTTP refusal, got {:?}", refused.err())
         };
         assert_eq!(response.status(), 403);
         let status: serde_json::Value =
@@ -378,16 +192,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
         );
 
         // With a profile the session runs; no steal rule yet: an unfiltered steal is accepted.
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(connect_request(addr, &der, 2, Some("read-only")))
-                .await
-                .unwrap();
-        let v = semver::Version::new(1, 29, 0);
-        send(&mut ws, ClientMessage::SwitchProtocolVersion(v.clone())).await;
-        assert_eq!(
-            recv(&mut ws).await,
-            DaemonMessage::SwitchProtocolVersionResponse(v)
-        );
+        let mut ws = Cli::connect(connect_request(addr, &der, 2, Some("read-only"))).await;
+        ws.negotiate().await;
         assert_eq!(subscribe(&mut ws, StealType::All(APP)).await, Ok(APP));
         unsubscribe(&mut ws).await;
 
@@ -431,8 +237,9 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 env_vars_select: ["*".to_owned()].into(),
             })
         };
-        send(&mut ws, env_request()).await;
-        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = recv(&mut ws).await else {
+        ws.send(env_request()).await;
+        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = ws.recv_no_log().await
+        else {
             panic!("an env answer")
         };
         assert_eq!(env.get("DB_PASSWORD").map(String::as_str), Some("hunter2"));
@@ -448,8 +255,9 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 ..MirrordPolicySpec::default()
             },
         ));
-        send(&mut ws, env_request()).await;
-        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = recv(&mut ws).await else {
+        ws.send(env_request()).await;
+        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = ws.recv_no_log().await
+        else {
             panic!("an env answer")
         };
         assert!(!env.contains_key("DB_PASSWORD"), "{env:?}");
@@ -472,14 +280,11 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 ..MirrordPolicySpec::default()
             },
         ));
-        send(
-            &mut ws,
-            ClientMessage::GetAddrInfoRequest(GetAddrInfoRequest {
-                node: "localhost".into(),
-            }),
-        )
+        ws.send(ClientMessage::GetAddrInfoRequest(GetAddrInfoRequest {
+            node: "localhost".into(),
+        }))
         .await;
-        let dns = recv(&mut ws).await;
+        let dns = ws.recv_no_log().await;
         assert!(
             matches!(
                 dns,
@@ -488,14 +293,13 @@ fn policies_refuse_at_connect_and_per_subscription() {
             "{dns:?}"
         );
         let target = SocketAddress::Ip(SocketAddr::from((Ipv4Addr::LOCALHOST, 47012)));
-        send(
-            &mut ws,
-            ClientMessage::TcpOutgoing(LayerTcpOutgoing::Connect(LayerConnect {
+        ws.send(ClientMessage::TcpOutgoing(LayerTcpOutgoing::Connect(
+            LayerConnect {
                 remote_address: target.clone(),
-            })),
-        )
+            },
+        )))
         .await;
-        let refused = recv(&mut ws).await;
+        let refused = ws.recv_no_log().await;
         let DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::Connect(Err(
             ResponseError::ForbiddenWithReason {
                 blocked_action,
@@ -534,8 +338,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 },
             }))
         };
-        send(&mut ws, open("/var/run/secrets/token", false)).await;
-        let answer = recv(&mut ws).await;
+        ws.send(open("/var/run/secrets/token", false)).await;
+        let answer = ws.recv_no_log().await;
         assert!(
             matches!(
                 &answer,
@@ -544,13 +348,13 @@ fn policies_refuse_at_connect_and_per_subscription() {
             ),
             "{answer:?}"
         );
-        send(&mut ws, open("/app/.env", false)).await;
+        ws.send(open("/app/.env", false)).await;
         assert_eq!(
-            recv(&mut ws).await,
+            ws.recv_no_log().await,
             DaemonMessage::File(FileResponse::Open(Err(ResponseError::OpenLocal)))
         );
-        send(&mut ws, open("/etc/app/config.yaml", true)).await;
-        let answer = recv(&mut ws).await;
+        ws.send(open("/etc/app/config.yaml", true)).await;
+        let answer = ws.recv_no_log().await;
         assert!(
             matches!(
                 &answer,
@@ -559,22 +363,20 @@ fn policies_refuse_at_connect_and_per_subscription() {
             ),
             "{answer:?}"
         );
-        send(&mut ws, open("/etc/app/config.yaml", false)).await;
-        let answer = recv(&mut ws).await;
+        ws.send(open("/etc/app/config.yaml", false)).await;
+        let answer = ws.recv_no_log().await;
         assert!(
             matches!(answer, DaemonMessage::File(FileResponse::Open(Ok(_)))),
             "{answer:?}"
         );
 
         // The sessions API shows the policies in force for the session.
-        let request =
-            http::Request::get("/apis/operator.metalbear.co/v1/mirrordoperators/operator")
-                .header("x-test-user", "alice")
-                .body(axum::body::Body::empty())
-                .unwrap();
-        let answer = api.clone().oneshot(request).await.unwrap();
-        let body = answer.into_body().collect().await.unwrap().to_bytes();
-        let operator: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (_, operator) = coordinator
+            .call(
+                http::Request::get("/apis/operator.metalbear.co/v1/mirrordoperators/operator"),
+                "alice",
+            )
+            .await;
         let sessions = operator["status"]["sessions"].as_array().unwrap();
         assert_eq!(sessions.len(), 1, "{operator}");
         assert_eq!(
@@ -586,6 +388,6 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 "MirrordPolicy default/files"
             ])
         );
-        ws.close(None).await.unwrap();
+        ws.close().await;
     });
 }
