@@ -6,104 +6,41 @@
 //! connect is refused 409 naming the first session, and killing the session returns the unread
 //! messages to the output queue and deletes the temporary queue. Needs root and `rabbitmq-server`.
 
+#[path = "support/coordinator.rs"]
+mod coordinator;
 #[path = "support/netns.rs"]
 mod netns;
 #[path = "support/rabbitmq.rs"]
 mod rabbitmq;
 
-use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Stdio;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::middleware::Next;
-use axum::response::Response;
-use base64::Engine;
-use futures::{FutureExt, SinkExt, StreamExt, future::BoxFuture};
-use http_body_util::BodyExt;
+use coordinator::{Cli, Coordinator};
+use futures::{FutureExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::PodSpec;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicPublishOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
-use mirrord_operator::coordinator::agents::identity::StaticReviewer;
-use mirrord_operator::coordinator::agents::{self, AgentRegistry, HubConfig};
-use mirrord_operator::coordinator::api::router;
-use mirrord_operator::coordinator::api::state::{
-    AllowAll, ApiState, Connector, Identity, License, NamespaceInventory, OperatorInfo,
-    SessionDirectory, StaticInventory,
-};
-use mirrord_operator::coordinator::credentials::UserCa;
+use mirrord_operator::coordinator::api::state::{Connector, SessionDirectory};
 use mirrord_operator::coordinator::queues::{
     crd::MirrordWorkloadQueueRegistry,
     metrics::NoMetrics,
     supervisor::{BrokerSecrets, Supervisor},
 };
-use mirrord_operator::coordinator::session::connector::{SUBPROTOCOL, SessionService};
-use mirrord_operator::coordinator::session::{SessionTable, TableConfig};
-use mirrord_operator::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
 use mirrord_operator::protocol::*;
 use netns::NetNs;
 use rabbitmq::RabbitNode;
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tower::ServiceExt;
 
 const HUB_PORT: u16 = 47011;
-const TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn identity(mut request: axum::extract::Request, next: Next) -> Response {
-    let user = request
-        .headers()
-        .get("x-test-user")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("anonymous")
-        .to_owned();
-    request.extensions_mut().insert(Identity {
-        user,
-        groups: vec!["system:authenticated".into()],
-        extra: Default::default(),
-    });
-    next.run(request).await
-}
-
-fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Arc<T> {
-    Arc::new(serde_json::from_value(value).unwrap())
-}
-
-/// Deployment `web` (env ORDERS=orders in its template) → ReplicaSet → Running pod `web-a`.
+/// The pod template of Deployment `web` (env ORDERS=orders); its pod `web-a` has the agent.
 fn template() -> serde_json::Value {
     json!({"containers": [{"name": "web", "image": "x", "env": [{"name": "ORDERS", "value": "orders"}]}]})
-}
-
-fn inventory() -> StaticInventory {
-    let namespace = NamespaceInventory {
-        pods: vec![object(json!({
-            "metadata": {"name": "web-a", "namespace": "default", "uid": "uid-web-a",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-1"}]},
-            "spec": {"containers": [{"name": "web", "image": "x"}, {"name": "mirrord-agent", "image": "x"}]},
-            "status": {"phase": "Running"}
-        }))],
-        deployments: vec![object(json!({
-            "metadata": {"name": "web", "namespace": "default", "uid": "deploy-1"},
-            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"spec": template()}}
-        }))],
-        replica_sets: vec![object(json!({
-            "metadata": {"name": "web-1", "namespace": "default", "uid": "rs-1",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "deploy-1"}]},
-            "spec": {"selector": {"matchLabels": {"app": "web"}}}
-        }))],
-        ..Default::default()
-    };
-    StaticInventory {
-        namespaces: [("default".to_owned(), namespace)].into(),
-    }
 }
 
 struct Secrets(String);
@@ -113,36 +50,6 @@ impl BrokerSecrets for Secrets {
         let uri = self.0.clone();
         async move { Ok(uri) }.boxed()
     }
-}
-
-async fn client_der(api: &Router) -> String {
-    let capture = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/coordinator/cli-capture-3.250.jsonl"),
-    )
-    .unwrap();
-    let csr: serde_json::Value = capture
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["method"] == "POST")
-        .unwrap();
-    let request =
-        http::Request::post("/apis/operator.metalbear.co/v1/mirrordclusteroperatorusercredentials")
-            .header("content-type", "application/json")
-            .header("x-test-user", "alice")
-            .body(axum::body::Body::from(
-                csr["body"].as_str().unwrap().to_owned(),
-            ))
-            .unwrap();
-    let answer = api.clone().oneshot(request).await.unwrap();
-    let body = answer.into_body().collect().await.unwrap().to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let pem = answer["status"]["certificate"].as_str().unwrap();
-    let der = rustls_pemfile::certs(&mut pem.as_bytes())
-        .next()
-        .unwrap()
-        .unwrap();
-    base64::engine::general_purpose::STANDARD.encode(der)
 }
 
 fn percent(text: &str) -> String {
@@ -157,52 +64,23 @@ fn percent(text: &str) -> String {
         .collect()
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 async fn connect(
     addr: SocketAddr,
     der: &str,
     id: u64,
     user: &str,
     rmq_splits: &str,
-) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let url = format!(
-        "ws://{addr}/apis/operator.metalbear.co/v1/proxy/namespaces/default/targets/deployment.web?connect=true&rmq_splits={}",
-        percent(rmq_splits)
-    );
-    let mut request = url.into_client_request().unwrap();
-    let headers = request.headers_mut();
-    headers.insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
-    headers.insert("x-session-id", id.to_string().parse().unwrap());
-    headers.insert("x-client-der", der.parse().unwrap());
-    headers.insert("x-client-name", user.parse().unwrap());
-    headers.insert("x-mirrord-cli-version", "3.250.0".parse().unwrap());
-    headers.insert("x-test-user", user.parse().unwrap());
-    tokio_tungstenite::connect_async(request)
-        .await
-        .map(|(ws, _)| ws)
-}
-
-async fn ask(ws: &mut Ws, msg: ClientMessage) -> DaemonMessage {
-    ws.send(Message::binary(encode_to_vec(&msg).unwrap()))
-        .await
-        .unwrap();
-    loop {
-        let frame = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("an answer in time")
-            .expect("open")
-            .expect("frame");
-        let Message::Binary(bytes) = frame else {
-            continue;
-        };
-        let Decoded::Message(msg, _) = decode_from_slice::<DaemonMessage>(&bytes).unwrap() else {
-            panic!("truncated message")
-        };
-        if !matches!(msg, DaemonMessage::LogMessage(_)) {
-            return msg;
-        }
-    }
+) -> Result<Cli, tokio_tungstenite::tungstenite::Error> {
+    let query = format!("connect=true&rmq_splits={}", percent(rmq_splits));
+    Cli::open(coordinator::upgrade_request(
+        addr,
+        "deployment.web",
+        &query,
+        der,
+        id,
+        user,
+    ))
+    .await
 }
 
 async fn publish(uri: &str, tenant: &str, count: usize) {
@@ -249,13 +127,8 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
     let node = RabbitNode::start();
     let uri = node.uri();
     let ns = NetNs::new("qs");
-    let hub = ns.run_in(|| {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, HUB_PORT)).unwrap();
-        l.set_nonblocking(true).unwrap();
-        l
-    });
-    let mut token = tempfile::NamedTempFile::new().unwrap();
-    write!(token, "token-web-a").unwrap();
+    let hub = coordinator::hub_listener(&ns, HUB_PORT);
+    let token = coordinator::token_file("web-a");
     let root = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -281,7 +154,7 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
             .await
             .unwrap();
         let _ = conn.close(200, "declared".into()).await;
-        let registry: Arc<MirrordWorkloadQueueRegistry> = object(json!({
+        let registry: Arc<MirrordWorkloadQueueRegistry> = coordinator::object(json!({
             "apiVersion": "queues.mirrord.metalbear.co/v1alpha",
             "kind": "MirrordWorkloadQueueRegistry",
             "metadata": {"name": "web-queues", "namespace": "default"},
@@ -299,84 +172,34 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
         assert_eq!(reports[0].running, ["orders"], "{reports:?}");
         let supervisor = Arc::new(tokio::sync::Mutex::new(supervisor));
 
-        let reviewer =
-            StaticReviewer::default().with_pod("token-web-a", "default", "web-a", "uid-web-a");
-        let registry = AgentRegistry::new(Arc::new(reviewer), HubConfig::default());
-        let table = SessionTable::new(TableConfig::default());
-        let inventory = Arc::new(inventory());
-        let service = Arc::new(SessionService {
-            registry: registry.clone(),
-            table: table.clone(),
-            inventory: inventory.clone(),
-            queues: Some(supervisor.lock().await.index()),
-        });
-        assert!(service.features().contains(&"RmqQueueSplitting"));
-        let ca = UserCa::from_pem(
-            &std::fs::read_to_string("tests/data/coordinator/user-ca.crt").unwrap(),
-            &std::fs::read_to_string("tests/data/coordinator/user-ca.key").unwrap(),
-        )
-        .unwrap();
-        let info = OperatorInfo::new(
-            "mirrord",
-            License {
-                name: "test".into(),
-                organization: "test".into(),
-                expire_at: time::Date::from_calendar_date(2099, time::Month::December, 31)
-                    .unwrap(),
-            },
+        let inventory = coordinator::web_inventory(
+            vec![coordinator::injected_pod("web-a")],
+            serde_json::Value::Null,
+            template(),
         );
-        let state = ApiState::new(info, ca, Arc::new(AllowAll), inventory)
-            .with_sessions(Arc::new(service.clone()))
-            .with_connector(Arc::new(service.clone()));
-        let api = router(state).layer(axum::middleware::from_fn(identity));
-        let der = client_der(&api).await;
-        let app = agents::router(registry.clone()).merge(api);
-        let cli_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap();
-        let cli_addr = cli_listener.local_addr().unwrap();
-        for listener in [cli_listener, tokio::net::TcpListener::from_std(hub).unwrap()] {
-            tokio::spawn(axum::serve(listener, app.clone()).into_future());
-        }
+        let queues = Some(supervisor.lock().await.index());
+        let coordinator = Coordinator::new(&["web-a"], inventory, queues);
+        let (table, service) = (&coordinator.table, &coordinator.service);
+        assert!(service.features().contains(&"RmqQueueSplitting"));
+        let der = coordinator.client_der("alice").await;
+        let cli_addr = coordinator.serve(vec![hub]).await;
 
         // The pod's agent: its container env names the output queue, as admission left it.
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_mirrord-operator"));
-        cmd.arg("agent")
-            .env("MIRRORD_AGENT_COORDINATOR_URL", format!("ws://127.0.0.1:{HUB_PORT}"))
-            .env("MIRRORD_AGENT_TOKEN_FILE", token.path())
-            .env("MIRRORD_AGENT_POD_NAME", "web-a")
-            .env("MIRRORD_AGENT_POD_NAMESPACE", "default")
-            .env("MIRRORD_AGENT_POD_UID", "uid-web-a")
-            .env("MIRRORD_AGENT_POD_IP", "127.0.0.1")
-            .env("MIRRORD_AGENT_TARGET_CONTAINER", "web")
-            .env("MIRRORD_AGENT_TARGET_PORTS", "8080")
-            .env("MIRRORD_AGENT_REDIRECT", "iptables")
-            .env("MIRRORD_AGENT_CHAIN_PREFIX", "QSTEST")
+        let mut cmd = coordinator::agent_command(&ns, HUB_PORT, "web-a", token.path(), "QSTEST");
+        cmd.env("MIRRORD_AGENT_POD_IP", "127.0.0.1")
             .env("MIRRORD_AGENT_TARGET_ROOT", root.path())
             .env("MIRRORD_AGENT_FS_MODE", "volumes")
-            .env("MIRRORD_AGENT_ENV_MODE", "spec")
-            .env("MIRRORD_AGENT_LOG_LEVEL", "warn")
-            .env("MIRRORD_TARGET_ENV_ORDERS", "orders-mirrord-output")
-            .stdout(Stdio::null());
+            .env("MIRRORD_TARGET_ENV_ORDERS", "orders-mirrord-output");
         ns.spawn(cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        while registry.agents().is_empty() {
-            assert!(Instant::now() < deadline, "the agent did not connect");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        coordinator.wait_for_agents(1).await;
 
         // Alice's session: its env names her temporary queue.
         let alice_id = 0xA11CE;
         let mut alice = connect(cli_addr, &der, alice_id, "alice", r#"{"orders":{"tenant":"^alice$"}}"#)
             .await
             .expect("alice connects");
-        let v = semver::Version::new(1, 29, 0);
-        assert_eq!(
-            ask(&mut alice, ClientMessage::SwitchProtocolVersion(v.clone())).await,
-            DaemonMessage::SwitchProtocolVersionResponse(v)
-        );
-        let env = ask(
-            &mut alice,
+        alice.negotiate().await;
+        let env = alice.ask(
             ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest {
                 env_vars_filter: Default::default(),
                 env_vars_select: ["*".to_owned()].into(),
