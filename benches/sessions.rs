@@ -16,151 +16,27 @@
 
 #[path = "../tests/support/agent_process.rs"]
 mod agent_process;
+#[path = "../tests/support/coordinator.rs"]
+mod coordinator;
 #[path = "../tests/support/netns.rs"]
 mod netns;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_process::AgentProcess;
-use axum::Router;
-use axum::middleware::Next;
-use axum::response::Response;
-use axum::serve::ListenerExt;
-use base64::Engine;
-use futures::{SinkExt, StreamExt};
-use http_body_util::BodyExt;
-use mirrord_operator::coordinator::agents::identity::StaticReviewer;
-use mirrord_operator::coordinator::agents::{self, AgentRegistry, HubConfig};
-use mirrord_operator::coordinator::api::router;
-use mirrord_operator::coordinator::api::state::{
-    AllowAll, ApiState, Identity, License, NamespaceInventory, OperatorInfo, StaticInventory,
-};
-use mirrord_operator::coordinator::credentials::UserCa;
-use mirrord_operator::coordinator::session::connector::{SUBPROTOCOL, SessionService};
-use mirrord_operator::coordinator::session::{SessionTable, TableConfig};
+use coordinator::{APP, Cli, Coordinator, TIMEOUT};
 use mirrord_operator::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
 use mirrord_operator::protocol::*;
 use netns::NetNs;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tower::ServiceExt;
 
-const APP: u16 = 8080;
 const HUB_PORT: u16 = 47101;
 const DIRECT_AGENT_PORT: u16 = 61338;
-const TIMEOUT: Duration = Duration::from_secs(10);
 const STARTS: usize = 20;
 const ROUND_TRIPS: usize = 500;
 const SESSIONS: usize = 100;
 const RELAYED: usize = 2000;
-
-async fn identity(mut request: axum::extract::Request, next: Next) -> Response {
-    let user = request
-        .headers()
-        .get("x-test-user")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("anonymous")
-        .to_owned();
-    request.extensions_mut().insert(Identity {
-        user,
-        groups: vec!["system:authenticated".into()],
-        extra: Default::default(),
-    });
-    next.run(request).await
-}
-
-fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Arc<T> {
-    Arc::new(serde_json::from_value(value).unwrap())
-}
-
-/// Deployment `web` → ReplicaSet → one Running pod `web-a` with the injected agent.
-fn api(registry: Arc<AgentRegistry>, table: Arc<SessionTable>) -> Router {
-    let container = |name: &str| serde_json::json!({"name": name, "image": "x"});
-    let namespace = NamespaceInventory {
-        pods: vec![object(serde_json::json!({
-            "metadata": {"name": "web-a", "namespace": "default", "uid": "uid-web-a",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-1"}]},
-            "spec": {"containers": [container("web"), container("mirrord-agent")]},
-            "status": {"phase": "Running"}
-        }))],
-        deployments: vec![object(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "default", "uid": "deploy-1"},
-            "spec": {"selector": {"matchLabels": {"app": "web"}},
-                "template": {"spec": {"containers": [container("web")]}}}
-        }))],
-        replica_sets: vec![object(serde_json::json!({
-            "metadata": {"name": "web-1", "namespace": "default", "uid": "rs-1",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "deploy-1"}]},
-            "spec": {"selector": {"matchLabels": {"app": "web"}}}
-        }))],
-        ..Default::default()
-    };
-    let inventory = Arc::new(StaticInventory {
-        namespaces: [("default".to_owned(), namespace)].into(),
-    });
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coordinator");
-    let ca = UserCa::from_pem(
-        &std::fs::read_to_string(data.join("user-ca.crt")).unwrap(),
-        &std::fs::read_to_string(data.join("user-ca.key")).unwrap(),
-    )
-    .unwrap();
-    let service = Arc::new(SessionService {
-        registry,
-        table,
-        inventory: inventory.clone(),
-        queues: None,
-    });
-    let info = OperatorInfo::new(
-        "mirrord",
-        License {
-            name: "bench".into(),
-            organization: "bench".into(),
-            expire_at: time::Date::from_calendar_date(2099, time::Month::December, 31).unwrap(),
-        },
-    );
-    let state = ApiState::new(info, ca, Arc::new(AllowAll), inventory)
-        .with_sessions(Arc::new(service.clone()))
-        .with_connector(Arc::new(service));
-    router(state).layer(axum::middleware::from_fn(identity))
-}
-
-/// A user certificate for the CSR the real CLI sent (capture), as `x-client-der`.
-async fn client_der(api: &Router) -> String {
-    let capture = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/coordinator/cli-capture-3.250.jsonl"),
-    )
-    .unwrap();
-    let csr: serde_json::Value = capture
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["method"] == "POST")
-        .unwrap();
-    let request =
-        http::Request::post("/apis/operator.metalbear.co/v1/mirrordclusteroperatorusercredentials")
-            .header("content-type", "application/json")
-            .header("x-test-user", "bench")
-            .body(axum::body::Body::from(
-                csr["body"].as_str().unwrap().to_owned(),
-            ))
-            .unwrap();
-    let answer = api.clone().oneshot(request).await.unwrap();
-    let body = answer.into_body().collect().await.unwrap().to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let pem = answer["status"]["certificate"].as_str().unwrap();
-    let der = rustls_pemfile::certs(&mut pem.as_bytes())
-        .next()
-        .unwrap()
-        .unwrap();
-    base64::engine::general_purpose::STANDARD.encode(der)
-}
 
 fn steal(user: &str) -> ClientMessage {
     ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(StealType::FilteredHttpEx(
@@ -237,83 +113,35 @@ fn http_get(caller: &str, user: &str) -> Duration {
     started.elapsed()
 }
 
-/// A CLI connection through the coordinator's API (one message per Binary frame).
-struct Cli {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A CLI connection through the coordinator's API for `deployment.web`.
+async fn connect(addr: SocketAddr, der: &str, id: u64) -> Cli {
+    Cli::connect(coordinator::upgrade_request(
+        addr,
+        "deployment.web",
+        "connect=true&on_concurrent_steal=abort",
+        der,
+        id,
+        "bench",
+    ))
+    .await
 }
 
-impl Cli {
-    async fn connect(addr: SocketAddr, der: &str, id: u64) -> Cli {
-        let url = format!(
-            "ws://{addr}/apis/operator.metalbear.co/v1/proxy/namespaces/default/targets/deployment.web?connect=true&on_concurrent_steal=abort"
-        );
-        let mut request = url.into_client_request().unwrap();
-        let headers = request.headers_mut();
-        headers.insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
-        headers.insert("x-session-id", id.to_string().parse().unwrap());
-        headers.insert("x-client-der", der.parse().unwrap());
-        headers.insert("x-client-name", "bench".parse().unwrap());
-        headers.insert("x-mirrord-cli-version", "3.250.0".parse().unwrap());
-        headers.insert("x-test-user", "bench".parse().unwrap());
-        // Nagle off, as the CLI's HTTP client does.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .unwrap();
-        Cli { ws }
-    }
+/// Version negotiation and a steal for `user`'s header.
+async fn subscribe(cli: &mut Cli, user: &str) {
+    cli.negotiate().await;
+    assert_eq!(
+        cli.ask(steal(user)).await,
+        DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Ok(APP)))
+    );
+}
 
-    async fn send(&mut self, msg: &ClientMessage) {
-        self.ws
-            .send(Message::binary(encode_to_vec(msg).unwrap()))
-            .await
-            .unwrap();
-    }
-
-    async fn recv(&mut self) -> DaemonMessage {
-        loop {
-            let frame = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .expect("a message in time")
-                .expect("open")
-                .expect("frame");
-            if let Message::Binary(bytes) = frame {
-                let Decoded::Message(msg, _) = decode_from_slice::<DaemonMessage>(&bytes).unwrap()
-                else {
-                    panic!("truncated message")
-                };
-                if !matches!(msg, DaemonMessage::LogMessage(_)) {
-                    return msg;
-                }
-            }
-        }
-    }
-
-    /// Version negotiation and a steal for `user`'s header.
-    async fn subscribe(&mut self, user: &str) {
-        self.send(&ClientMessage::SwitchProtocolVersion(semver::Version::new(
-            1, 29, 0,
-        )))
-        .await;
-        assert!(matches!(
-            self.recv().await,
-            DaemonMessage::SwitchProtocolVersionResponse(_)
-        ));
-        self.send(&steal(user)).await;
-        let result = self.recv().await;
-        assert_eq!(
-            result,
-            DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Ok(APP)))
-        );
-    }
-
-    /// Answers stolen requests until `n` were answered.
-    async fn serve(&mut self, n: usize) {
-        let mut answered = 0;
-        while answered < n {
-            if let Some(start) = stolen_start(self.recv().await) {
-                self.send(&answer(&start)).await;
-                answered += 1;
-            }
+/// Answers stolen requests until `n` were answered.
+async fn serve(cli: &mut Cli, n: usize) {
+    let mut answered = 0;
+    while answered < n {
+        if let Some(start) = stolen_start(cli.recv_no_log().await) {
+            cli.send(answer(&start)).await;
+            answered += 1;
         }
     }
 }
@@ -325,6 +153,22 @@ struct Direct {
 }
 
 impl Direct {
+    /// Starts an agent listening in `ns` and opens a session straight to it.
+    fn start(ns: &NetNs) -> (AgentProcess, Direct) {
+        let agent = AgentProcess::start(
+            agent_command(ns, "SBBASE"),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, DIRECT_AGENT_PORT)),
+        );
+        let stream = ns.run_in(|| std::net::TcpStream::connect(agent.addr).unwrap());
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let direct = Direct {
+            stream,
+            buf: Vec::new(),
+        };
+        (agent, direct)
+    }
+
     fn send(&mut self, msg: &ClientMessage) {
         self.stream.write_all(&encode_to_vec(msg).unwrap()).unwrap();
     }
@@ -449,17 +293,7 @@ fn baseline() -> Duration {
     let mut firsts = Vec::with_capacity(STARTS);
     for run in 0..STARTS {
         let started = Instant::now();
-        let agent = AgentProcess::start(
-            agent_command(&ns, "SBBASE"),
-            SocketAddr::from((Ipv4Addr::LOCALHOST, DIRECT_AGENT_PORT)),
-        );
-        let stream = ns.run_in(|| std::net::TcpStream::connect(agent.addr).unwrap());
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut direct = Direct {
-            stream,
-            buf: Vec::new(),
-        };
+        let (_agent, mut direct) = Direct::start(&ns);
         let user = format!("base{run}");
         direct.subscribe(&user);
         let client = {
@@ -476,17 +310,7 @@ fn baseline() -> Duration {
     );
 
     // Round trips through the agent alone (one long-lived session).
-    let agent = AgentProcess::start(
-        agent_command(&ns, "SBBASE"),
-        SocketAddr::from((Ipv4Addr::LOCALHOST, DIRECT_AGENT_PORT)),
-    );
-    let stream = ns.run_in(|| std::net::TcpStream::connect(agent.addr).unwrap());
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    let mut direct = Direct {
-        stream,
-        buf: Vec::new(),
-    };
+    let (agent, mut direct) = Direct::start(&ns);
     direct.subscribe("direct");
     let client = {
         let caller = caller.clone();
@@ -521,63 +345,32 @@ fn main() {
     let ns = NetNs::with_caller("sc");
     let _site = ns.serve_hello(APP, "app", TIMEOUT);
     let caller = ns.caller_name().unwrap().to_owned();
-    let hub = ns.run_in(|| {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, HUB_PORT)).unwrap();
-        l.set_nonblocking(true).unwrap();
-        l
-    });
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), "token-web-a").unwrap();
+    let hub = coordinator::hub_listener(&ns, HUB_PORT);
+    let token = coordinator::token_file("web-a");
 
     // The coordinator's own runtime: its threads are the ones whose CPU is counted.
-    let coordinator = tokio::runtime::Builder::new_multi_thread()
+    let coord_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("coord")
         .enable_all()
         .build()
         .unwrap();
-    let (registry, table, cli_addr, der) = coordinator.block_on(async {
-        let reviewer =
-            StaticReviewer::default().with_pod("token-web-a", "default", "web-a", "uid-web-a");
-        let registry = AgentRegistry::new(Arc::new(reviewer), HubConfig::default());
-        let table = SessionTable::new(TableConfig::default());
-        let api = api(registry.clone(), table.clone());
-        let der = client_der(&api).await;
-        let app = agents::router(registry.clone()).merge(api);
-        let cli = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap();
-        let cli_addr = cli.local_addr().unwrap();
-        for listener in [cli, tokio::net::TcpListener::from_std(hub).unwrap()] {
-            // As the coordinator's own listener (`server`), which sets TCP_NODELAY.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(axum::serve(listener, app.clone()).into_future());
-        }
-        (registry, table, cli_addr, der)
+    let (coord, cli_addr, der) = coord_runtime.block_on(async {
+        let inventory = coordinator::web_inventory(
+            vec![coordinator::injected_pod("web-a")],
+            serde_json::Value::Null,
+            coordinator::web_template(),
+        );
+        let coord = Coordinator::new(&["web-a"], inventory, None);
+        let der = coord.client_der("bench").await;
+        let cli_addr = coord.serve(vec![hub]).await;
+        (coord, cli_addr, der)
     });
 
-    let mut cmd = agent_command(&ns, "SBCOORD");
-    cmd.arg("agent")
-        .env(
-            "MIRRORD_AGENT_COORDINATOR_URL",
-            format!("ws://127.0.0.1:{HUB_PORT}"),
-        )
-        .env("MIRRORD_AGENT_TOKEN_FILE", token.path())
-        .env("MIRRORD_AGENT_POD_NAME", "web-a")
-        .env("MIRRORD_AGENT_POD_NAMESPACE", "default")
-        .env("MIRRORD_AGENT_POD_UID", "uid-web-a")
-        .env("MIRRORD_AGENT_POD_IP", netns::POD_ADDR.to_string())
-        .env("MIRRORD_AGENT_TARGET_CONTAINER", "web")
-        .env("MIRRORD_AGENT_ENV_MODE", "spec")
-        .stdout(Stdio::null());
+    let mut cmd = coordinator::agent_command(&ns, HUB_PORT, "web-a", token.path(), "SBCOORD");
+    cmd.env("MIRRORD_AGENT_FS_MODE", "off");
     let agent_pid = ns.spawn(cmd);
-    let deadline = Instant::now() + TIMEOUT;
-    while registry.agents().is_empty() {
-        assert!(Instant::now() < deadline, "the agent never registered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    coord_runtime.block_on(coord.wait_for_agents(1));
 
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -591,20 +384,20 @@ fn main() {
         let (mut upgrades, mut subscribes) = (Vec::new(), Vec::new());
         for run in 0..STARTS {
             let started = Instant::now();
-            let mut cli = Cli::connect(cli_addr, &der, 0x5E5_0000 + run as u64).await;
+            let mut cli = connect(cli_addr, &der, 0x5E5_0000 + run as u64).await;
             upgrades.push(started.elapsed());
             let user = format!("first{run}");
             let subscribing = Instant::now();
-            cli.subscribe(&user).await;
+            subscribe(&mut cli, &user).await;
             subscribes.push(subscribing.elapsed());
             let request = {
                 let caller = caller.clone();
                 tokio::task::spawn_blocking(move || http_get(&caller, &user))
             };
-            cli.serve(1).await;
+            serve(&mut cli, 1).await;
             firsts.push(started.elapsed());
             request.await.unwrap();
-            let _ = cli.ws.close(None).await;
+            cli.close().await;
         }
         let first = summary(
             "with the coordinator: connect + subscribe + first stolen request",
@@ -622,32 +415,32 @@ fn main() {
 
         // The same while another session already steals on the port: the agent's redirect is
         // up, so the subscription needs no iptables call (the shared-cluster steady state).
-        let mut holder = Cli::connect(cli_addr, &der, 0x5E5_0F00).await;
-        holder.subscribe("holder").await;
+        let mut holder = connect(cli_addr, &der, 0x5E5_0F00).await;
+        subscribe(&mut holder, "holder").await;
         let mut warm = Vec::with_capacity(STARTS);
         for run in 0..STARTS {
             let started = Instant::now();
-            let mut cli = Cli::connect(cli_addr, &der, 0x5E5_0800 + run as u64).await;
+            let mut cli = connect(cli_addr, &der, 0x5E5_0800 + run as u64).await;
             let user = format!("warm{run}");
-            cli.subscribe(&user).await;
+            subscribe(&mut cli, &user).await;
             let request = {
                 let caller = caller.clone();
                 tokio::task::spawn_blocking(move || http_get(&caller, &user))
             };
-            cli.serve(1).await;
+            serve(&mut cli, 1).await;
             warm.push(started.elapsed());
             request.await.unwrap();
-            let _ = cli.ws.close(None).await;
+            cli.close().await;
         }
         summary(
             "with the coordinator, port already redirected for another session: connect + subscribe + first stolen request",
             warm,
         );
-        let _ = holder.ws.close(None).await;
+        holder.close().await;
 
         // Stolen round trips through coordinator + agent.
-        let mut cli = Cli::connect(cli_addr, &der, 0x5E5_1000).await;
-        cli.subscribe("relayed").await;
+        let mut cli = connect(cli_addr, &der, 0x5E5_1000).await;
+        subscribe(&mut cli, "relayed").await;
         let requests = {
             let caller = caller.clone();
             tokio::task::spawn_blocking(move || {
@@ -656,20 +449,20 @@ fn main() {
                     .collect::<Vec<_>>()
             })
         };
-        cli.serve(ROUND_TRIPS).await;
+        serve(&mut cli, ROUND_TRIPS).await;
         summary(
             "stolen round trip through coordinator + agent",
             requests.await.unwrap(),
         );
-        let _ = cli.ws.close(None).await;
+        cli.close().await;
 
         // 100 concurrent sessions, disjoint filters; requests spread over all of them.
         let rss_before = rss_kib("self");
         let agent_rss_before = rss_kib(&agent_pid.to_string());
         let mut servers = Vec::with_capacity(SESSIONS);
         for i in 0..SESSIONS {
-            let mut cli = Cli::connect(cli_addr, &der, 0x5E5_2000 + i as u64).await;
-            cli.subscribe(&format!("u{i}")).await;
+            let mut cli = connect(cli_addr, &der, 0x5E5_2000 + i as u64).await;
+            subscribe(&mut cli, &format!("u{i}")).await;
             servers.push(cli);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -679,12 +472,12 @@ fn main() {
             (rss_kib("self") as f64 - rss_before as f64) / 1024.0,
             rss_kib(&agent_pid.to_string()) as f64 / 1024.0,
             (rss_kib(&agent_pid.to_string()) as f64 - agent_rss_before as f64) / 1024.0,
-            table.list().len(),
+            coord.table.list().len(),
         );
         let per_session = RELAYED / SESSIONS;
         let tasks: Vec<_> = servers
             .into_iter()
-            .map(|mut cli| tokio::spawn(async move { cli.serve(per_session).await }))
+            .map(|mut cli| tokio::spawn(async move { serve(&mut cli, per_session).await }))
             .collect();
         let cpu_before = coordinator_cpu();
         let started = Instant::now();
@@ -722,5 +515,5 @@ fn main() {
     });
     ns.kill(agent_pid);
     drop(clients);
-    drop(coordinator);
+    drop(coord_runtime);
 }
