@@ -5,72 +5,29 @@
 //! with a reason (a targetless session has no pod to steal from). Also the errors the probe reports
 //! for an unknown target (404 before the upgrade). No root needed.
 
+#[path = "support/coordinator.rs"]
+mod coordinator;
+#[path = "support/netns.rs"]
+mod netns;
+
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::middleware::Next;
-use axum::response::Response;
+use coordinator::Coordinator;
 use http_body_util::BodyExt;
 use mirrord_operator::admin::probe::{self, Outcome, Plan, ProbeConnection};
-use mirrord_operator::coordinator::agents::identity::StaticReviewer;
-use mirrord_operator::coordinator::agents::{AgentRegistry, HubConfig};
-use mirrord_operator::coordinator::api::router;
-use mirrord_operator::coordinator::api::state::{
-    AllowAll, ApiState, Identity, License, OperatorInfo, StaticInventory,
-};
-use mirrord_operator::coordinator::credentials::UserCa;
-use mirrord_operator::coordinator::session::connector::{SUBPROTOCOL, SessionService};
-use mirrord_operator::coordinator::session::{SessionTable, TableConfig};
+use mirrord_operator::coordinator::api::state::StaticInventory;
+use mirrord_operator::coordinator::session::connector::SUBPROTOCOL;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tower::ServiceExt;
 
-/// Stands in for the front proxy: `x-test-user` is the identity.
-async fn identity(mut request: axum::extract::Request, next: Next) -> Response {
-    let user = request
-        .headers()
-        .get("x-test-user")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("anonymous")
-        .to_owned();
-    request.extensions_mut().insert(Identity {
-        user,
-        groups: vec!["system:authenticated".into()],
-        extra: Default::default(),
-    });
-    next.run(request).await
-}
-
-fn api() -> Router {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coordinator");
-    let ca = UserCa::from_pem(
-        &std::fs::read_to_string(data.join("user-ca.crt")).unwrap(),
-        &std::fs::read_to_string(data.join("user-ca.key")).unwrap(),
-    )
-    .unwrap();
-    let inventory = Arc::new(StaticInventory::default());
-    let service = Arc::new(SessionService {
-        registry: AgentRegistry::new(Arc::new(StaticReviewer::default()), HubConfig::default()),
-        table: SessionTable::new(TableConfig::default()),
-        inventory: inventory.clone(),
-        queues: None,
-    });
-    let info = OperatorInfo::new(
-        "mirrord",
-        License {
-            name: "test".into(),
-            organization: "test".into(),
-            expire_at: time::Date::from_calendar_date(2099, time::Month::December, 31).unwrap(),
-        },
-    );
-    let state = ApiState::new(info, ca, Arc::new(AllowAll), inventory)
-        .with_sessions(Arc::new(service.clone()))
-        .with_connector(Arc::new(service));
-    router(state).layer(axum::middleware::from_fn(identity))
+/// The coordinator with no targets (targetless sessions only), served on loopback.
+async fn coordinator() -> (Coordinator, SocketAddr) {
+    let coordinator = Coordinator::new(&[], StaticInventory::default(), None);
+    let addr = coordinator.serve(Vec::new()).await;
+    (coordinator, addr)
 }
 
 /// The probe's CSR through the credentials handler, as `x-client-der`.
@@ -93,31 +50,15 @@ async fn der(api: &Router) -> String {
     probe::client_der(&serde_json::from_slice(&body).unwrap()).unwrap()
 }
 
-async fn serve(api: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, api).into_future());
-    addr
-}
-
-fn upgrade_request(
-    addr: SocketAddr,
-    target: &str,
-    der: &str,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let url = format!(
-        "ws://{addr}/apis/operator.metalbear.co/v1/proxy/namespaces/default/targets/{target}?connect=true&on_concurrent_steal=abort"
-    );
-    let mut request = url.into_client_request().unwrap();
-    let headers = request.headers_mut();
-    headers.insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
-    headers.insert("x-session-id", "4242".parse().unwrap());
-    headers.insert("x-client-der", der.parse().unwrap());
-    headers.insert("x-client-name", "jane".parse().unwrap());
-    headers.insert("x-test-user", "jane".parse().unwrap());
-    request
+fn upgrade_request(addr: SocketAddr, target: &str, der: &str) -> coordinator::Request {
+    coordinator::upgrade_request(
+        addr,
+        target,
+        "connect=true&on_concurrent_steal=abort",
+        der,
+        4242,
+        "jane",
+    )
 }
 
 /// A loopback server answering `pong` to the first read.
@@ -163,9 +104,8 @@ fn event<'a>(events: &'a [Value], kind: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targetless_session_runs_the_probe_plan() {
-    let api = api();
-    let der = der(&api).await;
-    let addr = serve(api).await;
+    let (coordinator, addr) = coordinator().await;
+    let der = der(&coordinator.api).await;
     let echo = echo().await;
 
     let (ws, response) =
@@ -216,9 +156,8 @@ async fn targetless_session_runs_the_probe_plan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_target_is_refused_before_the_upgrade() {
-    let api = api();
-    let der = der(&api).await;
-    let addr = serve(api).await;
+    let (coordinator, addr) = coordinator().await;
+    let der = der(&coordinator.api).await;
     match tokio_tungstenite::connect_async(upgrade_request(addr, "deployment.web", &der)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 404);
