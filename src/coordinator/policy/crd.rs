@@ -163,21 +163,63 @@ pub enum Protocol {
     UDP,
 }
 
+/// Declares a namespaced resource and its cluster-scoped twin with the same spec (serde
+/// transparent), the same group, version and printer columns, so the two CRDs cannot drift apart.
+/// The spec struct is written inside the call; `Age` is the last column of both.
+macro_rules! namespaced_and_cluster {
+    (
+        group = $group:literal,
+        namespaced = ($kind:literal, $plural:literal, $short:literal, $doc:literal),
+        cluster = ($ckind:literal, $cplural:literal, $cshort:literal, $cdoc:literal),
+        columns = $columns:tt,
+        $(#[$cluster_meta:meta])*
+        pub struct $cluster_spec:ident;
+        $(#[$meta:meta])*
+        pub struct $spec:ident $body:tt
+    ) => {
+        namespaced_and_cluster!(@resource ($group, $kind, $plural, $short, $doc, [namespaced]),
+            $columns, $(#[$meta])* pub struct $spec $body);
+        namespaced_and_cluster!(@resource ($group, $ckind, $cplural, $cshort, $cdoc, []),
+            $columns, $(#[$cluster_meta])* #[serde(transparent)] pub struct $cluster_spec(pub $spec););
+    };
+    (
+        @resource ($group:literal, $kind:literal, $plural:literal, $short:literal, $doc:literal,
+            [$($scope:ident)?]),
+        [$($column:literal),*],
+        $(#[$meta:meta])*
+        pub struct $name:ident $($rest:tt)+
+    ) => {
+        #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[kube(
+            group = $group,
+            version = "v1alpha",
+            kind = $kind,
+            plural = $plural,
+            shortname = $short,
+            $($scope,)?
+            doc = $doc,
+            $(printcolumn = $column,)*
+            printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+        )]
+        $(#[$meta])*
+        pub struct $name $($rest)+
+    };
+}
+
+namespaced_and_cluster! {
+group = "policies.mirrord.metalbear.co",
+namespaced = ("MirrordPolicy", "mirrordpolicies", "mpol",
+    "What mirrord sessions may do to targets in this namespace."),
+cluster = ("MirrordClusterPolicy", "mirrordclusterpolicies", "mcpol",
+    "What mirrord sessions may do to targets in every namespace."),
+columns = [
+    r#"{"name":"Target-Path","type":"string","jsonPath":".spec.targetPath"}"#,
+    r#"{"name":"Block","type":"string","jsonPath":".spec.block"}"#
+],
+/// `MirrordClusterPolicy`: the same spec, for targets in every namespace.
+pub struct MirrordClusterPolicySpec;
 /// The spec shared by `MirrordPolicy` (applies to targets in its own namespace) and
 /// `MirrordClusterPolicy` (every namespace).
-#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "policies.mirrord.metalbear.co",
-    version = "v1alpha",
-    kind = "MirrordPolicy",
-    plural = "mirrordpolicies",
-    shortname = "mpol",
-    namespaced,
-    doc = "What mirrord sessions may do to targets in this namespace.",
-    printcolumn = r#"{"name":"Target-Path","type":"string","jsonPath":".spec.targetPath"}"#,
-    printcolumn = r#"{"name":"Block","type":"string","jsonPath":".spec.block"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
 #[serde(rename_all = "camelCase")]
 pub struct MirrordPolicySpec {
     /// Features refused on matching targets.
@@ -204,22 +246,7 @@ pub struct MirrordPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_allowlist: Option<Vec<String>>,
 }
-
-/// `MirrordClusterPolicy`: the same spec, for targets in every namespace.
-#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "policies.mirrord.metalbear.co",
-    version = "v1alpha",
-    kind = "MirrordClusterPolicy",
-    plural = "mirrordclusterpolicies",
-    shortname = "mcpol",
-    doc = "What mirrord sessions may do to targets in every namespace.",
-    printcolumn = r#"{"name":"Target-Path","type":"string","jsonPath":".spec.targetPath"}"#,
-    printcolumn = r#"{"name":"Block","type":"string","jsonPath":".spec.block"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
-#[serde(transparent)]
-pub struct MirrordClusterPolicySpec(pub MirrordPolicySpec);
+}
 
 /// One change a profile makes to the CLI's local config (the CLI applies them; the operator only
 /// checks the profile's name).
@@ -241,35 +268,20 @@ pub struct FeatureAdjustment {
     pub change: FeatureChange,
 }
 
-#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "profiles.mirrord.metalbear.co",
-    version = "v1alpha",
-    kind = "MirrordProfile",
-    plural = "mirrordprofiles",
-    shortname = "mprof",
-    namespaced,
-    doc = "A named set of mirrord config changes, referenced as `ns/name` by the CLI's `profile`.",
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
+namespaced_and_cluster! {
+group = "profiles.mirrord.metalbear.co",
+namespaced = ("MirrordProfile", "mirrordprofiles", "mprof",
+    "A named set of mirrord config changes, referenced as `ns/name` by the CLI's `profile`."),
+cluster = ("MirrordClusterProfile", "mirrordclusterprofiles", "mcprof",
+    "A named set of mirrord config changes, referenced by name by the CLI's `profile`."),
+columns = [],
+pub struct MirrordClusterProfileSpec;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MirrordProfileSpec {
     #[serde(default)]
     pub feature_adjustments: Vec<FeatureAdjustment>,
 }
-
-#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "profiles.mirrord.metalbear.co",
-    version = "v1alpha",
-    kind = "MirrordClusterProfile",
-    plural = "mirrordclusterprofiles",
-    shortname = "mcprof",
-    doc = "A named set of mirrord config changes, referenced by name by the CLI's `profile`.",
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
-#[serde(transparent)]
-pub struct MirrordClusterProfileSpec(pub MirrordProfileSpec);
+}
 
 /// The four CRDs as the chart installs them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
