@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{
-        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    },
+    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
 };
 use mirrord_operator::coordinator::queues::{
@@ -23,7 +21,7 @@ use mirrord_operator::coordinator::queues::{
     metrics::{RoutedTo, SplitterMetrics},
     rabbitmq::{RmqSplitConfig, RmqSplitter, SESSION_HEADER, SplitterError},
 };
-use rabbitmq::RabbitNode;
+use rabbitmq::{RabbitNode, declare};
 
 const ORIGINAL: &str = "orders";
 const TENANTS: [&str; 4] = ["alice", "bob", "carol", "dave"];
@@ -59,20 +57,6 @@ async fn connect(node: &RabbitNode) -> (Connection, Channel) {
         .expect("connect to the test broker");
     let channel = conn.create_channel().await.expect("channel");
     (conn, channel)
-}
-
-async fn declare(channel: &Channel, queue: &str) {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
 }
 
 /// The headers of message `seq`: a deterministic mix of tenants, kinds, a numeric header, and

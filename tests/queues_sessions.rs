@@ -15,25 +15,16 @@ mod rabbitmq;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use coordinator::{Cli, Coordinator};
-use futures::{FutureExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::PodSpec;
-use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable},
-};
 use mirrord_operator::coordinator::api::state::{Connector, SessionDirectory};
 use mirrord_operator::coordinator::queues::{
-    crd::MirrordWorkloadQueueRegistry,
-    metrics::NoMetrics,
-    supervisor::{BrokerSecrets, Supervisor},
+    crd::MirrordWorkloadQueueRegistry, metrics::NoMetrics, supervisor::Supervisor,
 };
 use mirrord_operator::protocol::*;
 use netns::NetNs;
-use rabbitmq::RabbitNode;
+use rabbitmq::{NodeSecrets, RabbitNode, publish};
 use serde_json::json;
 
 const HUB_PORT: u16 = 47011;
@@ -41,15 +32,6 @@ const HUB_PORT: u16 = 47011;
 /// The pod template of Deployment `web` (env ORDERS=orders); its pod `web-a` has the agent.
 fn template() -> serde_json::Value {
     json!({"containers": [{"name": "web", "image": "x", "env": [{"name": "ORDERS", "value": "orders"}]}]})
-}
-
-struct Secrets(String);
-
-impl BrokerSecrets for Secrets {
-    fn uri<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<String, String>> {
-        let uri = self.0.clone();
-        async move { Ok(uri) }.boxed()
-    }
 }
 
 fn percent(text: &str) -> String {
@@ -83,45 +65,6 @@ async fn connect(
     .await
 }
 
-async fn publish(uri: &str, tenant: &str, count: usize) {
-    let conn = Connection::connect(uri, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let mut headers = FieldTable::default();
-    headers.insert("tenant".into(), AMQPValue::LongString(tenant.into()));
-    for i in 0..count {
-        channel
-            .basic_publish(
-                "".into(),
-                "orders".into(),
-                BasicPublishOptions::default(),
-                format!("{tenant}-{i}").as_bytes(),
-                BasicProperties::default().with_headers(headers.clone()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-    let _ = conn.close(200, "done".into()).await;
-}
-
-async fn wait_depth(node: &RabbitNode, queue: &str, want: Option<u64>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let depth = node.queue_depth(queue);
-        if depth == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{queue}: depth {depth:?}, wanted {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[test]
 fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
     let node = RabbitNode::start();
@@ -137,23 +80,7 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
         .unwrap();
     runtime.block_on(async {
         // The broker has the producers' queue; the supervisor runs its splitter.
-        let conn = Connection::connect(&uri, ConnectionProperties::default())
-            .await
-            .unwrap();
-        conn.create_channel()
-            .await
-            .unwrap()
-            .queue_declare(
-                "orders".into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = conn.close(200, "declared".into()).await;
+        publish(&uri, "orders", 0, None).await;
         let registry: Arc<MirrordWorkloadQueueRegistry> = coordinator::object(json!({
             "apiVersion": "queues.mirrord.metalbear.co/v1alpha",
             "kind": "MirrordWorkloadQueueRegistry",
@@ -163,7 +90,7 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
                 "consumer": {"name": "web", "workloadType": "Deployment"}
             }
         }));
-        let mut supervisor = Supervisor::new(Arc::new(Secrets(uri.clone())), Arc::new(NoMetrics));
+        let mut supervisor = Supervisor::new(Arc::new(NodeSecrets(uri.clone())), Arc::new(NoMetrics));
         let reports = supervisor
             .reconcile(&[registry], |_, name| {
                 (name == "web").then(|| serde_json::from_value::<PodSpec>(template()).unwrap())
@@ -221,10 +148,10 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
         assert!(body.contains("a11ce"), "{body}");
         assert!(table.get(0xB0B).is_none());
 
-        publish(&uri, "alice", 6).await;
-        publish(&uri, "carol", 4).await;
-        wait_depth(&node, "orders-mirrord-a11ce", Some(6)).await;
-        wait_depth(&node, "orders-mirrord-output", Some(4)).await;
+        publish(&uri, "orders", 6, Some("alice")).await;
+        publish(&uri, "orders", 4, Some("carol")).await;
+        node.wait_depth("orders-mirrord-a11ce", Some(6)).await;
+        node.wait_depth("orders-mirrord-output", Some(4)).await;
 
         // The session ends: her unread messages go back to the output queue, her queue goes.
         // The operator status embeds her session as a MirrordRMQSession (§7.5.3).
@@ -238,8 +165,8 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
         assert_eq!(row.rmq[0]["spec"]["queueFilters"]["orders"]["tenant"], "^alice$");
         let _ = service.kill(alice_id, "test over").await;
         drop(alice);
-        wait_depth(&node, "orders-mirrord-a11ce", None).await;
-        wait_depth(&node, "orders-mirrord-output", Some(10)).await;
+        node.wait_depth("orders-mirrord-a11ce", None).await;
+        node.wait_depth("orders-mirrord-output", Some(10)).await;
         supervisor.lock().await.stop_all().await;
     });
 }

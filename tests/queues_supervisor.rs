@@ -8,38 +8,17 @@ mod rabbitmq;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::{FutureExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::PodSpec;
-use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable},
-};
 use mirrord_operator::coordinator::queues::{
     crd::MirrordWorkloadQueueRegistry,
     metrics::NoMetrics,
     sessions::{QueueSessionError, RmqSession},
-    supervisor::{BrokerSecrets, ProblemReason, Supervisor},
+    supervisor::{ProblemReason, SplitterIndex, Supervisor},
 };
-use rabbitmq::RabbitNode;
+use rabbitmq::{NodeSecrets, RabbitNode, publish};
 use serde_json::json;
-
-/// Secret `rmq` holds the node's URI, `wrong-password` a URI with a bad password; others are
-/// missing.
-struct Secrets(String);
-
-impl BrokerSecrets for Secrets {
-    fn uri<'a>(&'a self, _: &'a str, secret: &'a str) -> BoxFuture<'a, Result<String, String>> {
-        let answer = match secret {
-            "rmq" => Ok(self.0.clone()),
-            "wrong-password" => Ok(self.0.replace("guest:guest", "guest:nope")),
-            other => Err(format!("Secret {other} does not exist")),
-        };
-        async move { answer }.boxed()
-    }
-}
 
 fn registry(
     name: &str,
@@ -72,72 +51,12 @@ fn template(namespace: &str, name: &str) -> Option<PodSpec> {
     })
 }
 
-async fn publish(uri: &str, queue: &str, count: usize) {
-    publish_with(uri, queue, count, None).await;
-}
-
-/// Publishes `count` messages, with header `tenant` when given.
-async fn publish_with(uri: &str, queue: &str, count: usize, tenant: Option<&str>) {
-    let conn = Connection::connect(uri, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    for i in 0..count {
-        channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                format!("m{i}").as_bytes(),
-                match tenant {
-                    Some(t) => {
-                        let mut headers = FieldTable::default();
-                        headers.insert("tenant".into(), AMQPValue::LongString(t.into()));
-                        BasicProperties::default().with_headers(headers)
-                    }
-                    None => BasicProperties::default(),
-                },
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-    let _ = conn.close(200, "done".into()).await;
-}
-
-async fn wait_depth(node: &RabbitNode, queue: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let depth = node.queue_depth(queue);
-        if depth == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{queue}: depth {depth:?}, wanted {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registries_start_report_and_stop_splitters() {
     let node = RabbitNode::start();
     let uri = node.uri();
-    publish(&uri, "orders", 0).await;
-    let mut supervisor = Supervisor::new(Arc::new(Secrets(uri.clone())), Arc::new(NoMetrics));
+    publish(&uri, "orders", 0, None).await;
+    let mut supervisor = Supervisor::new(Arc::new(NodeSecrets(uri.clone())), Arc::new(NoMetrics));
 
     let registries = [
         registry("good", "api", "rmq", "ORDERS"),
@@ -179,9 +98,9 @@ async fn registries_start_report_and_stop_splitters() {
     );
 
     // The running splitter forwards the original queue to the output queue.
-    publish(&uri, "orders", 20).await;
-    wait_depth(&node, "orders-mirrord-output", 20).await;
-    wait_depth(&node, "orders", 0).await;
+    publish(&uri, "orders", 20, None).await;
+    node.wait_depth("orders-mirrord-output", Some(20)).await;
+    node.wait_depth("orders", Some(0)).await;
 
     // A second round with the same registries starts nothing new and keeps the splitter.
     let again = supervisor.reconcile(&registries, template).await;
@@ -196,29 +115,35 @@ async fn registries_start_report_and_stop_splitters() {
             .splitters_for("staging", "api", "q")
             .is_empty()
     );
-    publish(&uri, "orders", 5).await;
+    publish(&uri, "orders", 5, None).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(node.queue_depth("orders"), Some(5));
     assert_eq!(node.queue_depth("orders-mirrord-output"), Some(20));
 }
 
-fn splits(pairs: &[(&str, &str, &str)]) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for (id, header, regex) in pairs {
-        out.entry(id.to_string())
+/// Session `id` on Deployment `api` in `staging` with `(queue id, header, regex)` filters.
+async fn start(
+    index: &SplitterIndex,
+    id: u64,
+    pairs: &[(&str, &str, &str)],
+) -> Result<RmqSession, QueueSessionError> {
+    let mut splits: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (queue, header, regex) in pairs {
+        splits
+            .entry(queue.to_string())
             .or_default()
             .insert(header.to_string(), regex.to_string());
     }
-    out
+    RmqSession::start(index, "staging", "api", id, &splits).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_gets_its_queue_env_and_cleans_up() {
     let node = RabbitNode::start();
     let uri = node.uri();
-    publish(&uri, "orders", 0).await;
+    publish(&uri, "orders", 0, None).await;
     let supervisor = tokio::sync::Mutex::new(Supervisor::new(
-        Arc::new(Secrets(uri.clone())),
+        Arc::new(NodeSecrets(uri.clone())),
         Arc::new(NoMetrics),
     ));
     let registries = [registry("good", "api", "rmq", "ORDERS")];
@@ -231,67 +156,43 @@ async fn a_session_gets_its_queue_env_and_cleans_up() {
     let index = supervisor.lock().await.index();
 
     // Unknown queue id or workload: refused, nothing registered.
-    let error = RmqSession::start(
-        &index,
-        "staging",
-        "api",
-        0x1f,
-        &splits(&[("nope", "tenant", "a")]),
-    )
-    .await
-    .unwrap_err();
+    let error = start(&index, 0x1f, &[("nope", "tenant", "a")])
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, QueueSessionError::NotSplit { .. }),
         "{error}"
     );
     assert_eq!(error.status_code(), 404);
 
-    let alice = RmqSession::start(
-        &index,
-        "staging",
-        "api",
-        0x1f,
-        &splits(&[("q", "tenant", "^alice$")]),
-    )
-    .await
-    .unwrap();
+    let alice = start(&index, 0x1f, &[("q", "tenant", "^alice$")])
+        .await
+        .unwrap();
     assert_eq!(alice.queues()["orders"], "orders-mirrord-1f");
     let mut env = HashMap::from([("ORDERS".to_owned(), "orders-mirrord-output".to_owned())]);
     alice.apply_env(&mut env);
     assert_eq!(env["ORDERS"], "orders-mirrord-1f");
 
     // A filter that can match alice's messages is refused, naming her session.
-    let error = RmqSession::start(
-        &index,
-        "staging",
-        "api",
-        0x2a,
-        &splits(&[("q", "tenant", "^(alice|bob)$")]),
-    )
-    .await
-    .unwrap_err();
+    let error = start(&index, 0x2a, &[("q", "tenant", "^(alice|bob)$")])
+        .await
+        .unwrap_err();
     assert_eq!(error.status_code(), 409);
     assert!(error.to_string().contains("session 1f"), "{error}");
 
-    publish_with(&uri, "orders", 7, Some("alice")).await;
-    publish_with(&uri, "orders", 3, Some("bob")).await;
-    wait_depth(&node, "orders-mirrord-1f", 7).await;
-    wait_depth(&node, "orders-mirrord-output", 3).await;
+    publish(&uri, "orders", 7, Some("alice")).await;
+    publish(&uri, "orders", 3, Some("bob")).await;
+    node.wait_depth("orders-mirrord-1f", Some(7)).await;
+    node.wait_depth("orders-mirrord-output", Some(3)).await;
 
     // Session end: alice's unconsumed messages go back to the output queue, her queue is deleted.
     alice.end().await;
-    wait_depth(&node, "orders-mirrord-output", 10).await;
+    node.wait_depth("orders-mirrord-output", Some(10)).await;
     assert_eq!(node.queue_depth("orders-mirrord-1f"), None);
     // The overlapping filter is accepted now that alice is gone.
-    let bob = RmqSession::start(
-        &index,
-        "staging",
-        "api",
-        0x2a,
-        &splits(&[("q", "tenant", "^(alice|bob)$")]),
-    )
-    .await
-    .unwrap();
+    let bob = start(&index, 0x2a, &[("q", "tenant", "^(alice|bob)$")])
+        .await
+        .unwrap();
     bob.end().await;
     supervisor.lock().await.stop_all().await;
 }

@@ -11,6 +11,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::{FutureExt, future::BoxFuture};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use mirrord_operator::coordinator::queues::supervisor::BrokerSecrets;
+
 pub struct RabbitNode {
     pub amqp_port: u16,
     dist_port: u16,
@@ -174,6 +182,83 @@ impl RabbitNode {
                 (parts.next() == Some(queue)).then(|| parts.next()?.parse().ok())?
             })
     }
+
+    /// Waits (30 s at most) until `queue` holds `want` ready messages (`None`: until it is gone).
+    pub async fn wait_depth(&self, queue: &str, want: Option<u64>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let depth = self.queue_depth(queue);
+            if depth == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{queue}: depth {depth:?}, wanted {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Broker Secrets for a test node: Secret `rmq` holds the node's URI, `wrong-password` the URI
+/// with a bad password; others are missing.
+pub struct NodeSecrets(pub String);
+
+impl BrokerSecrets for NodeSecrets {
+    fn uri<'a>(&'a self, _: &'a str, secret: &'a str) -> BoxFuture<'a, Result<String, String>> {
+        let answer = match secret {
+            "rmq" => Ok(self.0.clone()),
+            "wrong-password" => Ok(self.0.replace("guest:guest", "guest:nope")),
+            other => Err(format!("Secret {other} does not exist")),
+        };
+        async move { answer }.boxed()
+    }
+}
+
+/// Declares `queue` durable, as the producers' queues are.
+pub async fn declare(channel: &Channel, queue: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+}
+
+/// Declares `queue` and publishes `count` confirmed messages `<tenant or m>-<i>` to it, with
+/// header `tenant` when given.
+pub async fn publish(uri: &str, queue: &str, count: usize, tenant: Option<&str>) {
+    let conn = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    declare(&channel, queue).await;
+    let mut properties = BasicProperties::default();
+    if let Some(tenant) = tenant {
+        let mut headers = FieldTable::default();
+        headers.insert("tenant".into(), AMQPValue::LongString(tenant.into()));
+        properties = properties.with_headers(headers);
+    }
+    for i in 0..count {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                format!("{}-{i}", tenant.unwrap_or("m")).as_bytes(),
+                properties.clone(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
 }
 
 impl Drop for RabbitNode {
