@@ -146,6 +146,44 @@ async fn serve(cli: &mut Cli, n: usize) {
     }
 }
 
+/// Times of `STARTS` fresh sessions, each from connect to its first stolen request.
+struct Starts {
+    /// Connect → first stolen request answered.
+    firsts: Vec<Duration>,
+    /// The WebSocket upgrade alone.
+    upgrades: Vec<Duration>,
+    /// Version negotiation + steal subscription.
+    subscribes: Vec<Duration>,
+}
+
+/// `STARTS` sessions one after the other (ids from `first_id`, users `<prefix><run>`): connect,
+/// subscribe, answer one request from the caller namespace `caller`, close.
+async fn starts(addr: SocketAddr, der: &str, caller: &str, first_id: u64, prefix: &str) -> Starts {
+    let mut times = Starts {
+        firsts: Vec::with_capacity(STARTS),
+        upgrades: Vec::with_capacity(STARTS),
+        subscribes: Vec::with_capacity(STARTS),
+    };
+    for run in 0..STARTS {
+        let started = Instant::now();
+        let mut cli = connect(addr, der, first_id + run as u64).await;
+        times.upgrades.push(started.elapsed());
+        let user = format!("{prefix}{run}");
+        let subscribing = Instant::now();
+        subscribe(&mut cli, &user).await;
+        times.subscribes.push(subscribing.elapsed());
+        let request = {
+            let caller = caller.to_owned();
+            tokio::task::spawn_blocking(move || http_get(&caller, &user))
+        };
+        serve(&mut cli, 1).await;
+        times.firsts.push(started.elapsed());
+        request.await.unwrap();
+        cli.close().await;
+    }
+    times
+}
+
 /// A session straight to an agent (what mirrord without an operator uses), synchronous.
 struct Direct {
     stream: std::net::TcpStream,
@@ -380,61 +418,32 @@ fn main() {
         .unwrap();
     clients.block_on(async {
         // Connect → first stolen request, the agent already running in the pod.
-        let mut firsts = Vec::with_capacity(STARTS);
-        let (mut upgrades, mut subscribes) = (Vec::new(), Vec::new());
-        for run in 0..STARTS {
-            let started = Instant::now();
-            let mut cli = connect(cli_addr, &der, 0x5E5_0000 + run as u64).await;
-            upgrades.push(started.elapsed());
-            let user = format!("first{run}");
-            let subscribing = Instant::now();
-            subscribe(&mut cli, &user).await;
-            subscribes.push(subscribing.elapsed());
-            let request = {
-                let caller = caller.clone();
-                tokio::task::spawn_blocking(move || http_get(&caller, &user))
-            };
-            serve(&mut cli, 1).await;
-            firsts.push(started.elapsed());
-            request.await.unwrap();
-            cli.close().await;
-        }
+        let cold = starts(cli_addr, &der, &caller, 0x5E5_0000, "first").await;
         let first = summary(
             "with the coordinator: connect + subscribe + first stolen request",
-            firsts,
+            cold.firsts,
         );
         println!(
             "  -> {:.2}x the time of spawning an agent per session",
             ms(first) / ms(baseline_first)
         );
-        summary("  of which the WebSocket upgrade (agent session opened)", upgrades);
+        summary(
+            "  of which the WebSocket upgrade (agent session opened)",
+            cold.upgrades,
+        );
         summary(
             "  of which version + steal subscription (the agent's iptables setup)",
-            subscribes,
+            cold.subscribes,
         );
 
         // The same while another session already steals on the port: the agent's redirect is
         // up, so the subscription needs no iptables call (the shared-cluster steady state).
         let mut holder = connect(cli_addr, &der, 0x5E5_0F00).await;
         subscribe(&mut holder, "holder").await;
-        let mut warm = Vec::with_capacity(STARTS);
-        for run in 0..STARTS {
-            let started = Instant::now();
-            let mut cli = connect(cli_addr, &der, 0x5E5_0800 + run as u64).await;
-            let user = format!("warm{run}");
-            subscribe(&mut cli, &user).await;
-            let request = {
-                let caller = caller.clone();
-                tokio::task::spawn_blocking(move || http_get(&caller, &user))
-            };
-            serve(&mut cli, 1).await;
-            warm.push(started.elapsed());
-            request.await.unwrap();
-            cli.close().await;
-        }
+        let warm = starts(cli_addr, &der, &caller, 0x5E5_0800, "warm").await;
         summary(
             "with the coordinator, port already redirected for another session: connect + subscribe + first stolen request",
-            warm,
+            warm.firsts,
         );
         holder.close().await;
 

@@ -126,6 +126,16 @@ async fn subscribe(ws: &mut Cli, steal: StealType) -> Result<Port, ResponseError
     }
 }
 
+/// The I/O error kind of a refused open (`None` for any other answer).
+fn open_error_kind(answer: &DaemonMessage) -> Option<ErrorKindInternal> {
+    match answer {
+        DaemonMessage::File(FileResponse::Open(Err(ResponseError::RemoteIO(e)))) => {
+            Some(e.kind.clone())
+        }
+        _ => None,
+    }
+}
+
 async fn unsubscribe(ws: &mut Cli) {
     ws.send(ClientMessage::TcpSteal(LayerTcpSteal::PortUnsubscribe(APP)))
         .await;
@@ -140,11 +150,7 @@ fn policies_refuse_at_connect_and_per_subscription() {
     let root = tempfile::tempdir().unwrap();
     let token = coordinator::token_file("web-a");
     let hub = coordinator::hub_listener(&ns, HUB_PORT);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = coordinator::runtime();
     runtime.block_on(async {
         let coordinator = coordinator();
         let live = Arc::new(Live::default());
@@ -231,17 +237,7 @@ fn policies_refuse_at_connect_and_per_subscription() {
         unsubscribe(&mut ws).await;
 
         // env.exclude: the variable never reaches the session.
-        let env_request = || {
-            ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest {
-                env_vars_filter: Default::default(),
-                env_vars_select: ["*".to_owned()].into(),
-            })
-        };
-        ws.send(env_request()).await;
-        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = ws.recv_no_log().await
-        else {
-            panic!("an env answer")
-        };
+        let env = ws.env().await;
         assert_eq!(env.get("DB_PASSWORD").map(String::as_str), Some("hunter2"));
         // Secret-backed: alice may get Secret `public`, not `db-creds`.
         assert_eq!(env.get("PUBLIC_ID").map(String::as_str), Some("id-9"));
@@ -255,11 +251,7 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 ..MirrordPolicySpec::default()
             },
         ));
-        ws.send(env_request()).await;
-        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = ws.recv_no_log().await
-        else {
-            panic!("an env answer")
-        };
+        let env = ws.env().await;
         assert!(!env.contains_key("DB_PASSWORD"), "{env:?}");
         assert_eq!(env.get("GREETING").map(String::as_str), Some("hello"));
 
@@ -338,14 +330,10 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 },
             }))
         };
-        ws.send(open("/var/run/secrets/token", false)).await;
-        let answer = ws.recv_no_log().await;
-        assert!(
-            matches!(
-                &answer,
-                DaemonMessage::File(FileResponse::Open(Err(ResponseError::RemoteIO(e))))
-                    if e.kind == ErrorKindInternal::NotFound
-            ),
+        let answer = ws.ask(open("/var/run/secrets/token", false)).await;
+        assert_eq!(
+            open_error_kind(&answer),
+            Some(ErrorKindInternal::NotFound),
             "{answer:?}"
         );
         ws.send(open("/app/.env", false)).await;
@@ -353,14 +341,10 @@ fn policies_refuse_at_connect_and_per_subscription() {
             ws.recv_no_log().await,
             DaemonMessage::File(FileResponse::Open(Err(ResponseError::OpenLocal)))
         );
-        ws.send(open("/etc/app/config.yaml", true)).await;
-        let answer = ws.recv_no_log().await;
-        assert!(
-            matches!(
-                &answer,
-                DaemonMessage::File(FileResponse::Open(Err(ResponseError::RemoteIO(e))))
-                    if e.kind == ErrorKindInternal::PermissionDenied
-            ),
+        let answer = ws.ask(open("/etc/app/config.yaml", true)).await;
+        assert_eq!(
+            open_error_kind(&answer),
+            Some(ErrorKindInternal::PermissionDenied),
             "{answer:?}"
         );
         ws.send(open("/etc/app/config.yaml", false)).await;

@@ -28,14 +28,6 @@ use netns::NetNs;
 const HUB_PORT: u16 = 47001;
 const ECHO_PORT: u16 = 47002;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Deployment `web` → ReplicaSet → Running pods `web-a`, `web-b`, each with the injected agent.
 fn coordinator() -> Coordinator {
     let pods = vec![
@@ -199,7 +191,7 @@ fn two_pods_one_session_steal_overlap_kill() {
     pod_a.echo();
     let hub_a = coordinator::hub_listener(&pod_a.ns, HUB_PORT);
     let hub_b = coordinator::hub_listener(&pod_b.ns, HUB_PORT);
-    let runtime = rt();
+    let runtime = coordinator::runtime();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
@@ -218,15 +210,7 @@ fn two_pods_one_session_steal_overlap_kill() {
         let alice_id = 0xA11CE;
         let mut first = Cli::connect(upgrade(cli_addr, &der, alice_id, "alice")).await;
         first.negotiate().await;
-        let env = first
-            .ask(ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest {
-                env_vars_filter: Default::default(),
-                env_vars_select: ["*".to_owned()].into(),
-            }))
-            .await;
-        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = env else {
-            panic!("{env:?}")
-        };
+        let env = first.env().await;
         assert_eq!(env["GREETING"], "hello from web-a");
 
         // Connection #2 of the same session (the internal proxy); #1 then closes.

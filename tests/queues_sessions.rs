@@ -22,7 +22,6 @@ use mirrord_operator::coordinator::api::state::{Connector, SessionDirectory};
 use mirrord_operator::coordinator::queues::{
     crd::MirrordWorkloadQueueRegistry, metrics::NoMetrics, supervisor::Supervisor,
 };
-use mirrord_operator::protocol::*;
 use netns::NetNs;
 use rabbitmq::{NodeSecrets, RabbitNode, publish};
 use serde_json::json;
@@ -73,11 +72,7 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
     let hub = coordinator::hub_listener(&ns, HUB_PORT);
     let token = coordinator::token_file("web-a");
     let root = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = coordinator::runtime();
     runtime.block_on(async {
         // The broker has the producers' queue; the supervisor runs its splitter.
         publish(&uri, "orders", 0, None).await;
@@ -126,16 +121,7 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
             .await
             .expect("alice connects");
         alice.negotiate().await;
-        let env = alice.ask(
-            ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest {
-                env_vars_filter: Default::default(),
-                env_vars_select: ["*".to_owned()].into(),
-            }),
-        )
-        .await;
-        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = env else {
-            panic!("{env:?}")
-        };
+        let env = alice.env().await;
         assert_eq!(env["ORDERS"], "orders-mirrord-a11ce");
 
         // Bob's filter can match alice's messages: refused before the upgrade, naming her.

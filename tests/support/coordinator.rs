@@ -302,6 +302,15 @@ pub fn agent_command(ns: &NetNs, hub_port: u16, pod: &str, token: &Path, prefix:
     cmd
 }
 
+/// A runtime for one test: two worker threads, I/O and time.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The CLI's upgrade request (operator-api.md §5.4) for `target` in namespace `default` with
 /// `query`, as `user` (`x-test-user`, `x-client-name`) with session id `id`.
 pub fn upgrade_request(
@@ -388,6 +397,20 @@ impl Cli {
                 other => panic!("expected Pong, got {other:?}"),
             }
         }
+    }
+
+    /// The target's whole environment (`GetEnvVarsRequest` for `*`).
+    pub async fn env(&mut self) -> std::collections::HashMap<String, String> {
+        let answer = self
+            .ask(ClientMessage::GetEnvVarsRequest(GetEnvVarsRequest {
+                env_vars_filter: Default::default(),
+                env_vars_select: ["*".to_owned()].into(),
+            }))
+            .await;
+        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = answer else {
+            panic!("expected an env answer, got {answer:?}")
+        };
+        env
     }
 
     /// Version 1.29.0, answered as asked.
