@@ -436,10 +436,10 @@ async fn killing_the_splitter_mid_stream_loses_nothing() {
     splitter.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_end_returns_unconsumed_messages_to_the_output_queue() {
-    let node = RabbitNode::start();
-    let (_conn, channel) = connect(&node).await;
+/// The original queue declared (on the returned connection) and a splitter for it without
+/// sessions, its metrics unread.
+async fn idle_splitter(node: &RabbitNode) -> (Connection, RmqSplitter) {
+    let (conn, channel) = connect(node).await;
     declare(&channel, ORIGINAL).await;
     let splitter = RmqSplitter::spawn(
         RmqSplitConfig::new(node.uri(), ORIGINAL),
@@ -447,6 +447,13 @@ async fn session_end_returns_unconsumed_messages_to_the_output_queue() {
         Arc::new(Counting::default()),
     )
     .unwrap();
+    (conn, splitter)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_end_returns_unconsumed_messages_to_the_output_queue() {
+    let node = RabbitNode::start();
+    let (_conn, splitter) = idle_splitter(&node).await;
     let a1_queue = splitter
         .add_session("a1", &filter(&[("tenant", "^alice$")]))
         .await
@@ -494,14 +501,7 @@ async fn session_end_returns_unconsumed_messages_to_the_output_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_filters_are_refused_at_connect() {
     let node = RabbitNode::start();
-    let (_conn, channel) = connect(&node).await;
-    declare(&channel, ORIGINAL).await;
-    let splitter = RmqSplitter::spawn(
-        RmqSplitConfig::new(node.uri(), ORIGINAL),
-        [],
-        Arc::new(Counting::default()),
-    )
-    .unwrap();
+    let (_conn, splitter) = idle_splitter(&node).await;
     splitter
         .add_session("a1", &filter(&[("tenant", "^a")]))
         .await
