@@ -344,6 +344,15 @@ async fn expect_first_start(api: &mut ApiServer) -> (Value, String) {
 }
 
 /// One pass; bounded, as a pass that makes a call the script does not answer would wait forever.
+/// The reads every reconcile opens with: the webhook configuration (its caBundle
+/// `ca_bundle_b64`), then the Secret.
+async fn answer_reads(api: &mut ApiServer, ca_bundle_b64: &str, secret: Value) {
+    let (_, send) = api.expect(Method::GET, MWC_PATH).await;
+    ApiServer::respond(send, 200, webhook_configuration(Some(ca_bundle_b64)));
+    let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
+    ApiServer::respond(send, 200, secret);
+}
+
 async fn reconcile(manager: &SelfManaged, now: OffsetDateTime) -> Reconciled {
     tokio::time::timeout(Duration::from_secs(30), manager.reconcile(now))
         .await
@@ -382,10 +391,7 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
 
     // 2. Later, within its first two thirds of life: nothing to do, nothing written.
     let script = async {
-        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64)));
-        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, secret.clone());
+        answer_reads(&mut api, &ca_b64, secret.clone()).await;
     };
     let (quiet, ()) = tokio::join!(reconcile(&manager, t0 + time::Duration::minutes(2)), script);
     assert!(!quiet.secret_written && !quiet.ca_bundle_patched && quiet.ca_bundle_synced);
@@ -394,10 +400,7 @@ async fn self_managed_creates_rotates_and_syncs_ca_bundle_with_exact_calls() {
     // 3. Past two thirds: a new serving certificate from the same CA, written with the resourceVersion
     // read (optimistic concurrency); the first attempt loses a race to another replica.
     let script = async {
-        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64)));
-        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, secret.clone());
+        answer_reads(&mut api, &ca_b64, secret.clone()).await;
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
         assert_eq!(
             ApiServer::body(request).await["metadata"]["resourceVersion"],
@@ -490,10 +493,7 @@ async fn self_managed_stages_the_next_ca_before_promoting_it() {
     let staged_bundle = format!("{}{}", ca.cert_pem, their_next.cert_pem);
     let staged_b64 = b64(&staged_bundle);
     let script = async {
-        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64)));
-        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, secret.clone());
+        answer_reads(&mut api, &ca_b64, secret.clone()).await;
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
         let ours = ApiServer::body(request).await;
         assert_eq!(ours["metadata"]["resourceVersion"], "1");
@@ -536,10 +536,7 @@ async fn self_managed_stages_the_next_ca_before_promoting_it() {
     // version applied its own bundle mid-upgrade): no promotion. The serving certificate, due, is
     // renewed from the current CA, and current + next applied again.
     let script = async {
-        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&ca_b64)));
-        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, theirs.clone());
+        answer_reads(&mut api, &ca_b64, theirs.clone()).await;
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
         let mut kept = ApiServer::body(request).await;
         assert_eq!(kept["metadata"]["resourceVersion"], "2");
@@ -562,10 +559,7 @@ async fn self_managed_stages_the_next_ca_before_promoting_it() {
     // 3. The configuration holds the next CA: promotion. The bundle is already right, so nothing is
     // applied; the old CA stays in it.
     let script = async {
-        let (_, send) = api.expect(Method::GET, MWC_PATH).await;
-        ApiServer::respond(send, 200, webhook_configuration(Some(&staged_b64)));
-        let (_, send) = api.expect(Method::GET, SECRET_PATH).await;
-        ApiServer::respond(send, 200, kept.clone());
+        answer_reads(&mut api, &staged_b64, kept.clone()).await;
         let (request, send) = api.expect(Method::PUT, SECRET_PATH).await;
         let mut promoted = ApiServer::body(request).await;
         assert_eq!(promoted["metadata"]["resourceVersion"], "3");
