@@ -13,8 +13,8 @@ _rm_in_cluster() { [[ "$E2E_MODE" == cluster ]] || { declare -F op_in_cluster >/
 # Starts the controller (host mode) or waits for its Deployment (in-cluster).
 _rm_controller_start() {
   if _rm_in_cluster; then
-    k -n "$OP_NS" rollout status deploy "$RM_DEPLOY" --timeout 120s >&2
-    return
+    k -n "$OP_NS" rollout status deploy "$RM_DEPLOY" --timeout 120s >&2 || return 1
+    return 0
   fi
   local deploy sa port
   deploy="$(k -n "$OP_NS" get deploy "$RM_DEPLOY" -o json)"
@@ -364,9 +364,21 @@ spec:
 YAML
 }
 
-_rm_no_content() { # DIGEST: containerd no longer holds the blob
-  if _node_ctr "$E2E_DIR" content ls -q | grep -qxF "$1"; then echo "containerd still has $1"; return 1; fi
-  echo "content $1 removed"
+_rm_forget() { # REF LAYER: containerd forgets REF's image until LAYER's blob is gone
+  # The CRI plugin names a pulled image three times (tag, repo digest, image ID), each keeping its blobs:
+  # remove every name whose manifest is REF's, then let the synchronous GC drop the content.
+  local manifest names
+  manifest="$(_node_ctr "$E2E_DIR" images ls | awk -v r="$1" '$1 == r {print $3}')"
+  if [[ -n "$manifest" ]]; then
+    names="$(_node_ctr "$E2E_DIR" images ls | awk -v m="$manifest" '$3 == m {print $1}')"
+    # shellcheck disable=SC2086 # one argument per name
+    _node_ctr "$E2E_DIR" images rm --sync $names >/dev/null
+  fi
+  if _node_ctr "$E2E_DIR" content ls -q | grep -qxF "$2"; then
+    echo "containerd still has $2; images: $(_node_ctr "$E2E_DIR" images ls -q | tr '\n' ' ')"
+    return 1
+  fi
+  echo "content $2 removed"
 }
 
 test_registry_mirror_pulls_on_the_node() {
@@ -463,8 +475,7 @@ YAML
 
   # Second pull after containerd forgot the image: served from the mirror's cache, not the upstream.
   k -n "$ns" delete pod first --wait=true >/dev/null
-  _node_ctr "$E2E_DIR" images rm --sync "$ref" >/dev/null
-  wait_for "containerd dropped the layer" 30 _rm_no_content "$layer" || fail "layer still in containerd"
+  wait_for "containerd dropped the layer" 60 _rm_forget "$ref" "$layer" || fail "layer still in containerd"
   _rm_image_pod "$ns" second "$ref"
   wait_for "pod second Running from $ref" 90 _rm_pod_running "$ns" second ||
     fail "second pull failed: $(k -n "$ns" describe pod second | tail -8)"
