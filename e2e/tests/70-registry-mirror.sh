@@ -262,28 +262,63 @@ test_registry_mirror_waits_for_crd() {
 }
 
 # --- The data plane on the real node ------------------------------------------------------------------
-# An upstream registry the test controls (Debian's docker-registry with htpasswd basic auth, on the node
-# address), a mirror of it whose nginx cache pods run from a locally written image with hostPath volumes,
+# An upstream registry the test controls (Debian's docker-registry with htpasswd basic auth, a pod of the
+# cluster on the node's network), a mirror of it whose nginx cache pods run from a locally written image with hostPath volumes,
 # and the node's containerd pulling a pod's image through the node agent's hosts.toml.
 
 RM_NGINX_IMAGE="localhost/mirrord-e2e/nginx:1"
+RM_REGISTRY_IMAGE="localhost/mirrord-e2e/registry:1"
 RM_PASSWORD="e2e pull secret"
 
-# _rm_upstream_start DIR PORT: docker-registry on $NODE_IP:PORT, storage and log under DIR; prints its PID.
+# _rm_upstream_start NS DIR PORT: docker-registry as a pod of the cluster (a locally written image, host
+# network so that its address, $NODE_IP:PORT, survives a restart), htpasswd from a Secret, storage on a
+# hostPath under DIR.
 _rm_upstream_start() {
-  local dir="$1" port="$2"
+  local ns="$1" dir="$2" port="$3"
   mkdir -p "$dir/data"
-  htpasswd -Bbn puller "$RM_PASSWORD" >"$dir/htpasswd"
   cat >"$dir/config.yml" <<YAML
 version: 0.1
 log: {level: info, accesslog: {disabled: false}}
-storage: {filesystem: {rootdirectory: "$dir/data"}}
+storage: {filesystem: {rootdirectory: /var/lib/registry}}
 http: {addr: "$NODE_IP:$port", secret: e2e-only}
-auth: {htpasswd: {realm: e2e, path: "$dir/htpasswd"}}
+auth: {htpasswd: {realm: e2e, path: /auth/htpasswd}}
 YAML
-  docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 </dev/null &
-  echo $!
+  k -n "$ns" create configmap upstream-config "--from-file=config.yml=$dir/config.yml" >/dev/null
+  _rm_htpasswd "$ns" create
+  _rm_upstream_pod "$ns" "$dir"
 }
+
+# _rm_htpasswd NS VERB: the Secret upstream-htpasswd holding puller:$RM_PASSWORD (VERB create or replace).
+_rm_htpasswd() {
+  k -n "$1" create secret generic upstream-htpasswd "--from-literal=htpasswd=$(htpasswd -Bbn puller "$RM_PASSWORD")" \
+    --dry-run=client -o yaml | k "$2" -f - >/dev/null
+}
+
+_rm_upstream_pod() { # NS DIR
+  k -n "$1" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: upstream}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: registry
+      image: $RM_REGISTRY_IMAGE
+      imagePullPolicy: Never
+      args: [/etc/registry/config.yml]
+      volumeMounts:
+        - {name: config, mountPath: /etc/registry}
+        - {name: auth, mountPath: /auth}
+        - {name: data, mountPath: /var/lib/registry}
+  volumes:
+    - {name: config, configMap: {name: upstream-config}}
+    - {name: auth, secret: {secretName: upstream-htpasswd}}
+    - {name: data, hostPath: {path: "$2/data", type: Directory}}
+YAML
+}
+
+_rm_upstream_log() { k -n "$1" logs upstream 2>&1; }
 
 _rm_http_code() { curl -s -o /dev/null --max-time 5 -w '%{http_code}' "$@"; }
 _rm_upstream_up() { local c; c="$(_rm_http_code -u "puller:$RM_PASSWORD" "http://$1/v2/")"; echo "HTTP $c"; [[ "$c" == 200 ]]; }
@@ -291,7 +326,7 @@ _rm_upstream_up() { local c; c="$(_rm_http_code -u "puller:$RM_PASSWORD" "http:/
 # _rm_push TARBALL BASE REPO TAG: pushes a docker-save image (one layer, made unique) as an OCI image;
 # prints the layer's digest.
 _rm_push() {
-  AUTH="puller:$RM_PASSWORD" python3 - "$@" <<'PY'
+  AUTH="puller:${RM_PUSH_PASSWORD:-$RM_PASSWORD}" python3 - "$@" <<'PY'
 import base64, hashlib, io, json, os, secrets, sys, tarfile, urllib.request
 tarball, base, repo, tag = sys.argv[1:5]
 auth = "Basic " + base64.b64encode(os.environ["AUTH"].encode()).decode()
@@ -332,8 +367,8 @@ print(lay)
 PY
 }
 
-# How often the upstream answered a GET of PATH_PART with 200 (its access log).
-_rm_upstream_served() { grep -F "GET $2" "$1/registry.log" | grep -cF '" 200 ' || true; }
+# How often the upstream in NS answered a GET of PATH_PART with 200 (its access log).
+_rm_upstream_served() { _rm_upstream_log "$1" | grep -F "GET $2" | grep -cF '" 200 ' || true; }
 
 _rm_sts_ready() { # NS NAME COUNT
   local got
@@ -386,7 +421,7 @@ test_registry_mirror_pulls_on_the_node() {
     log "skipped: needs the local node (containerd's hosts dir and the node address)"
     return 0
   fi
-  local ns dir port host pid layer ip pod0 i hosts_dir ca ref
+  local ns dir port host layer ip pod0 i hosts_dir ca ref
   "$E2E_ROOT/tools/ensure-apt.sh" docker-registry apache2-utils nginx-light socat
   new_ns ns mirrorpull
   defer e2e_restore_base
@@ -394,9 +429,11 @@ test_registry_mirror_pulls_on_the_node() {
   dir="$E2E_DIR/registry-upstream"
   port="$(free_port)"
   host="$NODE_IP:$port"
-  pid="$(_rm_upstream_start "$dir" "$port")"
-  defer kill_pid "$pid"
-  wait_for "upstream registry on $host" 30 _rm_upstream_up "$host" || fail "upstream did not start: $(tail -5 "$dir/registry.log")"
+  python3 "$E2E_ROOT/tools/mkimage.py" registry --tag "$RM_REGISTRY_IMAGE" --out "$dir-registry.tar"
+  _node_ctr "$E2E_DIR" images import "$dir-registry.tar" >/dev/null
+  _rm_upstream_start "$ns" "$dir" "$port"
+  wait_for "upstream registry pod on $host" 90 _rm_upstream_up "$host" ||
+    fail "upstream did not start: $(k -n "$ns" describe pod upstream | tail -5; _rm_upstream_log "$ns" | tail -5)"
   layer="$(_rm_push "$E2E_DIR/node/images/app.tar" "http://$host" e2e/app v1)"
   ref="$host/e2e/app:v1"
   [[ "$(_rm_http_code "http://$host/v2/e2e/app/manifests/v1")" == 401 ]] || fail "the upstream serves without credentials"
@@ -462,8 +499,8 @@ YAML
   _rm_image_pod "$ns" first "$ref"
   wait_for "pod first Running from $ref" 90 _rm_pod_running "$ns" first ||
     fail "first pull failed: $(k -n "$ns" describe pod first | tail -8)"
-  [[ "$(_rm_upstream_served "$dir" "/v2/e2e/app/blobs/$layer")" == 1 ]] ||
-    fail "upstream served the layer $(_rm_upstream_served "$dir" "/v2/e2e/app/blobs/$layer") times: $(grep -F 'GET /v2/' "$dir/registry.log")"
+  [[ "$(_rm_upstream_served "$ns" "/v2/e2e/app/blobs/$layer")" == 1 ]] ||
+    fail "upstream served the layer $(_rm_upstream_served "$ns" "/v2/e2e/app/blobs/$layer") times: $(_rm_upstream_log "$ns" | grep -F 'GET /v2/')"
   k -n "$ns" logs registry-mirror-local-0 | grep -F "blobs/$layer" | grep -F 'cache=MISS' >/dev/null ||
     fail "the layer did not go through the mirror: $(k -n "$ns" logs registry-mirror-local-0 | tail -8)"
 
@@ -481,6 +518,35 @@ YAML
     fail "second pull failed: $(k -n "$ns" describe pod second | tail -8)"
   k -n "$ns" logs registry-mirror-local-0 | grep -F "blobs/$layer" | grep -F 'cache=HIT' >/dev/null ||
     fail "the second pull was not a cache hit: $(k -n "$ns" logs registry-mirror-local-0 | tail -8)"
-  [[ "$(_rm_upstream_served "$dir" "/v2/e2e/app/blobs/$layer")" == 1 ]] ||
-    fail "the upstream served the layer again: $(grep -F 'GET /v2/' "$dir/registry.log")"
+  [[ "$(_rm_upstream_served "$ns" "/v2/e2e/app/blobs/$layer")" == 1 ]] ||
+    fail "the upstream served the layer again: $(_rm_upstream_log "$ns" | grep -F 'GET /v2/')"
+
+  # Credential rotation: the upstream now knows only a new password (the old one is refused), the
+  # Secret gets it, the mirror's pods roll with the re-rendered config, and a layer the cache has never
+  # seen comes through: only the new credentials can have fetched it.
+  local rotated="e2e rotated secret" layer2
+  RM_PASSWORD="$rotated" _rm_htpasswd "$ns" replace
+  k -n "$ns" delete pod upstream --wait=true >/dev/null
+  _rm_upstream_pod "$ns" "$dir"
+  RM_PASSWORD="$rotated" wait_for "upstream back with the new password" 90 _rm_upstream_up "$host" ||
+    fail "upstream did not restart: $(_rm_upstream_log "$ns" | tail -5)"
+  [[ "$(_rm_http_code -u "puller:$RM_PASSWORD" "http://$host/v2/")" == 401 ]] || fail "the old password still works"
+  layer2="$(RM_PUSH_PASSWORD="$rotated" _rm_push "$E2E_DIR/node/images/app.tar" "http://$host" e2e/app v2)"
+  k -n "$ns" create secret generic upstream-pull --from-literal=username=puller \
+    "--from-literal=password=$rotated" --dry-run=client -o yaml | k replace -f - >/dev/null
+  wait_for "the cache pods rolled with the new credentials" 180 _rm_blob_through "$ns" "$ip" "$ca" "$layer2" "$dir/blob2" ||
+    fail "the rotated credentials never reached the mirror: $(k -n "$ns" get pods -o wide; k -n "$ns" logs registry-mirror-local-0 | tail -5)"
+  [[ "sha256:$(sha256sum "$dir/blob2" | cut -d' ' -f1)" == "$layer2" ]] || fail "the new blob through the mirror differs"
+}
+
+# _rm_blob_through NS SERVICE_IP CA DIGEST OUT: the blob through cache pod 0 (its current address, with
+# TLS checked against the Service address) with HTTP 200.
+_rm_blob_through() {
+  local pod code
+  pod="$(k -n "$1" get pod registry-mirror-local-0 -o jsonpath='{.status.podIP}')"
+  [[ -n "$pod" ]] || { echo "pod 0 has no address"; return 1; }
+  code="$(curl -s --max-time 30 --cacert "$3" --connect-to "$2:443:$pod:5000" -o "$5" -w '%{http_code}' \
+    "https://$2/v2/e2e/app/blobs/$4")"
+  echo "pod 0 at $pod: HTTP $code"
+  [[ "$code" == 200 ]]
 }
