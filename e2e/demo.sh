@@ -73,7 +73,12 @@ With the mirrord CLI (3.250) on this kubeconfig:
   mirrord operator status
   mirrord ls -n $DEMO_NS
   mirrord exec --target deployment/demo-app -n $DEMO_NS -- env | grep GREETING
-(sessions through the real aggregator and the upstream CLI are not proven yet: docs/sessions.md)
+  mirrord port-forward -t deployment/demo-app -n $DEMO_NS -L 9090:localhost:8080   # the app on :9090
+  mirrord port-forward -t deployment/demo-app -n $DEMO_NS -R 8080:9999 -f steal.json
+      # steal.json: {"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: me"}}}}}
+      # then: curl -H 'x-user: me' http://<pod IP>:8080/ reaches your :9999, other requests the app
+  mirrord operator session kill-all
+(checked with the real CLI 3.250: docs/sessions.md, "With the upstream mirrord CLI")
 Logs of every process: $DEMO_DIR/logs/  ·  stop everything: make demo-down
 TXT
 }

@@ -3,7 +3,8 @@
 //! session (served by the coordinator in-process with the agent's session code): version, empty
 //! environment, DNS, an outgoing connection to a loopback echo server, and a steal that is refused
 //! with a reason (a targetless session has no pod to steal from). Also the errors the probe reports
-//! for an unknown target (404 before the upgrade). No root needed.
+//! for an unknown target (404 before the upgrade), and a targetless session listed and killed
+//! through the sessions API like any other. No root needed.
 
 #[path = "support/coordinator.rs"]
 mod coordinator;
@@ -151,6 +152,82 @@ async fn targetless_session_runs_the_probe_plan() {
     match outcome.unwrap() {
         Outcome::Closed(reason) => assert!(reason.contains("not available"), "{reason}"),
         other => panic!("{other:?}: {events:?}"),
+    }
+}
+
+/// The operator object's `status.sessions`, as `mirrord operator status` reads it.
+async fn sessions(api: &Router) -> Value {
+    let request = http::Request::get("/apis/operator.metalbear.co/v1/mirrordoperators/operator")
+        .header("x-test-user", "jane")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let answer = api.clone().oneshot(request).await.unwrap();
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice::<Value>(&body).unwrap()["status"]["sessions"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targetless_session_is_listed_and_can_be_killed() {
+    let api = api();
+    let der = der(&api).await;
+    let addr = serve(api.clone()).await;
+    let (ws, _) = tokio_tungstenite::connect_async(upgrade_request(addr, "targetless", &der))
+        .await
+        .unwrap();
+    let session = tokio::spawn(async move {
+        let mut conn = ProbeConnection::new(ws);
+        let plan = Plan {
+            env: true,
+            hold: 20,
+            ..Default::default()
+        };
+        run(&mut conn, &plan).await
+    });
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = sessions(&api).await;
+        if listed.as_array().is_some_and(|a| !a.is_empty()) {
+            break listed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never listed: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(listed[0]["id"], "1092", "{listed}");
+    assert_eq!(listed[0]["target"], "targetless", "{listed}");
+    assert_eq!(listed[0]["user"], "jane/jane", "{listed}");
+
+    let killed = api
+        .clone()
+        .oneshot(
+            http::Request::delete("/apis/operator.metalbear.co/v1/sessions/4242")
+                .header("x-test-user", "jane")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from("{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(killed.status().is_success(), "{:?}", killed.status());
+    // The client learns why long before its 20 s hold ends, and the table forgets the session.
+    let (outcome, events) = tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .expect("the kill ends the connection")
+        .unwrap();
+    match outcome.unwrap() {
+        Outcome::Closed(reason) => assert!(reason.contains("killed"), "{reason}"),
+        other => panic!("{other:?}: {events:?}"),
+    }
+    assert_eq!(sessions(&api).await, serde_json::json!([]));
+    // Its id cannot be joined again: 410, which stops the CLI's reconnect loop.
+    match tokio_tungstenite::connect_async(upgrade_request(addr, "targetless", &der)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 410)
+        }
+        other => panic!("a killed session was joined again: {other:?}"),
     }
 }
 

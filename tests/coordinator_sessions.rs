@@ -395,6 +395,18 @@ fn two_pods_one_session_steal_overlap_kill() {
             assert!(Instant::now() < deadline, "{:?}", table.list());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Alice is told (she said ReadyForLogs): a warning naming the pod and why.
+        loop {
+            match alice.recv().await {
+                DaemonMessage::LogMessage(log) if log.message.contains("web-b") => {
+                    assert_eq!(log.level, LogLevel::Warn, "{log:?}");
+                    assert!(log.message.contains("left the session"), "{log:?}");
+                    break;
+                }
+                DaemonMessage::LogMessage(_) | DaemonMessage::TcpSteal(DaemonTcp::Close(_)) => {}
+                other => panic!("expected the pod-loss warning, got {other:?}"),
+            }
+        }
         alice.ping().await;
         curl_stolen(&pod_a, "x-user: alice", &mut alice, "alice after b").await;
 

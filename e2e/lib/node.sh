@@ -73,7 +73,7 @@ node_images() {
 # node_start DIR: containerd, images, CNI, kubelet, kube-scheduler; waits for the Node to be Ready.
 node_start() {
   local dir="$1/node" api="https://$NODE_API_IP:443"
-  mkdir -p "$dir"/{run,containerd,cni/net.d,cni/ipam,kubelet/root,kubelet/pki,kubelet/volume-plugins}
+  mkdir -p "$dir"/{run,certs.d,containerd,cni/net.d,cni/ipam,kubelet/root,kubelet/pki,kubelet/volume-plugins}
   cat >"$dir/containerd.toml" <<TOML
 version = 2
 root = "$dir/containerd/root"
@@ -95,6 +95,9 @@ state = "$dir/containerd/state"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
           Root = "$dir/containerd/runc"
+    # Registry hosts.toml files (the registry mirror's node agents write them here).
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      config_path = "$dir/certs.d"
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "/usr/lib/cni"
       conf_dir = "$dir/cni/net.d"
@@ -234,7 +237,7 @@ node_stop() {
   done
   # 8. The runtime data (image layers can be read-only).
   chmod -R u+w "$dir/containerd" 2>/dev/null || true
-  rm -rf "$dir/containerd" "$dir/kubelet" "$dir/cni" "$dir/run"
+  rm -rf "$dir/containerd" "$dir/kubelet" "$dir/cni" "$dir/run" "$dir/certs.d"
 }
 
 # node_leftovers [DIR]: lists every trace of a node still on the host, one a line; fails when there is

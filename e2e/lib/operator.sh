@@ -99,8 +99,10 @@ op_webhook_start() {
     wait_for "caBundle in $OP_MWC" 60 _op_cabundle_set
     # The apiserver calls the endpoints (enable-aggregator-routing), which lag the rollout: with
     # failurePolicy Fail a call to a replaced pod's address would refuse pods.
-    wait_for "the Service's endpoints to be the ready webhook pods" 60 _op_endpoints_current
-    return
+    # An explicit status: a bare `return` inside a trap (deferred cleanup after `fail`) returns the
+    # status from before the trap, which reported a working restore as failed.
+    wait_for "the Service's endpoints to be the ready webhook pods" 60 _op_endpoints_current || return 1
+    return 0
   fi
   _op_host_env >"$E2E_DIR/webhook.env" || return 1
   local args=() line
@@ -128,8 +130,8 @@ op_webhook_start() {
 op_webhook_stop() {
   if op_in_cluster; then
     k -n "$OP_NS" scale deploy "$OP_RELEASE" --replicas 0 >/dev/null
-    wait_for "webhook pods gone" 120 _op_no_webhook_pods
-    return
+    wait_for "webhook pods gone" 120 _op_no_webhook_pods || return 1
+    return 0
   fi
   local pid
   pid="$(cat "$E2E_DIR/webhook.pid" 2>/dev/null || true)"

@@ -126,6 +126,13 @@ step "render coordinator cert-manager with an existing issuer" coord_check coord
 # shellcheck disable=SC2016 # expanded by the inner shell
 step "coordinator check catches a cert-manager render checked as self-managed" \
   bash -c '! "$0" "$1" --mode self-managed "$2/coord-cm.yaml" >/dev/null' "$root/e2e/tools/coordinator-chart-check.py" "$work"
+step "render coordinator with broker Secrets in two namespaces" coord_check coord-brokers --mode self-managed \
+  --broker-namespaces team-a,team-b -- --set "coordinator.brokerSecretNamespaces={team-a,team-b}"
+step "render coordinator with broker Secrets cluster-wide" coord_check coord-brokers-all --mode self-managed \
+  --broker-namespaces '*' -- --set "coordinator.brokerSecretNamespaces={*}"
+# shellcheck disable=SC2016 # expanded by the inner shell
+step "coordinator check catches cluster-wide Secrets nobody asked for" \
+  bash -c '! "$0" "$1" --mode self-managed "$2/coord-brokers-all.yaml" >/dev/null' "$root/e2e/tools/coordinator-chart-check.py" "$work"
 mirror_check() { # mirror_check NAME CHECKER-ARGS -- HELM-ARGS: the registry-mirror objects
   local name="$1"
   shift

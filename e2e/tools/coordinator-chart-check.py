@@ -2,7 +2,8 @@
 """Checks the coordinator objects of a `helm template` render of charts/mirrord-operator
 (coordinator.enabled=true) against the TLS contract of docs/install.md.
 
-Usage: coordinator-chart-check.py --mode self-managed|cert-manager [--namespace NS] [--issuer KIND/NAME] RENDER.yaml
+Usage: coordinator-chart-check.py --mode self-managed|cert-manager [--namespace NS] [--issuer KIND/NAME]
+       [--broker-namespaces '*'|NS,...] RENDER.yaml
 
 self-managed: the coordinator keeps its own CA and patches the APIService's caBundle; nothing is mounted.
 cert-manager: a Certificate writes the coordinator's TLS Secret, the Secret is mounted read-only where the
@@ -28,11 +29,60 @@ def env_of(container):
     return {e["name"]: e.get("value") for e in container.get("env") or []}
 
 
+def grants(role, resource, verb):
+    return [r for r in role.get("rules") or []
+            if resource in (r.get("resources") or []) and verb in (r.get("verbs") or [])]
+
+
+def bound_roles(of_kind, sa):
+    """(kind, namespace, name) of every Role/ClusterRole bound to ServiceAccount SA."""
+    out = set()
+    for b in of_kind("RoleBinding") + of_kind("ClusterRoleBinding"):
+        if any(s.get("kind") == "ServiceAccount" and s.get("name") == sa for s in b.get("subjects") or []):
+            ref = b["roleRef"]
+            out.add((ref["kind"], b["metadata"].get("namespace") if ref["kind"] == "Role" else None, ref["name"]))
+    return out
+
+
+def check_identities(expect, of_kind, coord, webhook, secret, brokers):
+    """The coordinator runs as its own ServiceAccount; the webhook's may read only the coordinator's
+    CA Secret (by name); the coordinator reads Secrets cluster-wide only with BROKERS ['*'], else
+    exactly in the BROKERS namespaces (besides its own)."""
+    coord_sa = coord["spec"]["template"]["spec"].get("serviceAccountName")
+    webhook_sa = webhook["spec"]["template"]["spec"].get("serviceAccountName")
+    expect(coord_sa and coord_sa != webhook_sa,
+           f"coordinator runs as the webhook's ServiceAccount {webhook_sa!r}: it would hand the webhook its rights")
+    expect(any(a["metadata"]["name"] == coord_sa for a in of_kind("ServiceAccount")),
+           f"coordinator: ServiceAccount {coord_sa!r} is not rendered")
+    roles = {(r["kind"], r["metadata"].get("namespace") if r["kind"] == "Role" else None, r["metadata"]["name"]): r
+             for r in of_kind("Role") + of_kind("ClusterRole")}
+    webhook_reads = [rule for key in bound_roles(of_kind, webhook_sa) if key in roles
+                     for rule in grants(roles[key], "secrets", "get")]
+    expect(any(rule.get("resourceNames") == [secret] for rule in webhook_reads),
+           f"webhook: cannot get the coordinator's TLS Secret {secret!r} (agents would not trust the coordinator)")
+    cluster_wide = brokers == ["*"]
+    readable = set()
+    for key in bound_roles(of_kind, coord_sa):
+        if key in roles and grants(roles[key], "secrets", "get"):
+            if key[0] == "ClusterRole":
+                expect(cluster_wide, f"ClusterRole {key[2]}: the coordinator may read every Secret of the cluster, "
+                                     "but coordinator.brokerSecretNamespaces is not ['*']")
+            readable.add(key[1])
+    if cluster_wide:
+        expect(None in readable, "coordinator.brokerSecretNamespaces ['*'] grants no cluster-wide Secret read")
+    else:
+        own = coord["metadata"]["namespace"]
+        expect(readable - {own} == set(brokers),
+               f"coordinator reads Secrets in {sorted(readable - {own})}, want exactly {sorted(brokers)}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--mode", choices=["self-managed", "cert-manager"], required=True)
     p.add_argument("--namespace", default="mirrord")
     p.add_argument("--issuer", help="KIND/NAME the coordinator's Certificate must use (default: a rendered Issuer)")
+    p.add_argument("--broker-namespaces", default="",
+                   help="coordinator.brokerSecretNamespaces of the render: '*' or NS,NS (default: none)")
     p.add_argument("render")
     args = p.parse_args()
     with open(args.render) as f:
@@ -61,6 +111,9 @@ def main():
     expect(env_of(webhook["spec"]["template"]["spec"]["containers"][0]).get(
         "MIRRORD_OPERATOR_COORDINATOR_TLS_SECRET_NAME") == secret,
         "webhook: does not read the coordinator's TLS Secret (agents would not trust the coordinator)")
+
+    brokers = [n for n in args.broker_namespaces.split(",") if n]
+    check_identities(expect, of_kind, coord, webhook, secret, brokers)
 
     services = [s for s in of_kind("APIService") if s["metadata"]["name"] == API_SERVICE]
     if not expect(len(services) == 1, f"want 1 APIService {API_SERVICE}"):

@@ -4,6 +4,8 @@
     mkimage.py operator --dockerfile Dockerfile --bin-dir target/debug --tag localhost/mirrord-operator:e2e --out op.tar
     mkimage.py app      --tag localhost/mirrord-e2e/app:1 --out app.tar
     mkimage.py pause    --pause PAUSE_BINARY --tag localhost/mirrord-e2e/pause:1 --out pause.tar
+    mkimage.py nginx    --tag localhost/mirrord-e2e/nginx:1 --out nginx.tar   # the registry mirror's cache pods
+    mkimage.py registry --tag localhost/mirrord-e2e/registry:1 --out registry.tar   # its upstream in the e2e
     mkimage.py check    --dockerfile Dockerfile      # only parse: fails when the Dockerfile says something new
 
 The operator image is made from the runtime stage of the project's Dockerfile, read here instruction by
@@ -259,6 +261,24 @@ def pause_image(pause):
     return r, {"Entrypoint": ["/pause"]}
 
 
+def nginx_image(nginx):
+    """Debian's nginx for the registry mirror's cache pods: the rendered config names every path it writes
+    (temp dirs under /tmp, the cache volume), logs go to stderr/stdout, and https upstreams are checked
+    against the CA bundle."""
+    r = base_rootfs()
+    r.elf_with_libs("/usr/sbin/nginx", nginx)
+    r.host_file("/etc/ssl/certs/ca-certificates.crt")
+    return r, {"Cmd": ["nginx", "-g", "daemon off;"], "Env": [PATH_ENV]}
+
+
+def registry_image(registry):
+    """Debian's docker-registry (the CNCF distribution registry) as the registry mirror's upstream in the
+    e2e: its config and htpasswd come from mounted volumes."""
+    r = base_rootfs()
+    r.elf_with_libs("/usr/bin/docker-registry", registry)
+    return r, {"Entrypoint": ["docker-registry", "serve"], "Env": [PATH_ENV]}
+
+
 # ---- docker-save layout ------------------------------------------------------------------------------
 
 def write_image(rootfs, config, tag, out):
@@ -283,11 +303,13 @@ def write_image(rootfs, config, tag, out):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=["operator", "app", "pause", "check"])
+    p.add_argument("kind", choices=["operator", "app", "pause", "nginx", "registry", "check"])
     p.add_argument("--dockerfile")
     p.add_argument("--bin-dir")
     p.add_argument("--pause")
     p.add_argument("--busybox", default="/bin/busybox")
+    p.add_argument("--nginx", default="/usr/sbin/nginx")
+    p.add_argument("--registry", default="/usr/bin/docker-registry")
     p.add_argument("--tag")
     p.add_argument("--out")
     a = p.parse_args(argv)
@@ -304,6 +326,10 @@ def main(argv):
             rootfs, config = operator_image(a.dockerfile, a.bin_dir)
         elif a.kind == "app":
             rootfs, config = app_image(a.busybox)
+        elif a.kind == "nginx":
+            rootfs, config = nginx_image(a.nginx)
+        elif a.kind == "registry":
+            rootfs, config = registry_image(a.registry)
         else:
             if not a.pause:
                 raise ImageError("pause needs --pause")

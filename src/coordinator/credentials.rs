@@ -251,14 +251,31 @@ impl UserCa {
         if !rest.is_empty() {
             return Err(CredentialError::ClientDerEncoding);
         }
+        // The CLI 3.250 stores and sends the certificate re-encoded by its X.509 crate, which
+        // gives every AlgorithmIdentifier an explicit NULL parameter: the bytes it presents are
+        // not the bytes signed. The signature is checked over the certificate as sent, then over
+        // the same certificate with those NULLs removed again (what this CA signed).
+        let normalized = without_null_algorithm_parameters(&der);
+        let mut candidates = vec![cert.clone()];
+        if let Some(normalized) = normalized.as_deref()
+            && let Ok((_, original)) =
+                x509_parser::certificate::X509Certificate::from_der(normalized)
+        {
+            candidates.push(original);
+        }
         let mut signed_by_us = false;
-        for ca_der in std::iter::once(&self.cert_der).chain(self.previous.iter().map(|(_, d)| d)) {
+        'cas: for ca_der in
+            std::iter::once(&self.cert_der).chain(self.previous.iter().map(|(_, d)| d))
+        {
             let (_, ca) = x509_parser::certificate::X509Certificate::from_der(ca_der)
                 .map_err(|e| CredentialError::Ca(e.to_string()))?;
-            if cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
-            {
-                signed_by_us = true;
-                break;
+            for candidate in &candidates {
+                if candidate.issuer() == ca.subject()
+                    && candidate.verify_signature(Some(ca.public_key())).is_ok()
+                {
+                    signed_by_us = true;
+                    break 'cas;
+                }
             }
         }
         if !signed_by_us {
@@ -279,6 +296,66 @@ impl UserCa {
             user_id: STANDARD_NO_PAD.encode(&cert.public_key().subject_public_key.data),
         })
     }
+}
+
+/// `der` (a certificate) with `NULL` parameters dropped from the AlgorithmIdentifiers that this
+/// CA writes without parameters: the TBS signature algorithm, the subject key's algorithm and the
+/// outer signature algorithm. `None` when `der` is not a certificate or has no such `NULL`.
+fn without_null_algorithm_parameters(der: &[u8]) -> Option<Vec<u8>> {
+    const NULL: [u8; 2] = [0x05, 0x00];
+    /// The raw elements of a DER SEQUENCE.
+    fn elements(der: &[u8]) -> Option<Vec<Vec<u8>>> {
+        yasna::parse_der(der, |r| {
+            let mut out = Vec::new();
+            r.read_sequence_of(|r| {
+                out.push(r.read_der()?);
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .ok()
+    }
+    fn sequence(items: &[Vec<u8>]) -> Vec<u8> {
+        yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                for item in items {
+                    w.next().write_der(item);
+                }
+            })
+        })
+    }
+    /// SEQUENCE { OID, NULL } → SEQUENCE { OID }; anything else unchanged.
+    fn strip(algorithm: &[u8], changed: &mut bool) -> Vec<u8> {
+        match elements(algorithm) {
+            Some(parts) if parts.len() == 2 && parts[1] == NULL => {
+                *changed = true;
+                sequence(&parts[..1])
+            }
+            _ => algorithm.to_vec(),
+        }
+    }
+    let mut certificate = elements(der)?;
+    if certificate.len() != 3 {
+        return None;
+    }
+    let mut changed = false;
+    let mut tbs = elements(&certificate[0])?;
+    // [0] version is optional: the signature algorithm follows the serial number.
+    let first = usize::from(tbs.first()?.first() == Some(&0xa0));
+    let (signature, spki) = (first + 1, first + 5);
+    if tbs.len() <= spki {
+        return None;
+    }
+    tbs[signature] = strip(&tbs[signature], &mut changed);
+    let mut key = elements(&tbs[spki])?;
+    if key.len() != 2 {
+        return None;
+    }
+    key[0] = strip(&key[0], &mut changed);
+    tbs[spki] = sequence(&key);
+    certificate[0] = sequence(&tbs);
+    certificate[1] = strip(&certificate[1], &mut changed);
+    changed.then(|| sequence(&certificate))
 }
 
 /// A signed user certificate.
@@ -385,6 +462,72 @@ pub(crate) mod tests {
             ca.verify_client(&b64, now - Duration::hours(1)),
             Err(CredentialError::ClientExpired)
         ));
+    }
+
+    /// A certificate this CA issued to the real CLI 3.250 (`make demo`), as the CLI stored it in
+    /// ~/.mirrord/credentials and sends it as `x-client-der`: re-encoded with NULL algorithm
+    /// parameters, so its TBS bytes are not the ones signed.
+    const STORED: &str =
+        include_str!("../../tests/data/coordinator/cli-3.250/client-as-stored.crt");
+
+    fn stored_der() -> Vec<u8> {
+        let b64: String = STORED.lines().filter(|l| !l.starts_with("-----")).collect();
+        STANDARD.decode(b64).unwrap()
+    }
+
+    fn demo_ca() -> UserCa {
+        UserCa::from_pem(
+            include_str!("../../tests/data/coordinator/cli-3.250/user-ca.crt"),
+            include_str!("../../tests/data/coordinator/cli-3.250/user-ca.key"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn accepts_the_certificate_as_the_cli_re_encoded_it() {
+        // 2026-12-06, inside the stored certificate's validity.
+        let now = at(1_796_515_200);
+        let client = demo_ca()
+            .verify_client(&STANDARD.encode(stored_der()), now)
+            .unwrap();
+        assert_eq!(client.common_name, "vm");
+        // Byte-exact in its own encoding too: another CA still refuses it.
+        let other = UserCa::generate("mirrord-operator user-credential CA", now).unwrap();
+        assert!(matches!(
+            other.verify_client(&STANDARD.encode(stored_der()), now),
+            Err(CredentialError::ClientNotOurs)
+        ));
+    }
+
+    #[test]
+    fn a_tampered_re_encoded_certificate_is_refused() {
+        let now = at(1_796_515_200);
+        let mut der = stored_der();
+        // The subject CN "vm" → "vn": the normalized TBS no longer matches the signature.
+        let at_cn = der
+            .windows(4)
+            .position(|w| w == [0x0c, 0x02, b'v', b'm'])
+            .unwrap();
+        der[at_cn + 3] = b'n';
+        assert!(matches!(
+            demo_ca().verify_client(&STANDARD.encode(&der), now),
+            Err(CredentialError::ClientNotOurs)
+        ));
+    }
+
+    #[test]
+    fn normalization_undoes_exactly_the_cli_re_encoding() {
+        let now = at(1_800_000_000);
+        let ca = UserCa::generate("test CA", now).unwrap();
+        let signed = ca.sign_csr(CLI_CSR, now, Duration::days(1)).unwrap();
+        // Our own encoding has no NULL parameters: nothing to undo.
+        assert_eq!(without_null_algorithm_parameters(&signed.der), None);
+        // The stored one loses exactly 3 NULLs (2 bytes each) across 3 AlgorithmIdentifiers.
+        let stored = stored_der();
+        let normalized = without_null_algorithm_parameters(&stored).unwrap();
+        assert_eq!(stored.len() - normalized.len(), 6);
+        assert_eq!(without_null_algorithm_parameters(&normalized), None);
+        assert_eq!(without_null_algorithm_parameters(b"not DER"), None);
     }
 
     #[test]
@@ -521,6 +664,16 @@ pub(crate) mod tests {
             proptest::prop_assert!(ca.sign_csr(&pem, now, Duration::days(1)).is_err());
             proptest::prop_assert!(ca.verify_client(&STANDARD.encode(&bytes), now).is_err());
             let _ = ca.verify_client(&text, now);
+        }
+
+        /// A re-encoded certificate with any byte changed never panics the normalizer or the check.
+        #[test]
+        fn mutated_stored_certificates_never_panic(at_byte in 0usize..418, value in proptest::prelude::any::<u8>()) {
+            let mut der = stored_der();
+            let i = at_byte % der.len();
+            der[i] = value;
+            let _ = without_null_algorithm_parameters(&der);
+            let _ = demo_ca().verify_client(&STANDARD.encode(&der), at(1_796_515_200));
         }
     }
 

@@ -40,6 +40,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The coordinator's own ServiceAccount (coordinator.serviceAccount). */}}
+{{- define "mirrord-operator.coordinatorServiceAccountName" -}}
+{{- if .Values.coordinator.serviceAccount.create }}
+{{- default (printf "%s-coordinator" (include "mirrord-operator.fullname" .)) .Values.coordinator.serviceAccount.name }}
+{{- else }}
+{{- required "coordinator.serviceAccount.name is required when coordinator.serviceAccount.create is false" .Values.coordinator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
 {{/* The Secret holding the serving certificate (self-managed: written by the webhook; cert-manager: by cert-manager). */}}
 {{- define "mirrord-operator.tlsSecretName" -}}
 {{- printf "%s-tls" (include "mirrord-operator.fullname" .) }}

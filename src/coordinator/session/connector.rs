@@ -2,7 +2,7 @@
 //! registry and the relay (operator-api.md §5, §6).
 //!
 //! `connect` answers `metav1.Status` errors before the upgrade (bad `on_concurrent_steal` 400,
-//! label targets 501, targetless served in-process, another user's session id 403, an ended session 410
+//! label targets 501, targetless served in-process (yet in the table), another user's session id 403, an ended session 410
 //! `ReconnectNotPossible`, no connected agent 503 naming the pods), else 101 with the subprotocol
 //! echoed (`v4.channel.k8s.io`) and relays the connection. Connections with the same
 //! `x-session-id` join one session (§5.7); a reconnect within the window rejoins it (§5.10).
@@ -15,9 +15,11 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use http::StatusCode;
+use tokio::sync::broadcast;
 
 use super::frames::Frames;
-use super::{JoinError, PodSelector, SessionSpec, SessionTable, attach};
+use super::relay::RelayEnd;
+use super::{Command, JoinError, PodSelector, SessionSpec, SessionTable, attach};
 use crate::coordinator::agents::{AgentInfo, AgentRegistry};
 use crate::coordinator::api::error::ApiError;
 use crate::coordinator::api::state::{
@@ -72,7 +74,10 @@ impl SessionService {
     }
 
     fn spec(&self, request: &ConnectRequest) -> Result<SessionSpec, ApiError> {
-        if !matches!(request.target, TargetRef::Workload { .. }) {
+        if !matches!(
+            request.target,
+            TargetRef::Workload { .. } | TargetRef::Targetless
+        ) {
             return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "NotImplemented",
@@ -99,6 +104,7 @@ impl SessionService {
             (Some(name), None) => format!("{}/{name}", request.identity.user),
             _ => request.identity.user.clone(),
         };
+        let targetless = matches!(request.target, TargetRef::Targetless);
         let target = match targets::resolve(
             &self.inventory.namespace(&request.namespace),
             &request.target,
@@ -117,7 +123,12 @@ impl SessionService {
             key: request.params.get("key").cloned(),
             header_filter: request.params.get("header_filter").cloned(),
             on_concurrent_steal,
-            pods: self.selector(&request.namespace, &request.target),
+            // A targetless session covers no pod.
+            pods: if targetless {
+                Arc::new(|_: &AgentInfo| false)
+            } else {
+                self.selector(&request.namespace, &request.target)
+            },
             queues: None,
         })
     }
@@ -152,9 +163,7 @@ impl Connector for Arc<SessionService> {
     fn connect(&self, request: ConnectRequest) -> BoxFuture<'static, Response> {
         let service = self.clone();
         Box::pin(async move {
-            if matches!(request.target, TargetRef::Targetless) {
-                return targetless(request).await;
-            }
+            let targetless = matches!(request.target, TargetRef::Targetless);
             let spec = match service.spec(&request) {
                 Ok(spec) => spec,
                 Err(e) => return e.into_response(),
@@ -190,7 +199,7 @@ impl Connector for Arc<SessionService> {
                     .await;
                 }
             }
-            if !service.registry.agents().iter().any(|a| (spec.pods)(a)) {
+            if !targetless && !service.registry.agents().iter().any(|a| (spec.pods)(a)) {
                 return service.no_agent(&request).into_response();
             }
             if let Some(existing) = service.table.get(spec.id)
@@ -211,6 +220,7 @@ impl Connector for Arc<SessionService> {
             // Only the connect that creates the session starts its queue splits (409 naming the
             // other session on an overlapping filter); later connections join it.
             if let Some(splitters) = &service.queues
+                && !targetless
                 && service.table.get(spec.id).is_none()
             {
                 let workload = match &request.target {
@@ -251,7 +261,12 @@ impl Connector for Arc<SessionService> {
                 .max_message_size(MAX_MESSAGE_SIZE)
                 .on_upgrade(move |socket| async move {
                     // A join refused between the checks above and now ends the socket at once.
-                    let _ = attach(registry, table, spec, Frames::websocket(socket)).await;
+                    let frames = Frames::websocket(socket);
+                    if targetless {
+                        serve_targetless(table, spec, frames).await;
+                    } else {
+                        let _ = attach(registry, table, spec, frames).await;
+                    }
                 })
         })
     }
@@ -265,22 +280,29 @@ impl Connector for Arc<SessionService> {
     }
 }
 
-/// A targetless session is served by the coordinator itself (`targetless.rs`).
-async fn targetless(request: ConnectRequest) -> Response {
-    let (session_id, user) = (request.session_id, request.identity.user.clone());
-    let (mut parts, _body) = request.request.into_parts();
-    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws
-            .protocols([SUBPROTOCOL])
-            .max_message_size(MAX_MESSAGE_SIZE)
-            .on_upgrade(move |socket| async move {
-                let end = super::targetless::serve(Frames::websocket(socket)).await;
-                tracing::info!(session_id, %user, ?end, "targetless session ended");
-            }),
-        Err(rejection) => {
-            ApiError::bad_request(format!("not a WebSocket upgrade: {rejection}")).into_response()
+/// A targetless session is served by the coordinator itself (`targetless.rs`), but lives in the
+/// session table like any other: listed, killable, its id rejoinable within the reconnect window.
+async fn serve_targetless(table: Arc<SessionTable>, spec: SessionSpec, frames: Frames) {
+    let Ok((session, connection)) = table.join(spec) else {
+        return;
+    };
+    let mut commands = session.commands();
+    let ended = session.is_ended();
+    let killed = async move {
+        if ended {
+            return RelayEnd::Killed("the session has ended".into()).to_string();
         }
-    }
+        loop {
+            match commands.recv().await {
+                Ok(Command::Kill(reason)) => return RelayEnd::Killed(reason).to_string(),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let end = super::targetless::serve(frames, killed).await;
+    tracing::info!(session = %format!("{:X}", session.spec.id), user = %session.spec.user, ?end, "targetless connection ended");
+    table.leave(&session, connection);
 }
 
 impl SessionDirectory for Arc<SessionService> {

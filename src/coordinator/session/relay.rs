@@ -507,13 +507,28 @@ impl Relay {
                 pod_name(pod)
             )));
         }
+        let mut closed = 0;
         for (family, id) in self.ids.drain_pod(pod) {
             self.to_cli(wrap(
                 family,
                 DaemonTcp::Close(TcpClose { connection_id: id }),
             ))
             .await?;
+            closed += 1;
         }
+        // The developer sees it in the CLI: this pod's traffic stops reaching them.
+        let connections = match closed {
+            0 => String::new(),
+            n => format!(", {n} connection(s) through it closed"),
+        };
+        self.log(
+            LogLevel::Warn,
+            format!(
+                "pod {} left the session ({why}){connections}; the target's other pods still reach you",
+                pod_name(pod)
+            ),
+        )
+        .await?;
         let keys: Vec<(Family, Port)> = self.pending.keys().copied().collect();
         for key in keys {
             self.subscribe_answered(key, pod, None).await?;

@@ -15,8 +15,8 @@ use crate::agent::error::AgentError;
 use crate::agent::files::FsRoot;
 use crate::agent::metrics::Metrics;
 use crate::agent::session::{self, AgentState, Outbound, SessionEnd};
-use crate::protocol::ClientMessage;
 use crate::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
+use crate::protocol::{ClientMessage, DaemonMessage};
 
 /// One state for every targetless session of this process.
 fn state() -> Arc<AgentState> {
@@ -33,10 +33,12 @@ fn state() -> Arc<AgentState> {
         .clone()
 }
 
-/// Serves one targetless connection until the client leaves.
-pub async fn serve(frames: Frames) -> SessionEnd {
+/// Serves one targetless connection until the client leaves or `killed` yields a reason, which
+/// the client gets as `Close(reason)` before the connection ends.
+pub async fn serve(frames: Frames, killed: impl Future<Output = String> + Send) -> SessionEnd {
     let Frames { tx, rx } = frames;
     let (out, mut out_rx) = Outbound::channel();
+    let closer = out.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = out_rx.recv().await {
             match encode_to_vec(&msg) {
@@ -52,10 +54,18 @@ pub async fn serve(frames: Frames) -> SessionEnd {
             }
         }
     });
-    let inbound = tokio_stream_from(rx).map(|frame| match frame {
-        Ok(bytes) => decode(&bytes),
-        Err(reason) => Err(AgentError::Decode(reason)),
-    });
+    // A kill queues the Close, then ends the client's stream, so the session ends as if the
+    // client had left and the writer flushes the Close before the socket goes.
+    let killed = async move {
+        let reason = killed.await;
+        closer.send(DaemonMessage::Close(reason)).await;
+    };
+    let inbound = tokio_stream_from(rx)
+        .map(|frame| match frame {
+            Ok(bytes) => decode(&bytes),
+            Err(reason) => Err(AgentError::Decode(reason)),
+        })
+        .take_until(Box::pin(killed));
     let end = session::run(state(), Box::pin(inbound), out).await;
     let _ = writer.await;
     end
