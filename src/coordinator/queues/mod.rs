@@ -15,5 +15,7 @@ pub mod plan;
 pub mod rabbitmq;
 pub mod registry_cache;
 pub mod sessions;
+pub mod sqs;
+pub mod sqs_filter;
 pub mod supervisor;
 pub mod wiring;
