@@ -17,5 +17,6 @@ pub mod registry_cache;
 pub mod sessions;
 pub mod sqs;
 pub mod sqs_filter;
+pub mod sqs_supervisor;
 pub mod supervisor;
 pub mod wiring;

@@ -106,8 +106,26 @@ impl SqsSplitConfig {
         }
     }
 
+    /// The original's queue name (`original_queue` may be a queue URL, as apps' env often is).
+    pub fn queue_name(&self) -> &str {
+        queue_name(&self.original_queue)
+    }
+
     pub fn output_queue(&self) -> String {
-        names::output_queue(&self.original_queue)
+        names::output_queue(self.queue_name())
+    }
+}
+
+/// A queue's name: the last path segment of a queue URL, or the name itself.
+pub fn queue_name(name_or_url: &str) -> &str {
+    if name_or_url.starts_with("https://") || name_or_url.starts_with("http://") {
+        name_or_url
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or(name_or_url)
+    } else {
+        name_or_url
     }
 }
 
@@ -219,10 +237,7 @@ impl SqsSplitter {
         let mut queues = BTreeMap::new();
         for (key, attributes, jq) in sessions {
             router.add(key.clone(), SqsFilter::new(&attributes, jq.as_deref())?)?;
-            queues.insert(
-                key.clone(),
-                names::session_queue(&config.original_queue, &key),
-            );
+            queues.insert(key.clone(), names::session_queue(config.queue_name(), &key));
         }
         let (commands, receiver) = mpsc::channel(16);
         let output_queue = config.output_queue();
@@ -386,7 +401,7 @@ impl Worker {
     }
 
     async fn setup(&mut self) -> Result<(), SqsSplitterError> {
-        let original = &self.config.original_queue;
+        let original = &self.config.queue_name().to_owned();
         let url = match self
             .client
             .get_queue_url()
@@ -664,7 +679,7 @@ impl Worker {
         filter: SqsFilter,
     ) -> Result<SessionQueue, SqsSplitterError> {
         self.router.add(key.clone(), filter)?;
-        let name = names::session_queue(&self.config.original_queue, &key);
+        let name = names::session_queue(self.config.queue_name(), &key);
         match self.create_queue(&name).await {
             Ok(url) => {
                 self.session_names.insert(key.clone(), name.clone());
