@@ -309,6 +309,7 @@ async fn consume_owned(
 /// The SQS half: moto on loopback, the AWS SDK client, `SqsSplitter`.
 mod sqs {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
     use aws_sdk_sqs::Client;
@@ -329,8 +330,10 @@ mod sqs {
         url: String,
         epoch: Instant,
         tx: mpsc::UnboundedSender<Duration>,
+        stop: Arc<AtomicBool>,
     ) {
-        loop {
+        // Until stopped; what was received is always deleted (no redelivery into the next setup).
+        while !stop.load(Ordering::Relaxed) {
             let Ok(out) = client
                 .receive_message()
                 .queue_url(&url)
@@ -350,9 +353,7 @@ mod sqs {
                     .and_then(|n| n.parse().ok())
                     .unwrap_or_default();
                 let latency = epoch.elapsed().saturating_sub(Duration::from_nanos(sent));
-                if tx.send(latency).is_err() {
-                    return;
-                }
+                let _ = tx.send(latency);
                 deletes.push(
                     DeleteMessageBatchRequestEntry::builder()
                         .id(i.to_string())
@@ -380,9 +381,13 @@ mod sqs {
         epoch: Instant,
     ) -> (Vec<Duration>, Instant) {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
         let readers: Vec<_> = urls
             .iter()
-            .map(|u| tokio::spawn(read(client.clone(), u.clone(), epoch, tx.clone())))
+            .map(|u| {
+                let stop = stop.clone();
+                tokio::spawn(read(client.clone(), u.clone(), epoch, tx.clone(), stop))
+            })
             .collect();
         drop(tx);
         let mut latencies = Vec::with_capacity(expected);
@@ -396,8 +401,9 @@ mod sqs {
                 _ => panic!("only {} of {expected} messages arrived", latencies.len()),
             }
         }
+        stop.store(true, Ordering::Relaxed);
         for reader in readers {
-            reader.abort();
+            let _ = reader.await;
         }
         (latencies, last)
     }
@@ -463,7 +469,7 @@ mod sqs {
         let messages: usize = std::env::var("QUEUE_BENCH_SQS_MESSAGES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(3_000);
+            .unwrap_or(1_000);
         let moto = Moto::start();
         let client = moto.client();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -529,6 +535,9 @@ mod sqs {
             let (mut direct_rate, mut direct_p50) = (0.0, 0.0);
             for (name, publish_to, read) in &setups {
                 let target = url(&client, publish_to).await;
+                for queue in read.iter().chain([&target]) {
+                    let _ = client.purge_queue().queue_url(queue).send().await;
+                }
                 let reader = {
                     let client = client.clone();
                     let read = read.clone();
