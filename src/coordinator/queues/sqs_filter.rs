@@ -24,6 +24,36 @@ use super::overlap::{self, Overlap};
 
 /// jq programs longer than this are refused (they come from developers' configs).
 const MAX_JQ_LEN: usize = 16 * 1024;
+/// Deeper nesting (bodies: arrays/objects; programs: any bracket) is refused: jaq's parsers
+/// recurse per level, and a body of 200 000 `[` overflowed the stack.
+const MAX_DEPTH: usize = 128;
+
+/// The deepest bracket nesting of `text`; inside JSON strings (`in_strings == false`) brackets
+/// are not counted.
+fn nesting_depth(text: &[u8], count_in_strings: bool) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_string && !count_in_strings {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' if !count_in_strings => in_string = true,
+            b'[' | b'{' | b'(' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum SqsFilterError {
@@ -53,6 +83,9 @@ impl JqFilter {
         };
         if program.len() > MAX_JQ_LEN {
             return Err(error(format!("longer than {MAX_JQ_LEN} bytes")));
+        }
+        if nesting_depth(program.as_bytes(), true) > MAX_DEPTH {
+            return Err(error(format!("nested deeper than {MAX_DEPTH} brackets")));
         }
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
@@ -94,8 +127,12 @@ impl JqFilter {
         &self.program
     }
 
-    /// Whether the first output for `body` (as JSON) is truthy.
+    /// Whether the first output for `body` (as JSON) is truthy. A body nested deeper than
+    /// [`MAX_DEPTH`] is treated as not JSON.
     pub fn matches(&self, body: &[u8]) -> bool {
+        if nesting_depth(body, false) > MAX_DEPTH {
+            return false;
+        }
         let Ok(input) = jaq_json::read::parse_single(body) else {
             return false;
         };
@@ -223,6 +260,30 @@ mod tests {
         assert!(err.to_string().contains("does not compile"), "{err}");
         let long = ".".repeat(MAX_JQ_LEN + 1);
         assert!(SqsFilter::new(&BTreeMap::new(), Some(&long)).is_err());
+        let deep = format!(
+            "{}.{}",
+            "(".repeat(MAX_DEPTH + 1),
+            ")".repeat(MAX_DEPTH + 1)
+        );
+        let err = SqsFilter::new(&BTreeMap::new(), Some(&deep)).unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{err}");
+    }
+
+    #[test]
+    fn nesting_depth_skips_json_strings() {
+        assert_eq!(nesting_depth(br#"{"a":[1,{"b":"[[[\"[["}]}"#, false), 3);
+        assert_eq!(nesting_depth(br#""[[[""#, true), 3);
+        assert_eq!(nesting_depth(b"]]][", false), 1);
+        let f = JqFilter::new(".a").unwrap();
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(!f.matches(ok.as_bytes())); // parsed (an array has no .a), not refused
+        assert!(JqFilter::new("length > 0").unwrap().matches(ok.as_bytes()));
+        let too_deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(
+            !JqFilter::new("length > 0")
+                .unwrap()
+                .matches(too_deep.as_bytes())
+        );
     }
 
     #[test]
