@@ -24,11 +24,19 @@ use moto::Moto;
 use serde_json::json;
 
 fn registry(name: &str, queues: serde_json::Value) -> Arc<MirrordWorkloadQueueRegistry> {
+    registry_in("staging", name, queues)
+}
+
+fn registry_in(
+    namespace: &str,
+    name: &str,
+    queues: serde_json::Value,
+) -> Arc<MirrordWorkloadQueueRegistry> {
     Arc::new(
         serde_json::from_value(json!({
             "apiVersion": "queues.mirrord.metalbear.co/v1alpha",
             "kind": "MirrordWorkloadQueueRegistry",
-            "metadata": {"name": name, "namespace": "staging"},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {"queues": queues, "consumer": {"name": "api", "workloadType": "Deployment"}}
         }))
         .unwrap(),
@@ -86,6 +94,12 @@ async fn sqs_splits_at_connect_get_a_queue_env_and_clean_up() {
             "missing",
             json!({"gone": {"queueType": "SQS", "nameSource": {"envVar": "GONE"}}}),
         ),
+        // The same AWS queue named from another namespace: one splitter only.
+        registry_in(
+            "other",
+            "copy",
+            json!({"mail": {"queueType": "SQS", "nameSource": {"envVar": "MAIL"}}}),
+        ),
     ];
     let reports = supervisor.reconcile(&registries, template).await;
     assert_eq!(reports[0].running, ["mail"]);
@@ -101,6 +115,9 @@ async fn sqs_splits_at_connect_get_a_queue_env_and_clean_up() {
     );
     assert_eq!(reports[1].problems.len(), 1, "{:?}", reports[1]);
     assert_eq!(reports[1].problems[0].0, ProblemReason::QueueMissing);
+    assert_eq!(reports[2].problems.len(), 1, "{:?}", reports[2]);
+    assert_eq!(reports[2].problems[0].0, ProblemReason::Shared);
+    assert!(reports[2].running.is_empty());
 
     // alice: attributes; the connect gets her queue as MAIL.
     let alice = SessionQueues::for_connect(

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::PodSpec;
 
 use super::crd::{MirrordWorkloadQueueRegistry, QueueRegistryStatus};
 use super::metrics::SplitterMetrics;
-use super::plan::{self, Planned, SplitPlan};
+use super::plan::{self, Planned, SplitKey, SplitPlan};
 use super::sqs::{SqsSplitConfig, SqsSplitter};
 use super::supervisor::{Broker, ProblemReason, SplitterIndex, View};
 
@@ -99,6 +99,16 @@ impl Broker for Sqs {
         metrics: Arc<dyn SplitterMetrics>,
     ) -> BoxFuture<'a, Result<SqsSplitter, (ProblemReason, String)>> {
         Box::pin(self.start_sqs(split, metrics))
+    }
+
+    /// One AWS account and region for the coordinator: a queue is the same queue whichever
+    /// namespace's registry names it (a second registry gets `QueueShared`).
+    fn key(split: &SplitPlan) -> SplitKey {
+        SplitKey {
+            namespace: String::new(),
+            secret: String::new(),
+            original: super::sqs::queue_name(&split.original).to_owned(),
+        }
     }
 
     fn stop(splitter: SqsSplitter) -> BoxFuture<'static, ()> {

@@ -81,6 +81,10 @@ pub trait Broker: Send + Sync + 'static {
         split: &'a SplitPlan,
         metrics: Arc<dyn SplitterMetrics>,
     ) -> BoxFuture<'a, Result<Self::Splitter, (ProblemReason, String)>>;
+    /// Which splits are one splitter (RMQ: namespace, Secret, queue).
+    fn key(split: &SplitPlan) -> SplitKey {
+        SplitKey::of(split)
+    }
     /// Stops a splitter no registry asks for any more.
     fn stop(splitter: Self::Splitter) -> BoxFuture<'static, ()>;
     /// This broker's part of the index.
@@ -223,7 +227,7 @@ impl<B: Broker> Supervisor<B> {
                 .map(|p| (ProblemReason::ConsumerNotFound, p))
                 .collect();
             for split in &planned.splits {
-                let key = SplitKey::of(split);
+                let key = B::key(split);
                 match wanted.get(&key) {
                     Some(first) if first.registry != split.registry => problems.push((
                         ProblemReason::Shared,
