@@ -469,7 +469,7 @@ mod sqs {
         let messages: usize = std::env::var("QUEUE_BENCH_SQS_MESSAGES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1_000);
+            .unwrap_or(300);
         let moto = Moto::start();
         let client = moto.client();
         let runtime = tokio::runtime::Builder::new_multi_thread()
