@@ -9,7 +9,12 @@
 //! Throughput: `QUEUE_BENCH_MESSAGES` (20 000) published as fast as confirms allow while the
 //! consumers read; messages/s = messages / (last received − first published). Latency: 2 000
 //! messages paced at 500/s, each carrying its send time; p50/p99 of receive − send.
+//!
+//! SQS ([`sqs`]): the same three setups against moto, an SQS emulator on loopback
+//! (`tests/support/moto.rs`); its numbers are moto's (a Python server), not AWS's.
 
+#[path = "../tests/support/moto.rs"]
+mod moto;
 #[path = "../tests/support/rabbitmq.rs"]
 mod rabbitmq;
 
@@ -158,6 +163,17 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn main() {
+    // `QUEUE_BENCH_BROKERS`: which brokers to run (default both).
+    let brokers = std::env::var("QUEUE_BENCH_BROKERS").unwrap_or_else(|_| "rabbitmq,sqs".into());
+    if brokers.contains("rabbitmq") {
+        rabbitmq_main();
+    }
+    if brokers.contains("sqs") {
+        sqs::main();
+    }
+}
+
+fn rabbitmq_main() {
     let messages: usize = std::env::var("QUEUE_BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -288,4 +304,279 @@ async fn consume_owned(
     epoch: Instant,
 ) -> (Vec<Duration>, Instant) {
     consume(&uri, &queues, expected, epoch).await
+}
+
+/// The SQS half: moto on loopback, the AWS SDK client, `SqsSplitter`.
+mod sqs {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use aws_sdk_sqs::Client;
+    use aws_sdk_sqs::types::{
+        DeleteMessageBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
+    };
+    use mirrord_operator::coordinator::queues::{
+        metrics::NoMetrics,
+        sqs::{SqsSplitConfig, SqsSplitter},
+    };
+    use tokio::sync::mpsc;
+
+    use super::{SESSIONS, moto::Moto, percentile};
+
+    /// Reads and deletes from `queue` (one long-polling loop), sending each message's latency.
+    async fn read(
+        client: Client,
+        url: String,
+        epoch: Instant,
+        tx: mpsc::UnboundedSender<Duration>,
+        stop: Arc<AtomicBool>,
+    ) {
+        // Until stopped; what was received is always deleted (no redelivery into the next setup).
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(out) = client
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+            else {
+                return;
+            };
+            let messages = out.messages.unwrap_or_default();
+            let mut deletes = Vec::new();
+            for (i, m) in messages.iter().enumerate() {
+                let sent: u64 = m
+                    .body()
+                    .and_then(|b| b.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_default();
+                let latency = epoch.elapsed().saturating_sub(Duration::from_nanos(sent));
+                let _ = tx.send(latency);
+                deletes.push(
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle().unwrap_or_default())
+                        .build()
+                        .unwrap(),
+                );
+            }
+            if !deletes.is_empty() {
+                let _ = client
+                    .delete_message_batch()
+                    .queue_url(&url)
+                    .set_entries(Some(deletes))
+                    .send()
+                    .await;
+            }
+        }
+    }
+
+    /// Reads `urls` until `expected` messages arrived: latencies and when the last arrived.
+    async fn consume(
+        client: &Client,
+        urls: &[String],
+        expected: usize,
+        epoch: Instant,
+    ) -> (Vec<Duration>, Instant) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = urls
+            .iter()
+            .map(|u| {
+                let stop = stop.clone();
+                tokio::spawn(read(client.clone(), u.clone(), epoch, tx.clone(), stop))
+            })
+            .collect();
+        drop(tx);
+        let mut latencies = Vec::with_capacity(expected);
+        let mut last = Instant::now();
+        while latencies.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+                Ok(Some(latency)) => {
+                    latencies.push(latency);
+                    last = Instant::now();
+                }
+                _ => panic!("only {} of {expected} messages arrived", latencies.len()),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            let _ = reader.await;
+        }
+        (latencies, last)
+    }
+
+    /// Sends `count` messages (tenants t0..t19) in batches of 10, `pace` apart per batch when
+    /// given; returns when the first was sent.
+    async fn publish(
+        client: &Client,
+        url: &str,
+        count: usize,
+        pace: Option<Duration>,
+        epoch: Instant,
+    ) -> Instant {
+        let first = Instant::now();
+        let mut sent = 0;
+        while sent < count {
+            let n = (count - sent).min(if pace.is_some() { 1 } else { 10 });
+            let entries = (sent..sent + n)
+                .map(|i| {
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    SendMessageBatchRequestEntry::builder()
+                        .id(format!("m{i}"))
+                        .message_body(format!("{now} {}", "x".repeat(100)))
+                        .message_attributes(
+                            "tenant",
+                            MessageAttributeValue::builder()
+                                .data_type("String")
+                                .string_value(format!("t{}", i % 20))
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            client
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            sent += n;
+            if let Some(pace) = pace {
+                tokio::time::sleep(pace).await;
+            }
+        }
+        first
+    }
+
+    async fn url(client: &Client, name: &str) -> String {
+        client
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap()
+    }
+
+    pub fn main() {
+        let messages: usize = std::env::var("QUEUE_BENCH_SQS_MESSAGES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        let moto = Moto::start();
+        let client = moto.client();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let epoch = Instant::now();
+            for queue in ["direct", "orders", "busy"] {
+                client
+                    .create_queue()
+                    .queue_name(queue)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            let idle = SqsSplitter::spawn(
+                client.clone(),
+                SqsSplitConfig::new("orders"),
+                [],
+                Arc::new(NoMetrics),
+            )
+            .unwrap();
+            let sessions: Vec<_> = (0..SESSIONS)
+                .map(|i| {
+                    (
+                        format!("s{i}"),
+                        [("tenant".to_owned(), format!("^t{i}$"))].into(),
+                        None,
+                    )
+                })
+                .collect();
+            let busy = SqsSplitter::spawn(
+                client.clone(),
+                SqsSplitConfig::new("busy"),
+                sessions.clone(),
+                Arc::new(NoMetrics),
+            )
+            .unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let mut busy_read = vec![url(&client, busy.output_queue()).await];
+            for (key, _, _) in &sessions {
+                busy_read.push(url(&client, &format!("busy-mirrord-{key}")).await);
+            }
+            let setups = [
+                (
+                    "direct (no splitter)",
+                    "direct",
+                    vec![url(&client, "direct").await],
+                ),
+                (
+                    "splitter, 0 sessions",
+                    "orders",
+                    vec![url(&client, idle.output_queue()).await],
+                ),
+                ("splitter, 10 sessions", "busy", busy_read),
+            ];
+            println!();
+            println!("SQS (moto {}):", moto.endpoint);
+            println!("| setup | messages/s | × direct | latency p50 ms | p99 ms | added p50 ms |");
+            println!("|---|---|---|---|---|---|");
+            let (mut direct_rate, mut direct_p50) = (0.0, 0.0);
+            for (name, publish_to, read) in &setups {
+                let target = url(&client, publish_to).await;
+                for queue in read.iter().chain([&target]) {
+                    let _ = client.purge_queue().queue_url(queue).send().await;
+                }
+                let reader = {
+                    let client = client.clone();
+                    let read = read.clone();
+                    tokio::spawn(async move { consume(&client, &read, messages, epoch).await })
+                };
+                let first = publish(&client, &target, messages, None, epoch).await;
+                let (_, last) = reader.await.unwrap();
+                let rate = messages as f64 / last.duration_since(first).as_secs_f64();
+
+                let paced = 300;
+                let reader = {
+                    let client = client.clone();
+                    let read = read.clone();
+                    tokio::spawn(async move { consume(&client, &read, paced, epoch).await })
+                };
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                publish(
+                    &client,
+                    &target,
+                    paced,
+                    Some(Duration::from_millis(10)),
+                    epoch,
+                )
+                .await;
+                let (mut latencies, _) = reader.await.unwrap();
+                latencies.sort();
+                let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+                if *publish_to == "direct" {
+                    direct_rate = rate;
+                    direct_p50 = p50;
+                }
+                println!(
+                    "| {name} | {rate:.0} | {:.2} | {p50:.1} | {p99:.1} | {:.1} |",
+                    rate / direct_rate,
+                    p50 - direct_p50
+                );
+            }
+            idle.stop().await;
+            busy.stop().await;
+        });
+    }
 }

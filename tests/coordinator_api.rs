@@ -176,6 +176,7 @@ fn sessions() -> Vec<SessionSummary> {
                 })
                 .collect(),
             rmq: Vec::new(),
+            sqs: Vec::new(),
             header_filter: s["header_filter"].as_str().map(Into::into),
             policies: Vec::new(),
         })

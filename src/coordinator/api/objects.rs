@@ -76,6 +76,9 @@ pub fn session_json(session: &SessionSummary) -> Value {
     if !session.rmq.is_empty() {
         doc["rmq"] = json!(session.rmq);
     }
+    if !session.sqs.is_empty() {
+        doc["sqs"] = json!(session.sqs);
+    }
     doc
 }
 

@@ -189,6 +189,8 @@ pub struct SessionSummary {
     pub policies: Vec<String>,
     /// The session's queue splits as `MirrordRMQSession` objects (operator-api.md §7.5.3).
     pub rmq: Vec<serde_json::Value>,
+    /// The same as `MirrordSQSSession` objects (§7.5.2).
+    pub sqs: Vec<serde_json::Value>,
 }
 
 /// Result of killing one session.

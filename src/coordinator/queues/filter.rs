@@ -114,13 +114,25 @@ impl<K: std::fmt::Display + std::fmt::Debug> RegisterError<K> {
     }
 }
 
-/// The sessions' filters on one original queue.
-#[derive(Debug, Clone)]
-pub struct Router<K> {
-    sessions: Vec<(K, MessageFilter)>,
+/// A broker's filter as the router needs it: whether one message could match two of them.
+pub trait SplitFilter {
+    fn overlap(&self, other: &Self) -> Overlap;
 }
 
-impl<K> Default for Router<K> {
+impl SplitFilter for MessageFilter {
+    fn overlap(&self, other: &Self) -> Overlap {
+        overlap::filters_overlap(self, other)
+    }
+}
+
+/// The sessions' filters on one original queue (`F`: RabbitMQ's [`MessageFilter`], or SQS's
+/// attribute + jq filter).
+#[derive(Debug, Clone)]
+pub struct Router<K, F = MessageFilter> {
+    sessions: Vec<(K, F)>,
+}
+
+impl<K, F> Default for Router<K, F> {
     fn default() -> Self {
         Router {
             sessions: Vec::new(),
@@ -128,15 +140,15 @@ impl<K> Default for Router<K> {
     }
 }
 
-impl<K: Clone + Eq + std::fmt::Display + std::fmt::Debug> Router<K> {
+impl<K: Clone + Eq + std::fmt::Display + std::fmt::Debug, F: SplitFilter> Router<K, F> {
     /// Registers `key`'s filter, refusing it when some message could match it and another
     /// session's filter (naming that session).
-    pub fn add(&mut self, key: K, filter: MessageFilter) -> Result<(), RegisterError<K>> {
+    pub fn add(&mut self, key: K, filter: F) -> Result<(), RegisterError<K>> {
         if self.sessions.iter().any(|(k, _)| *k == key) {
             return Err(RegisterError::Duplicate(key));
         }
         for (other, existing) in &self.sessions {
-            match overlap::filters_overlap(&filter, existing) {
+            match filter.overlap(existing) {
                 Overlap::Disjoint => {}
                 Overlap::Overlapping(witness) => {
                     return Err(RegisterError::Overlap {
@@ -156,7 +168,7 @@ impl<K: Clone + Eq + std::fmt::Display + std::fmt::Debug> Router<K> {
         Ok(())
     }
 
-    pub fn remove(&mut self, key: &K) -> Option<MessageFilter> {
+    pub fn remove(&mut self, key: &K) -> Option<F> {
         let at = self.sessions.iter().position(|(k, _)| k == key)?;
         Some(self.sessions.remove(at).1)
     }
@@ -169,16 +181,23 @@ impl<K: Clone + Eq + std::fmt::Display + std::fmt::Debug> Router<K> {
         self.sessions.iter().map(|(k, _)| k)
     }
 
-    /// The destination of a message whose headers `header` reads.
-    pub fn route<'m, F, S>(&self, header: F) -> Destination<'_, K>
-    where
-        F: Fn(&str) -> Option<S>,
-        S: AsRef<str> + 'm,
-    {
+    /// The destination of a message: the session whose filter `matches` it, else the output.
+    pub fn route_by(&self, mut matches: impl FnMut(&F) -> bool) -> Destination<'_, K> {
         self.sessions
             .iter()
-            .find(|(_, filter)| filter.matches(&header))
+            .find(|(_, filter)| matches(filter))
             .map_or(Destination::Output, |(k, _)| Destination::Session(k))
+    }
+}
+
+impl<K: Clone + Eq + std::fmt::Display + std::fmt::Debug> Router<K> {
+    /// The destination of a message whose headers `header` reads.
+    pub fn route<'m, H, S>(&self, header: H) -> Destination<'_, K>
+    where
+        H: Fn(&str) -> Option<S>,
+        S: AsRef<str> + 'm,
+    {
+        self.route_by(|filter| filter.matches(&header))
     }
 }
 

@@ -15,5 +15,8 @@ pub mod plan;
 pub mod rabbitmq;
 pub mod registry_cache;
 pub mod sessions;
+pub mod sqs;
+pub mod sqs_filter;
+pub mod sqs_supervisor;
 pub mod supervisor;
 pub mod wiring;

@@ -1,4 +1,4 @@
-//! Which splitters a registry asks for (pure): for each RMQ queue of a
+//! Which splitters a registry asks for (pure): for each RMQ (or SQS) queue of a
 //! `MirrordWorkloadQueueRegistry`, the original queue name read from the consumer Deployment's pod
 //! template the same way admission reads it (`src/webhook/patch/queues.rs`), and the registry
 //! status that records it.
@@ -11,15 +11,16 @@ use super::crd::{
 };
 use super::names;
 
-/// One splitter to run: original queue of one registry queue id.
+/// One splitter to run: original queue of one registry queue id (either broker).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RmqPlan {
+pub struct SplitPlan {
     pub namespace: String,
     pub registry: String,
     /// The consumer workload's name (sessions find their splits by target workload).
     pub consumer: String,
     pub queue_id: String,
-    /// Secret (same namespace) holding the broker URI under key `uri`.
+    /// RMQ: Secret (same namespace) holding the broker URI under key `uri`; SQS: empty (the
+    /// coordinator's own AWS credentials).
     pub secret: String,
     pub original: String,
     /// The env var that names it (the fallback's variable when the template lacks it).
@@ -28,7 +29,17 @@ pub struct RmqPlan {
     pub queue_properties: Option<String>,
 }
 
-impl RmqPlan {
+/// The RabbitMQ name the sessions and tests know.
+pub type RmqPlan = SplitPlan;
+
+/// Which broker's queues of a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    Rmq,
+    Sqs,
+}
+
+impl SplitPlan {
     pub fn output(&self) -> String {
         names::output_queue(&self.original)
     }
@@ -37,14 +48,33 @@ impl RmqPlan {
 /// What a registry asks for, and why some of its queues cannot be split.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Planned {
-    pub splits: Vec<RmqPlan>,
+    pub splits: Vec<SplitPlan>,
     pub problems: Vec<String>,
 }
 
 /// The RMQ splits of `registry`, given its consumer's pod template (`None`: the workload does not
 /// exist, or is not a Deployment the coordinator knows).
 pub fn rmq_plans(registry: &MirrordWorkloadQueueRegistry, template: Option<&PodSpec>) -> Planned {
+    plans(registry, template, QueueKind::Rmq)
+}
+
+/// The SQS splits of `registry` (as [`rmq_plans`]; `secret` and `queue_properties` empty).
+pub fn sqs_plans(registry: &MirrordWorkloadQueueRegistry, template: Option<&PodSpec>) -> Planned {
+    plans(registry, template, QueueKind::Sqs)
+}
+
+/// The splits of `registry`'s queues of one `kind`; a registry without such queues asks for
+/// nothing and has no problem of this kind.
+pub fn plans(
+    registry: &MirrordWorkloadQueueRegistry,
+    template: Option<&PodSpec>,
+    kind: QueueKind,
+) -> Planned {
     let mut out = Planned::default();
+    let of_kind = |queue| of_kind(kind, queue);
+    if !registry.spec.queues.values().any(|q| of_kind(q).is_some()) {
+        return out;
+    }
     let namespace = registry.metadata.namespace.clone().unwrap_or_default();
     let name = registry.metadata.name.clone().unwrap_or_default();
     let consumer = &registry.spec.consumer;
@@ -73,18 +103,18 @@ pub fn rmq_plans(registry: &MirrordWorkloadQueueRegistry, template: Option<&PodS
         return out;
     }
     for (queue_id, queue) in &registry.spec.queues {
-        let SplitQueue::Rmq(rmq) = queue else {
+        let Some((name_source, fallback_name, secret, queue_properties)) = of_kind(queue) else {
             continue;
         };
-        let plan = |env: &str, original: &str| RmqPlan {
+        let plan = |env: &str, original: &str| SplitPlan {
             namespace: namespace.clone(),
             registry: name.clone(),
             consumer: consumer.name.clone(),
             queue_id: queue_id.clone(),
-            secret: rmq.cluster_properties.clone(),
+            secret: secret.clone(),
             original: original.to_owned(),
             env: env.to_owned(),
-            queue_properties: rmq.queue_properties.as_ref().map(|v| v.to_string()),
+            queue_properties: queue_properties.clone(),
         };
         let literal = containers
             .iter()
@@ -92,7 +122,7 @@ pub fn rmq_plans(registry: &MirrordWorkloadQueueRegistry, template: Option<&PodS
             .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
             .filter(|(_, value)| !value.is_empty() && !names::is_derived(value));
         let before = out.splits.len();
-        match &rmq.name_source {
+        match name_source {
             NameSource::EnvVar(var) => {
                 out.splits.extend(
                     literal
@@ -100,7 +130,7 @@ pub fn rmq_plans(registry: &MirrordWorkloadQueueRegistry, template: Option<&PodS
                         .map(|(env, value)| plan(env, value)),
                 );
                 if out.splits.len() == before
-                    && let Some(fallback) = &rmq.fallback_name
+                    && let Some(fallback) = fallback_name
                 {
                     out.splits.push(plan(var, fallback));
                 }
@@ -129,8 +159,43 @@ pub fn rmq_plans(registry: &MirrordWorkloadQueueRegistry, template: Option<&PodS
     out
 }
 
-/// The registry status for `splits`: names per queue id (the first original of an id) and per env.
-pub fn rmq_status(splits: &[RmqPlan]) -> QueueRegistryStatus {
+/// A queue of `kind`: its name source, fallback, Secret and properties.
+fn of_kind(
+    kind: QueueKind,
+    queue: &SplitQueue,
+) -> Option<(&NameSource, &Option<String>, String, Option<String>)> {
+    match (kind, queue) {
+        (QueueKind::Rmq, SplitQueue::Rmq(q)) => Some((
+            &q.name_source,
+            &q.fallback_name,
+            q.cluster_properties.clone(),
+            q.queue_properties.as_ref().map(|v| v.to_string()),
+        )),
+        (QueueKind::Sqs, SplitQueue::Sqs(q)) => {
+            Some((&q.name_source, &q.fallback_name, String::new(), None))
+        }
+        _ => None,
+    }
+}
+
+/// The registry status for RMQ `splits`: names per queue id (the first original of an id) and per
+/// env.
+pub fn rmq_status(splits: &[SplitPlan]) -> QueueRegistryStatus {
+    QueueRegistryStatus {
+        sqs_details: None,
+        rmq_details: (!splits.is_empty()).then(|| details(splits)),
+    }
+}
+
+/// The registry status for SQS `splits` (`sqsDetails`).
+pub fn sqs_status(splits: &[SplitPlan]) -> QueueRegistryStatus {
+    QueueRegistryStatus {
+        sqs_details: (!splits.is_empty()).then(|| details(splits)),
+        rmq_details: None,
+    }
+}
+
+fn details(splits: &[SplitPlan]) -> QueueDetails {
     let mut details = QueueDetails::default();
     for split in splits {
         let names = QueueNames {
@@ -143,10 +208,7 @@ pub fn rmq_status(splits: &[RmqPlan]) -> QueueRegistryStatus {
             .or_insert_with(|| names.clone());
         details.env_updates.insert(split.env.clone(), names);
     }
-    QueueRegistryStatus {
-        sqs_details: None,
-        rmq_details: (!splits.is_empty()).then_some(details),
-    }
+    details
 }
 
 /// One running splitter: namespace, Secret, original queue.
@@ -158,7 +220,7 @@ pub struct SplitKey {
 }
 
 impl SplitKey {
-    pub fn of(plan: &RmqPlan) -> Self {
+    pub fn of(plan: &SplitPlan) -> Self {
         SplitKey {
             namespace: plan.namespace.clone(),
             secret: plan.secret.clone(),
@@ -253,6 +315,49 @@ mod tests {
             "{planned:?}"
         );
         assert_eq!(rmq_status(&[]), QueueRegistryStatus::default());
+    }
+
+    #[test]
+    fn sqs_queues_are_planned_apart_from_rmq_ones() {
+        let reg = registry(
+            json!({
+                "orders": {"queueType": "RMQ", "clusterProperties": "rmq", "nameSource": {"envVar": "ORDERS"}},
+                "mail": {"queueType": "SQS", "nameSource": {"envVar": "MAIL"}},
+                "late": {"queueType": "SQS", "nameSource": {"envVar": "LATE"}, "fallbackName": "late.fifo"}
+            }),
+            None,
+        );
+        let spec = template(json!([{"name": "main", "env": [
+            {"name": "ORDERS", "value": "orders"},
+            {"name": "MAIL", "value": "https://sqs.eu-west-1.amazonaws.com/1/mail"}
+        ]}]));
+        let planned = sqs_plans(&reg, Some(&spec));
+        assert_eq!(planned.problems, Vec::<String>::new());
+        let got: Vec<_> = planned
+            .splits
+            .iter()
+            .map(|p| (p.queue_id.as_str(), p.original.as_str(), p.secret.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("late", "late.fifo", ""),
+                ("mail", "https://sqs.eu-west-1.amazonaws.com/1/mail", "")
+            ]
+        );
+        let status = sqs_status(&planned.splits);
+        assert!(status.rmq_details.is_none());
+        assert_eq!(
+            status.sqs_details.unwrap().queue_names["late"].output_name,
+            "late-mirrord-output.fifo"
+        );
+        assert_eq!(rmq_plans(&reg, Some(&spec)).splits.len(), 1);
+        // A registry without SQS queues asks for nothing and reports nothing for SQS.
+        let rmq_only = registry(
+            json!({"orders": {"queueType": "RMQ", "clusterProperties": "rmq", "nameSource": {"envVar": "ORDERS"}}}),
+            None,
+        );
+        assert_eq!(sqs_plans(&rmq_only, None), Planned::default());
     }
 
     #[test]

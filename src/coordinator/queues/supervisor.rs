@@ -1,7 +1,8 @@
-//! Runs one [`RmqSplitter`] per original queue the cluster's `MirrordWorkloadQueueRegistry`
-//! objects ask for, and says what went wrong on the registry: the coordinator calls
-//! [`Supervisor::reconcile`] with snapshots of its watch-fed stores (no API call per registry
-//! except reading a broker Secret when a splitter starts).
+//! Runs one splitter per original queue the cluster's `MirrordWorkloadQueueRegistry` objects ask
+//! for, and says what went wrong on the registry: the coordinator calls [`Supervisor::reconcile`]
+//! with snapshots of its watch-fed stores (no API call per registry except reading a broker Secret
+//! when a RabbitMQ splitter starts). The broker-specific parts (which queues, how to start and
+//! stop a splitter) are a [`Broker`]: [`Rmq`] (lapin) and [`super::sqs_supervisor::Sqs`].
 //!
 //! Before a splitter starts, a preflight connects and checks the original queue exists, so that a
 //! missing queue or failing credentials become one clear problem on the registry (retried on the
@@ -16,8 +17,9 @@ use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, type
 
 use super::crd::{MirrordWorkloadQueueRegistry, QueueRegistryStatus, WorkloadType};
 use super::metrics::SplitterMetrics;
-use super::plan::{self, RmqPlan, SplitKey};
+use super::plan::{self, Planned, RmqPlan, SplitKey, SplitPlan};
 use super::rabbitmq::{RmqSplitConfig, RmqSplitter, SplitterError};
+use super::sqs::SqsSplitter;
 
 /// Reads the broker URI (key `uri`) of a registry's `clusterProperties` Secret.
 pub trait BrokerSecrets: Send + Sync {
@@ -66,56 +68,122 @@ pub struct RegistryReport {
     pub running: Vec<String>,
 }
 
-struct Running {
-    plan: RmqPlan,
-    splitter: Arc<RmqSplitter>,
+/// What differs between brokers for the supervisor.
+pub trait Broker: Send + Sync + 'static {
+    type Splitter: Send + Sync + 'static;
+    /// The splits of this broker a registry asks for.
+    fn plans(registry: &MirrordWorkloadQueueRegistry, template: Option<&PodSpec>) -> Planned;
+    /// The registry status part for them.
+    fn status(splits: &[SplitPlan]) -> QueueRegistryStatus;
+    /// Checks the queue and starts its splitter, or says why not.
+    fn start<'a>(
+        &'a self,
+        split: &'a SplitPlan,
+        metrics: Arc<dyn SplitterMetrics>,
+    ) -> BoxFuture<'a, Result<Self::Splitter, (ProblemReason, String)>>;
+    /// Which splits are one splitter (RMQ: namespace, Secret, queue).
+    fn key(split: &SplitPlan) -> SplitKey {
+        SplitKey::of(split)
+    }
+    /// Stops a splitter no registry asks for any more.
+    fn stop(splitter: Self::Splitter) -> BoxFuture<'static, ()>;
+    /// This broker's part of the index.
+    fn view(index: &SplitterIndex) -> &View<Self::Splitter>;
 }
 
-/// The splitters and what started them.
-pub struct Supervisor {
-    secrets: Arc<dyn BrokerSecrets>,
+struct Running<S> {
+    plan: SplitPlan,
+    splitter: Arc<S>,
+}
+
+/// The splitters of one broker and what started them.
+pub struct Supervisor<B: Broker = Rmq> {
+    broker: B,
     metrics: Arc<dyn SplitterMetrics>,
-    running: BTreeMap<SplitKey, Running>,
+    running: BTreeMap<SplitKey, Running<B::Splitter>>,
     index: SplitterIndex,
 }
 
-/// A read-only view of the running splitters for session connects, updated by the supervisor:
+/// Running splitters of one broker with the plan each runs.
+pub type View<S> = std::sync::RwLock<Vec<(SplitPlan, Arc<S>)>>;
+
+/// A read-only view of the running splitters for session connects, updated by the supervisors:
 /// a connect never waits for a reconcile round (whose preflights may take seconds).
 #[derive(Clone, Default)]
-pub struct SplitterIndex(Arc<std::sync::RwLock<Vec<Indexed>>>);
+pub struct SplitterIndex(Arc<Views>);
 
-/// A running splitter and the plan it runs.
-type Indexed = (RmqPlan, Arc<RmqSplitter>);
+#[derive(Default)]
+struct Views {
+    rmq: View<RmqSplitter>,
+    sqs: View<SqsSplitter>,
+}
+
+fn find<S>(
+    view: &View<S>,
+    namespace: &str,
+    consumer: &str,
+    queue_id: &str,
+) -> Vec<(SplitPlan, Arc<S>)> {
+    let running = view.read().unwrap_or_else(|e| e.into_inner());
+    running
+        .iter()
+        .filter(|(plan, _)| {
+            plan.namespace == namespace && plan.consumer == consumer && plan.queue_id == queue_id
+        })
+        .cloned()
+        .collect()
+}
 
 impl SplitterIndex {
-    /// The running splitters of `namespace`'s workload `consumer` for `queue_id` (several when a
-    /// `regexPattern` names several queues).
+    /// The running RabbitMQ splitters of `namespace`'s workload `consumer` for `queue_id`
+    /// (several when a `regexPattern` names several queues).
     pub fn splitters_for(
         &self,
         namespace: &str,
         consumer: &str,
         queue_id: &str,
     ) -> Vec<(RmqPlan, Arc<RmqSplitter>)> {
-        let running = self.0.read().unwrap_or_else(|e| e.into_inner());
-        running
-            .iter()
-            .filter(|(plan, _)| {
-                plan.namespace == namespace
-                    && plan.consumer == consumer
-                    && plan.queue_id == queue_id
-            })
-            .cloned()
-            .collect()
+        find(&self.0.rmq, namespace, consumer, queue_id)
+    }
+
+    /// The same for SQS.
+    pub fn sqs_splitters_for(
+        &self,
+        namespace: &str,
+        consumer: &str,
+        queue_id: &str,
+    ) -> Vec<(SplitPlan, Arc<SqsSplitter>)> {
+        find(&self.0.sqs, namespace, consumer, queue_id)
+    }
+
+    pub(super) fn rmq(&self) -> &View<RmqSplitter> {
+        &self.0.rmq
+    }
+
+    pub(super) fn sqs(&self) -> &View<SqsSplitter> {
+        &self.0.sqs
     }
 }
 
-impl Supervisor {
+/// The RabbitMQ broker: URIs from the registries' `clusterProperties` Secrets.
+pub struct Rmq {
+    secrets: Arc<dyn BrokerSecrets>,
+}
+
+impl Supervisor<Rmq> {
     pub fn new(secrets: Arc<dyn BrokerSecrets>, metrics: Arc<dyn SplitterMetrics>) -> Self {
+        Supervisor::with_broker(Rmq { secrets }, metrics, SplitterIndex::default())
+    }
+}
+
+impl<B: Broker> Supervisor<B> {
+    /// A supervisor publishing into `index` (shared by the brokers' supervisors).
+    pub fn with_broker(broker: B, metrics: Arc<dyn SplitterMetrics>, index: SplitterIndex) -> Self {
         Supervisor {
-            secrets,
+            broker,
             metrics,
             running: BTreeMap::new(),
-            index: SplitterIndex::default(),
+            index,
         }
     }
 
@@ -130,7 +198,9 @@ impl Supervisor {
             .values()
             .map(|r| (r.plan.clone(), r.splitter.clone()))
             .collect();
-        *self.index.0.write().unwrap_or_else(|e| e.into_inner()) = view;
+        *B::view(&self.index)
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = view;
     }
 
     /// Starts the splitters `registries` ask for that are not running, stops those no longer asked
@@ -142,7 +212,7 @@ impl Supervisor {
         template: impl Fn(&str, &str) -> Option<PodSpec>,
     ) -> Vec<RegistryReport> {
         let mut reports = Vec::new();
-        let mut wanted: BTreeMap<SplitKey, RmqPlan> = BTreeMap::new();
+        let mut wanted: BTreeMap<SplitKey, SplitPlan> = BTreeMap::new();
         let mut owner: BTreeMap<SplitKey, usize> = BTreeMap::new();
         for registry in registries {
             let namespace = registry.metadata.namespace.clone().unwrap_or_default();
@@ -150,14 +220,14 @@ impl Supervisor {
             let spec = (registry.spec.consumer.workload_type == WorkloadType::Deployment)
                 .then(|| template(&namespace, &registry.spec.consumer.name))
                 .flatten();
-            let planned = plan::rmq_plans(registry, spec.as_ref());
+            let planned = B::plans(registry, spec.as_ref());
             let mut problems: Vec<_> = planned
                 .problems
                 .into_iter()
                 .map(|p| (ProblemReason::ConsumerNotFound, p))
                 .collect();
             for split in &planned.splits {
-                let key = SplitKey::of(split);
+                let key = B::key(split);
                 match wanted.get(&key) {
                     Some(first) if first.registry != split.registry => problems.push((
                         ProblemReason::Shared,
@@ -176,7 +246,7 @@ impl Supervisor {
             reports.push(RegistryReport {
                 namespace,
                 name: registry.metadata.name.clone().unwrap_or_default(),
-                status: plan::rmq_status(&planned.splits),
+                status: B::status(&planned.splits),
                 problems,
                 running: Vec::new(),
             });
@@ -192,13 +262,13 @@ impl Supervisor {
             if let Some(running) = self.running.remove(&key) {
                 tracing::info!(queue = %key, "registry no longer asks for this split; stopping its splitter");
                 self.publish_index();
-                stop(running.splitter).await;
+                stop::<B>(running.splitter).await;
             }
         }
         for (key, split) in wanted {
             let report = &mut reports[owner[&key]];
             if !self.running.contains_key(&key) {
-                match self.start(&split).await {
+                match self.broker.start(&split, self.metrics.clone()).await {
                     Ok(splitter) => {
                         self.running.insert(
                             key.clone(),
@@ -225,11 +295,45 @@ impl Supervisor {
         let running = std::mem::take(&mut self.running);
         self.publish_index();
         for (_, running) in running {
-            stop(running.splitter).await;
+            stop::<B>(running.splitter).await;
         }
     }
+}
 
-    async fn start(&self, split: &RmqPlan) -> Result<RmqSplitter, (ProblemReason, String)> {
+impl Broker for Rmq {
+    type Splitter = RmqSplitter;
+
+    fn plans(registry: &MirrordWorkloadQueueRegistry, template: Option<&PodSpec>) -> Planned {
+        plan::rmq_plans(registry, template)
+    }
+
+    fn status(splits: &[SplitPlan]) -> QueueRegistryStatus {
+        plan::rmq_status(splits)
+    }
+
+    fn start<'a>(
+        &'a self,
+        split: &'a SplitPlan,
+        metrics: Arc<dyn SplitterMetrics>,
+    ) -> BoxFuture<'a, Result<RmqSplitter, (ProblemReason, String)>> {
+        Box::pin(self.start_rmq(split, metrics))
+    }
+
+    fn stop(splitter: RmqSplitter) -> BoxFuture<'static, ()> {
+        Box::pin(splitter.stop())
+    }
+
+    fn view(index: &SplitterIndex) -> &View<RmqSplitter> {
+        index.rmq()
+    }
+}
+
+impl Rmq {
+    async fn start_rmq(
+        &self,
+        split: &SplitPlan,
+        metrics: Arc<dyn SplitterMetrics>,
+    ) -> Result<RmqSplitter, (ProblemReason, String)> {
         let uri = self
             .secrets
             .uri(&split.namespace, &split.secret)
@@ -247,14 +351,14 @@ impl Supervisor {
         }
         // Sessions are added through the splitter once running; none exist at start yet (the
         // session half registers them again after a coordinator restart).
-        RmqSplitter::spawn(config, [], self.metrics.clone())
+        RmqSplitter::spawn(config, [], metrics)
             .map_err(|e: SplitterError| (ProblemReason::ConsumerNotFound, e.to_string()))
     }
 }
 
-async fn stop(splitter: Arc<RmqSplitter>) {
+async fn stop<B: Broker>(splitter: Arc<B::Splitter>) {
     match Arc::try_unwrap(splitter) {
-        Ok(splitter) => splitter.stop().await,
+        Ok(splitter) => B::stop(splitter).await,
         // A session still holds it: it stops when the last holder drops it.
         Err(_) => tracing::warn!("splitter still used by a session; it stops when that ends"),
     }

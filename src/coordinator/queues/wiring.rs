@@ -1,6 +1,7 @@
 //! The coordinator's queue-splitting loop: registries from a watch, Deployment templates from the
-//! coordinator's caches, broker Secrets read when a splitter starts; registry status patched when
-//! it changes and a Warning Event per new problem.
+//! coordinator's caches, broker Secrets read when a RabbitMQ splitter starts, the coordinator's
+//! own AWS client for SQS; registry status patched when it changes and a Warning Event per new
+//! problem.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use kube::{
 
 use super::crd::MirrordWorkloadQueueRegistry;
 use super::metrics::SplitterMetrics;
+use super::sqs_supervisor::Sqs;
 use super::supervisor::{BrokerSecrets, RegistryReport, SplitterIndex, Supervisor};
 use crate::server::{shutdown::Shutdown, watch::watch_all};
 
@@ -65,8 +67,9 @@ pub fn start(
         "MirrordWorkloadQueueRegistry",
         shutdown.clone(),
     );
-    let mut supervisor = Supervisor::new(Arc::new(KubeSecrets(client.clone())), metrics);
+    let mut supervisor = Supervisor::new(Arc::new(KubeSecrets(client.clone())), metrics.clone());
     let index = supervisor.index();
+    let sqs_index = index.clone();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -75,6 +78,9 @@ pub fn start(
         },
     );
     tokio::spawn(async move {
+        // The AWS client (default chain; no request until a registry names an SQS queue).
+        let sqs_client = super::sqs::client_from_env(None).await;
+        let mut sqs_supervisor = Supervisor::with_broker(Sqs::new(sqs_client), metrics, sqs_index);
         // Problems already announced (registry, reason, message): one Event each, again only
         // after they cleared.
         let mut announced = BTreeSet::new();
@@ -82,6 +88,8 @@ pub fn start(
         loop {
             let snapshot = registries.state();
             let reports = supervisor.reconcile(&snapshot, &templates).await;
+            let sqs_reports = sqs_supervisor.reconcile(&snapshot, &templates).await;
+            let reports: Vec<_> = reports.into_iter().zip(sqs_reports).map(merge).collect();
             let mut current = BTreeSet::new();
             for (registry, report) in snapshot.iter().zip(&reports) {
                 publish(
@@ -100,8 +108,21 @@ pub fn start(
             }
         }
         supervisor.stop_all().await;
+        sqs_supervisor.stop_all().await;
     });
     index
+}
+
+/// One registry's report from both brokers' supervisors (each fills its own status part).
+fn merge((mut rmq, sqs): (RegistryReport, RegistryReport)) -> RegistryReport {
+    rmq.status.sqs_details = sqs.status.sqs_details;
+    for problem in sqs.problems {
+        if !rmq.problems.contains(&problem) {
+            rmq.problems.push(problem);
+        }
+    }
+    rmq.running.extend(sqs.running);
+    rmq
 }
 
 async fn publish(

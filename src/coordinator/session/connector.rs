@@ -38,7 +38,8 @@ pub struct SessionService {
     pub registry: Arc<AgentRegistry>,
     pub table: Arc<SessionTable>,
     pub inventory: Arc<dyn Inventory>,
-    /// Queue splitting (`rmq_splits`); `None` refuses no connect but splits nothing.
+    /// Queue splitting (`rmq_splits`, `sqs_splits`, `sqs_jq_filters`); `None` refuses no connect
+    /// but splits nothing.
     pub queues: Option<SplitterIndex>,
 }
 
@@ -274,7 +275,12 @@ impl Connector for Arc<SessionService> {
     fn features(&self) -> Vec<&'static str> {
         let mut features = vec!["LayerReconnect"];
         if self.queues.is_some() {
-            features.push("RmqQueueSplitting");
+            features.extend([
+                "RmqQueueSplitting",
+                "SqsQueueSplitting",
+                "SqsQueueSplittingDirect",
+                "SqsQueueSplittingWithJqFilter",
+            ]);
         }
         features
     }
@@ -336,7 +342,14 @@ impl SessionDirectory for Arc<SessionService> {
                     .table
                     .get(row.id)
                     .and_then(|s| s.spec.queues.clone())
-                    .and_then(|q| serde_json::to_value(q.object()).ok())
+                    .and_then(|q| serde_json::to_value(q.object()?).ok())
+                    .into_iter()
+                    .collect(),
+                sqs: self
+                    .table
+                    .get(row.id)
+                    .and_then(|s| s.spec.queues.clone())
+                    .and_then(|q| serde_json::to_value(q.sqs_object()?).ok())
                     .into_iter()
                     .collect(),
                 header_filter: row.header_filter,

@@ -1,0 +1,310 @@
+//! The SQS half of sessions against moto: registries → SQS splitters (supervisor, preflight
+//! problems), then a connect's `sqs_splits` / `sqs_jq_filters` → the session's temporary queue,
+//! its env for `GetEnvVarsResponse`, the `MirrordSQSSession` object; overlapping and undecidable
+//! filters refused 409 naming the other session; session end returns leftovers and deletes the
+//! queue; registry gone → splitter stopped.
+
+#[path = "support/moto.rs"]
+mod moto;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+use k8s_openapi::api::core::v1::PodSpec;
+use mirrord_operator::coordinator::queues::{
+    crd::{MirrordWorkloadQueueRegistry, QueueSessionStatus},
+    metrics::NoMetrics,
+    sessions::SessionQueues,
+    sqs_supervisor::Sqs,
+    supervisor::{ProblemReason, SplitterIndex, Supervisor},
+};
+use moto::Moto;
+use serde_json::json;
+
+fn registry(name: &str, queues: serde_json::Value) -> Arc<MirrordWorkloadQueueRegistry> {
+    registry_in("staging", name, queues)
+}
+
+fn registry_in(
+    namespace: &str,
+    name: &str,
+    queues: serde_json::Value,
+) -> Arc<MirrordWorkloadQueueRegistry> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "queues.mirrord.metalbear.co/v1alpha",
+            "kind": "MirrordWorkloadQueueRegistry",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"queues": queues, "consumer": {"name": "api", "workloadType": "Deployment"}}
+        }))
+        .unwrap(),
+    )
+}
+
+fn template(_: &str, name: &str) -> Option<PodSpec> {
+    (name == "api").then(|| {
+        serde_json::from_value(json!({"containers": [{"name": "main", "env": [
+            {"name": "MAIL", "value": "mail"},
+            {"name": "GONE", "value": "no-such-queue"}
+        ]}]}))
+        .unwrap()
+    })
+}
+
+fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn queue_exists(client: &aws_sdk_sqs::Client, name: &str) -> bool {
+    client.get_queue_url().queue_name(name).send().await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_splits_at_connect_get_a_queue_env_and_clean_up() {
+    let moto = Moto::start();
+    let client = moto.client();
+    let mail = client
+        .create_queue()
+        .queue_name("mail")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let mut supervisor = Supervisor::with_broker(
+        Sqs::new(client.clone()),
+        Arc::new(NoMetrics),
+        SplitterIndex::default(),
+    );
+    let index = supervisor.index();
+    let registries = [
+        registry(
+            "good",
+            json!({
+                "mail": {"queueType": "SQS", "nameSource": {"envVar": "MAIL"}},
+                "orders": {"queueType": "RMQ", "clusterProperties": "rmq", "nameSource": {"envVar": "ORDERS"}}
+            }),
+        ),
+        registry(
+            "missing",
+            json!({"gone": {"queueType": "SQS", "nameSource": {"envVar": "GONE"}}}),
+        ),
+        // The same AWS queue named from another namespace: one splitter only.
+        registry_in(
+            "other",
+            "copy",
+            json!({"mail": {"queueType": "SQS", "nameSource": {"envVar": "MAIL"}}}),
+        ),
+    ];
+    let reports = supervisor.reconcile(&registries, template).await;
+    assert_eq!(reports[0].running, ["mail"]);
+    assert_eq!(reports[0].problems, []);
+    let details = reports[0].status.sqs_details.as_ref().unwrap();
+    assert_eq!(
+        details.env_updates["MAIL"].output_name,
+        "mail-mirrord-output"
+    );
+    assert!(
+        reports[0].status.rmq_details.is_none(),
+        "RMQ is the other supervisor's"
+    );
+    assert_eq!(reports[1].problems.len(), 1, "{:?}", reports[1]);
+    assert_eq!(reports[1].problems[0].0, ProblemReason::QueueMissing);
+    assert_eq!(reports[2].problems.len(), 1, "{:?}", reports[2]);
+    assert_eq!(reports[2].problems[0].0, ProblemReason::Shared);
+    assert!(reports[2].running.is_empty());
+
+    // alice: attributes; the connect gets her queue as MAIL.
+    let alice = SessionQueues::for_connect(
+        &index,
+        &params(&[("sqs_splits", r#"{"mail":{"tenant":"^alice$"}}"#)]),
+        "staging",
+        Some("api"),
+        0xa11ce,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut env = HashMap::new();
+    alice.apply_env(&mut env);
+    assert_eq!(env["MAIL"], "mail-mirrord-a11ce");
+    assert!(alice.object().is_none(), "no RMQ splits");
+    let object = serde_json::to_value(alice.sqs_object().unwrap()).unwrap();
+    assert_eq!(object["kind"], "MirrordSQSSession");
+    assert_eq!(object["spec"]["sessionId"], "a11ce");
+    assert_eq!(object["spec"]["queueFilters"]["mail"]["tenant"], "^alice$");
+    assert_eq!(
+        object["status"]["Ready"]["envUpdates"]["MAIL"]["outputName"],
+        "mail-mirrord-a11ce"
+    );
+    assert!(matches!(
+        alice.sqs_object().unwrap().status,
+        Some(QueueSessionStatus::Ready(_))
+    ));
+
+    // bob overlaps alice: 409 naming her session; a jq-only filter cannot be compared: 409 too;
+    // a queue id that is not split: 404; a bad jq program: 400.
+    let refusals = [
+        (r#"{"mail":{"tenant":"ice$"}}"#, None, 409, "a11ce"),
+        ("{}", Some(r#"{"mail":".vip"}"#), 409, "a11ce"),
+        (r#"{"nope":{"a":"b"}}"#, None, 404, "nope"),
+        (
+            r#"{"mail":{"tenant":"^bob$"}}"#,
+            Some(r#"{"mail":".a | ("}"#),
+            400,
+            "jq_filter",
+        ),
+    ];
+    for (splits, jq, code, says) in refusals {
+        let mut p = params(&[("sqs_splits", splits)]);
+        if let Some(jq) = jq {
+            p.insert("sqs_jq_filters".into(), jq.into());
+        }
+        let error = SessionQueues::for_connect(&index, &p, "staging", Some("api"), 0xb0b)
+            .await
+            .unwrap_err();
+        assert_eq!(error.status_code(), code, "{splits} {jq:?}: {error}");
+        assert!(error.to_string().contains(says), "{error}");
+    }
+    assert!(
+        !queue_exists(&client, "mail-mirrord-b0b").await,
+        "refused sessions leave no queue"
+    );
+    // carol: disjoint attributes plus jq on the body.
+    let carol = SessionQueues::for_connect(
+        &index,
+        &params(&[
+            ("sqs_splits", r#"{"mail":{"tenant":"^carol$"}}"#),
+            ("sqs_jq_filters", r#"{"mail":".vip == true"}"#),
+        ]),
+        "staging",
+        Some("api"),
+        0xca201,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let object = serde_json::to_value(carol.sqs_object().unwrap()).unwrap();
+    assert_eq!(object["spec"]["queueJqFilters"]["mail"], ".vip == true");
+
+    // 6 messages for alice, 2 vip ones for carol, 4 others.
+    for (i, (tenant, body)) in [("alice", "{}"); 6]
+        .into_iter()
+        .chain([("carol", r#"{"vip":true}"#); 2])
+        .chain([
+            ("carol", r#"{"vip":false}"#),
+            ("dave", "{}"),
+            ("dave", "{}"),
+            ("eve", "x"),
+        ])
+        .enumerate()
+    {
+        client
+            .send_message()
+            .queue_url(&mail)
+            .message_body(body)
+            .message_attributes(
+                "tenant",
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(tenant)
+                    .build()
+                    .unwrap(),
+            )
+            .message_attributes(
+                "n",
+                MessageAttributeValue::builder()
+                    .data_type("Number")
+                    .string_value(i.to_string())
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let count = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let url = client
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .unwrap()
+                .queue_url
+                .unwrap();
+            let out = client
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                )
+                .send()
+                .await
+                .unwrap();
+            out.attributes
+                .unwrap()
+                .values()
+                .next()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = (
+            count("mail-mirrord-a11ce").await,
+            count("mail-mirrord-ca201").await,
+            count("mail-mirrord-output").await,
+        );
+        if got == (6, 2, 4) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "routing: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // alice's session ends unread: her 6 go back to the output queue, her queue is deleted.
+    alice.end();
+    drop(alice);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while queue_exists(&client, "mail-mirrord-a11ce").await
+        || count("mail-mirrord-output").await != 10
+    {
+        assert!(Instant::now() < deadline, "alice's session not cleaned up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(carol);
+
+    // Registry gone → the splitter stops; new messages stay in the original queue.
+    let reports = supervisor.reconcile(&[], template).await;
+    assert!(reports.is_empty());
+    assert!(index.sqs_splitters_for("staging", "api", "mail").is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queue_exists(&client, "mail-mirrord-ca201").await {
+        assert!(Instant::now() < deadline, "carol's session not cleaned up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The worker notices its last handle is gone after its current receive (≤ 1 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client
+        .send_message()
+        .queue_url(&mail)
+        .message_body("late")
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count("mail").await,
+        1,
+        "no splitter reads the original any more"
+    );
+}
