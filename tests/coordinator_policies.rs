@@ -8,8 +8,10 @@
 //! env values from a Secret the user may not `get` (SubjectAccessReview stand-in) are left out;
 //! `env.exclude` keeps a variable out of the agent's env answer; a hostname rule, fed by the
 //! session's own DNS answer, refuses an outgoing connection; `fs` rules answer opens as missing,
-//! local, or refused for writing while other files open on the target. Needs root (namespaces,
-//! iptables).
+//! local, or refused for writing while other files open on the target, and apply to `openat`,
+//! stat/access, unlink/mkdirat/rename and directory listings, the coordinator's own answers kept in
+//! request order; the env note written before `ReadyForLogs` arrives after it. Needs root
+//! (namespaces, iptables).
 
 #[path = "support/netns.rs"]
 mod netns;
@@ -257,6 +259,26 @@ async fn recv(ws: &mut Ws) -> DaemonMessage {
     }
 }
 
+/// The next log line containing `text` (other messages and logs are skipped).
+async fn recv_log(ws: &mut Ws, text: &str) -> LogMessage {
+    loop {
+        let frame = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("a log line in time")
+            .expect("stream open")
+            .expect("valid frame");
+        let Message::Binary(bytes) = frame else {
+            continue;
+        };
+        if let Decoded::Message(DaemonMessage::LogMessage(log), _) =
+            decode_from_slice::<DaemonMessage>(&bytes).unwrap()
+            && log.message.contains(text)
+        {
+            return log;
+        }
+    }
+}
+
 async fn subscribe(ws: &mut Ws, steal: StealType) -> Result<Port, ResponseError> {
     send(
         ws,
@@ -439,6 +461,14 @@ fn policies_refuse_at_connect_and_per_subscription() {
         // Secret-backed: alice may get Secret `public`, not `db-creds`.
         assert_eq!(env.get("PUBLIC_ID").map(String::as_str), Some("id-9"));
         assert!(!env.contains_key("API_KEY"), "{env:?}");
+        // The CLI's first env request comes before `ReadyForLogs`: the note why waits for it.
+        send(&mut ws, ClientMessage::ReadyForLogs).await;
+        let note = recv_log(&mut ws, "environment variables left out").await;
+        assert!(
+            note.message.contains("API_KEY") && note.message.contains("db-creds"),
+            "{note:?}"
+        );
+        assert_eq!(note.level, LogLevel::Warn);
         live.0.lock().unwrap().push(policy(
             "no-passwords",
             MirrordPolicySpec {
@@ -513,13 +543,14 @@ fn policies_refuse_at_connect_and_per_subscription() {
         // fs rules: missing, local, read-only; other paths open on the target.
         std::fs::create_dir_all(root.path().join("etc/app")).unwrap();
         std::fs::write(root.path().join("etc/app/config.yaml"), "pod: web-a\n").unwrap();
+        std::fs::write(root.path().join("etc/app/tls.key"), "secret\n").unwrap();
         live.0.lock().unwrap().push(policy(
             "files",
             MirrordPolicySpec {
                 fs: Some(FsPolicy {
                     read_only: vec!["^/etc/app/".into()],
                     local: vec!["\\.env$".into()],
-                    not_found: vec!["^/var/run/secrets/".into()],
+                    not_found: vec!["^/var/run/secrets/".into(), "\\.key$".into()],
                 }),
                 ..MirrordPolicySpec::default()
             },
@@ -565,6 +596,7 @@ fn policies_refuse_at_connect_and_per_subscription() {
             matches!(answer, DaemonMessage::File(FileResponse::Open(Ok(_)))),
             "{answer:?}"
         );
+        fs_rules_beyond_open(&mut ws, root.path()).await;
 
         // The sessions API shows the policies in force for the session.
         let request =
@@ -588,4 +620,201 @@ fn policies_refuse_at_connect_and_per_subscription() {
         );
         ws.close(None).await.unwrap();
     });
+}
+
+fn io_kind(answer: &DaemonMessage) -> Option<(Option<i32>, ErrorKindInternal)> {
+    let DaemonMessage::File(response) = answer else {
+        return None;
+    };
+    let error = match response {
+        FileResponse::Open(Err(e)) => e,
+        FileResponse::Xstat(Err(e)) => e,
+        FileResponse::Access(Err(e)) => e,
+        FileResponse::Unlink(Err(e)) => e,
+        FileResponse::MakeDir(Err(e)) => e,
+        FileResponse::Rename(Err(e)) => e,
+        _ => return None,
+    };
+    match error {
+        ResponseError::RemoteIO(io) => Some((io.raw_os_error, io.kind.clone())),
+        _ => None,
+    }
+}
+
+const ENOENT: (Option<i32>, ErrorKindInternal) = (Some(2), ErrorKindInternal::NotFound);
+/// The coordinator's refusal (the agent itself answers writes with EROFS, 30).
+const EACCES: (Option<i32>, ErrorKindInternal) = (Some(13), ErrorKindInternal::PermissionDenied);
+
+/// `fs` rules on requests other than `Open` by absolute path, against the real agent: `openat`
+/// through a directory fd, `stat`, `access`, unlink/mkdir/rename, directory listings without the
+/// `notFound` entries, and the coordinator's own answer kept behind the agent's earlier one.
+async fn fs_rules_beyond_open(ws: &mut Ws, root: &Path) {
+    let file = |r| ClientMessage::FileRequest(r);
+    let read = OpenOptionsInternal {
+        read: true,
+        ..Default::default()
+    };
+    send(
+        ws,
+        file(FileRequest::Open(OpenFileRequest {
+            path: "/etc/app".into(),
+            open_options: read,
+        })),
+    )
+    .await;
+    let DaemonMessage::File(FileResponse::Open(Ok(OpenFileResponse { fd: dir }))) = recv(ws).await
+    else {
+        panic!("/etc/app opens on the target")
+    };
+    let relative = |path: &str, write: bool| {
+        file(FileRequest::OpenRelative(OpenRelativeFileRequest {
+            relative_fd: dir,
+            path: path.into(),
+            open_options: OpenOptionsInternal {
+                read: true,
+                write,
+                ..Default::default()
+            },
+        }))
+    };
+    send(ws, relative("config.yaml", true)).await;
+    assert_eq!(io_kind(&recv(ws).await), Some(EACCES));
+    send(ws, relative("tls.key", false)).await;
+    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
+    send(ws, relative("../app/./config.yaml", false)).await;
+    let answer = recv(ws).await;
+    assert!(
+        matches!(answer, DaemonMessage::File(FileResponse::Open(Ok(_)))),
+        "{answer:?}"
+    );
+
+    // stat and access: a notFound path is not there, others are.
+    let stat = |path: &str| {
+        file(FileRequest::Xstat(XstatRequest {
+            path: Some(path.into()),
+            fd: None,
+            follow_symlink: true,
+        }))
+    };
+    send(ws, stat("/etc/app/tls.key")).await;
+    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
+    send(
+        ws,
+        file(FileRequest::Xstat(XstatRequest {
+            path: Some("tls.key".into()),
+            fd: Some(dir),
+            follow_symlink: true,
+        })),
+    )
+    .await;
+    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
+    send(
+        ws,
+        file(FileRequest::Access(AccessFileRequest {
+            pathname: "/etc/app/tls.key".into(),
+            mode: 0,
+        })),
+    )
+    .await;
+    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
+    send(ws, stat("/etc/app/config.yaml")).await;
+    let answer = recv(ws).await;
+    assert!(
+        matches!(answer, DaemonMessage::File(FileResponse::Xstat(Ok(_)))),
+        "{answer:?}"
+    );
+
+    // Changes to read-only paths: refused by the coordinator (EACCES, not the agent's EROFS).
+    send(
+        ws,
+        file(FileRequest::Unlink(UnlinkRequest {
+            pathname: "/etc/app/config.yaml".into(),
+        })),
+    )
+    .await;
+    assert_eq!(io_kind(&recv(ws).await), Some(EACCES));
+    send(
+        ws,
+        file(FileRequest::MakeDirAt(MakeDirAtRequest {
+            dirfd: dir,
+            pathname: "new".into(),
+            mode: 0o755,
+        })),
+    )
+    .await;
+    assert_eq!(io_kind(&recv(ws).await), Some(EACCES));
+    send(
+        ws,
+        file(FileRequest::Rename(RenameRequest {
+            old_path: "/tmp/x".into(),
+            new_path: "/etc/app/x".into(),
+        })),
+    )
+    .await;
+    assert_eq!(io_kind(&recv(ws).await), Some(EACCES));
+    assert!(root.join("etc/app/config.yaml").exists());
+
+    // Listings leave out notFound entries, through both directory reads.
+    send(
+        ws,
+        file(FileRequest::FdOpenDir(FdOpenDirRequest { remote_fd: dir })),
+    )
+    .await;
+    let DaemonMessage::File(FileResponse::OpenDir(Ok(OpenDirResponse { fd: stream }))) =
+        recv(ws).await
+    else {
+        panic!("the directory stream opens")
+    };
+    send(
+        ws,
+        file(FileRequest::ReadDirBatch(ReadDirBatchRequest {
+            remote_fd: stream,
+            amount: 64,
+        })),
+    )
+    .await;
+    let DaemonMessage::File(FileResponse::ReadDirBatch(Ok(batch))) = recv(ws).await else {
+        panic!("a batch")
+    };
+    let names: Vec<&str> = batch.dir_entries.iter().map(|e| e.name.as_str()).collect();
+    assert!(names.contains(&"config.yaml"), "{names:?}");
+    assert!(!names.contains(&"tls.key"), "{names:?}");
+    send(
+        ws,
+        file(FileRequest::GetDEnts64(GetDEnts64Request {
+            remote_fd: dir,
+            buffer_size: 4096,
+        })),
+    )
+    .await;
+    let DaemonMessage::File(FileResponse::GetDEnts64(Ok(dents))) = recv(ws).await else {
+        panic!("dents")
+    };
+    let names: Vec<&str> = dents.entries.iter().map(|e| e.name.as_str()).collect();
+    assert!(names.contains(&"config.yaml"), "{names:?}");
+    assert!(!names.contains(&"tls.key"), "{names:?}");
+    let sizes: u64 = dents
+        .entries
+        .iter()
+        .map(|e| (20 + e.name.len() as u64).div_ceil(8) * 8)
+        .sum();
+    assert_eq!(dents.result_size, sizes);
+
+    // Answers in request order: the agent's answers to the earlier requests, then the
+    // coordinator's own refusal of the last one (written at once, the relay decides on it before
+    // the agent answered them).
+    const AHEAD: usize = 20;
+    for _ in 0..AHEAD {
+        let bytes = encode_to_vec(&stat("/etc/app/config.yaml")).unwrap();
+        ws.feed(Message::binary(bytes)).await.unwrap();
+    }
+    send(ws, stat("/etc/app/tls.key")).await;
+    for _ in 0..AHEAD {
+        let answer = recv(ws).await;
+        assert!(
+            matches!(answer, DaemonMessage::File(FileResponse::Xstat(Ok(_)))),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
 }

@@ -11,6 +11,7 @@ use kube::ResourceExt;
 use super::eval::{
     self, Destination, HttpFilterRequest, IncomingMode, NamedPolicy, PolicyRef, Refusal, TargetInfo,
 };
+use super::files::FileAccess;
 use crate::coordinator::api::state::{
     Authorizer, Decision, Identity, NamespaceInventory, ResourceAttributes,
 };
@@ -225,13 +226,32 @@ impl PolicyGate {
         eval::check_outgoing(&eval::applicable(&policies, &target), &dest)
     }
 
-    /// A file open of `session` on its target.
-    pub fn file(&self, session: u64, path: &str, write: bool) -> eval::FileDecision {
+    /// A file request of `session` on its target: the first path a rule applies to decides.
+    pub fn file(&self, session: u64, access: &FileAccess) -> eval::FileDecision {
         let Some(target) = self.target(session) else {
             return eval::FileDecision::Remote;
         };
         let policies = self.source.policies();
-        eval::check_file(&eval::applicable(&policies, &target), path, write)
+        let applicable = eval::applicable(&policies, &target);
+        access
+            .paths
+            .iter()
+            .map(|path| eval::check_file(&applicable, path, access.op))
+            .find(|d| *d != eval::FileDecision::Remote)
+            .unwrap_or(eval::FileDecision::Remote)
+    }
+
+    /// The policies in force for `session` now, to check many paths at once (a directory
+    /// listing).
+    pub fn in_force(&self, session: u64) -> Vec<NamedPolicy> {
+        let Some(target) = self.target(session) else {
+            return Vec::new();
+        };
+        let policies = self.source.policies();
+        eval::applicable(&policies, &target)
+            .into_iter()
+            .cloned()
+            .collect()
     }
 
     pub fn forget(&self, session: u64) {
