@@ -5,7 +5,8 @@
 //! profile the session runs; a steal without a filter is accepted, then refused with
 //! `ResponseError::ForbiddenWithReason` once a policy is added mid-session, while a filtered steal
 //! still goes through; after the policy is deleted the unfiltered steal is accepted again;
-//! env values from a Secret the user may not `get` (SubjectAccessReview stand-in) are left out;
+//! env values from a Secret the user may not `get` (SubjectAccessReview stand-in), through
+//! `secretKeyRef` or `envFrom`, are left out;
 //! `env.exclude` keeps a variable out of the agent's env answer; a hostname rule, fed by the
 //! session's own DNS answer, refuses an outgoing connection; `fs` rules answer opens as missing,
 //! local, or refused for writing while other files open on the target, and apply to `openat`,
@@ -127,7 +128,10 @@ fn inventory() -> StaticInventory {
             "metadata": {"name": "web-a", "namespace": "default", "uid": "uid-web-a",
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-1"}]},
             "spec": {"containers": [
-                {"name": "web", "image": "x", "env": [
+                {"name": "web", "image": "x", "envFrom": [
+                    {"secretRef": {"name": "db-creds"}, "prefix": "API_"},
+                    {"secretRef": {"name": "public"}, "prefix": "PUB_"}
+                ], "env": [
                     {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "db-creds", "key": "api"}}},
                     {"name": "PUBLIC_ID", "valueFrom": {"secretKeyRef": {"name": "public", "key": "id"}}}
                 ]},
@@ -364,6 +368,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
             .env("MIRRORD_TARGET_ENV_DB_PASSWORD", "hunter2")
             .env("MIRRORD_TARGET_ENV_API_KEY", "k-123")
             .env("MIRRORD_TARGET_ENV_PUBLIC_ID", "id-9")
+            .env("MIRRORD_TARGET_ENV_API_TOKEN", "t-1")
+            .env("MIRRORD_TARGET_ENV_PUB_NAME", "shop")
             .stdout(std::process::Stdio::null());
         ns.spawn(cmd);
         let deadline = Instant::now() + TIMEOUT;
@@ -461,11 +467,17 @@ fn policies_refuse_at_connect_and_per_subscription() {
         // Secret-backed: alice may get Secret `public`, not `db-creds`.
         assert_eq!(env.get("PUBLIC_ID").map(String::as_str), Some("id-9"));
         assert!(!env.contains_key("API_KEY"), "{env:?}");
+        // envFrom: `API_*` may come from `db-creds`, `PUB_*` from `public`.
+        assert!(!env.contains_key("API_TOKEN"), "{env:?}");
+        assert_eq!(env.get("PUB_NAME").map(String::as_str), Some("shop"));
         // The CLI's first env request comes before `ReadyForLogs`: the note why waits for it.
         send(&mut ws, ClientMessage::ReadyForLogs).await;
         let note = recv_log(&mut ws, "environment variables left out").await;
         assert!(
-            note.message.contains("API_KEY") && note.message.contains("db-creds"),
+            note.message.contains("API_KEY")
+                && note.message.contains("API_TOKEN")
+                && note.message.contains("envFrom, prefix API_")
+                && note.message.contains("db-creds"),
             "{note:?}"
         );
         assert_eq!(note.level, LogLevel::Warn);

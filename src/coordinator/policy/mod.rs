@@ -6,3 +6,4 @@ pub mod enforce;
 pub mod eval;
 pub mod files;
 pub mod gate;
+pub mod secret_env;
