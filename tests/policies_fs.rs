@@ -358,7 +358,9 @@ fn tracker_learns_fd_paths_and_keeps_answers_in_order() {
     // A refused request while that answer is owed: held back.
     let refused = DaemonMessage::File(FileResponse::Open(Err(ResponseError::OpenLocal)));
     assert_eq!(tracker.answered(refused.clone()), None);
-    let answers = tracker.response(FileResponse::Open(Ok(OpenFileResponse { fd: 7 })), secret);
+    let answers = tracker.response(FileResponse::Open(Ok(OpenFileResponse { fd: 7 })), || {
+        secret
+    });
     assert_eq!(
         answers.to_cli,
         vec![
@@ -392,7 +394,9 @@ fn listings_leave_out_not_found_entries_and_ask_again_when_all_are() {
     });
     let access = tracker.access(&open);
     tracker.forwarded(&open, access);
-    tracker.response(FileResponse::Open(Ok(OpenFileResponse { fd: 3 })), secret);
+    tracker.response(FileResponse::Open(Ok(OpenFileResponse { fd: 3 })), || {
+        secret
+    });
     let dents = FileRequest::GetDEnts64(GetDEnts64Request {
         remote_fd: 3,
         buffer_size: 4096,
@@ -406,7 +410,7 @@ fn listings_leave_out_not_found_entries_and_ask_again_when_all_are() {
             entries: vec![entry("."), entry(".."), entry("token")],
             result_size: 80,
         })),
-        secret,
+        || secret,
     );
     assert_eq!(answers.again, None);
     assert_eq!(
@@ -428,7 +432,7 @@ fn listings_leave_out_not_found_entries_and_ask_again_when_all_are() {
         entries: vec![entry("ca.crt")],
         result_size: 32,
     }));
-    let answers = tracker.response(hidden_only, secret);
+    let answers = tracker.response(hidden_only, || secret);
     assert_eq!(answers.to_cli, vec![]);
     assert_eq!(answers.again, Some(dents));
     let end = FileResponse::GetDEnts64(Ok(GetDEnts64Response {
@@ -436,7 +440,7 @@ fn listings_leave_out_not_found_entries_and_ask_again_when_all_are() {
         entries: vec![],
         result_size: 0,
     }));
-    let answers = tracker.response(end.clone(), secret);
+    let answers = tracker.response(end.clone(), || secret);
     assert_eq!(answers.to_cli, vec![DaemonMessage::File(end)]);
 }
 
@@ -466,4 +470,83 @@ fn single_entry_and_batch_listings() {
         unreachable!()
     };
     assert_eq!(batch.dir_entries, vec![entry("run")]);
+}
+
+/// One step of a connection in the order proptest.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A request that goes to the agent.
+    Forward,
+    /// A request the coordinator answers itself.
+    Refuse,
+    /// The agent answers its oldest owed request.
+    AgentAnswers,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    proptest::prop_oneof![
+        proptest::strategy::Just(Step::Forward),
+        proptest::strategy::Just(Step::Refuse),
+        proptest::strategy::Just(Step::AgentAnswers),
+    ]
+}
+
+/// The number a test answer carries: the index of the request it answers.
+fn answer_index(msg: &DaemonMessage) -> u64 {
+    match msg {
+        DaemonMessage::File(FileResponse::Seek(Ok(seek))) => seek.result_offset,
+        DaemonMessage::File(FileResponse::Seek(Err(ResponseError::NotFound(i)))) => *i,
+        other => panic!("not a test answer: {other:?}"),
+    }
+}
+
+proptest::proptest! {
+    /// Whatever the interleaving of forwarded requests, the coordinator's own answers and the
+    /// agent's answers, the CLI gets exactly one answer per request, in request order.
+    #[test]
+    fn answers_reach_the_cli_in_request_order(steps in proptest::collection::vec(step(), 0..64)) {
+        let mut tracker = FileTracker::default();
+        let mut agent_owes = std::collections::VecDeque::new();
+        let mut requests = 0u64;
+        let mut to_cli = Vec::new();
+        let seek = FileRequest::Seek(SeekFileRequest { fd: 1, seek_from: SeekFromInternal::Start(0) });
+        for step in steps.iter().chain(std::iter::repeat_n(&Step::AgentAnswers, 64)) {
+            match step {
+                Step::Forward => {
+                    let access = tracker.access(&seek);
+                    tracker.forwarded(&seek, access);
+                    agent_owes.push_back(requests);
+                    requests += 1;
+                }
+                Step::Refuse => {
+                    let answer = DaemonMessage::File(FileResponse::Seek(Err(ResponseError::NotFound(requests))));
+                    requests += 1;
+                    to_cli.extend(tracker.answered(answer));
+                }
+                Step::AgentAnswers => {
+                    let Some(index) = agent_owes.pop_front() else { continue };
+                    let answer = FileResponse::Seek(Ok(SeekFileResponse { result_offset: index }));
+                    let answers = tracker.response(answer, || |_: &str| false);
+                    proptest::prop_assert!(answers.again.is_none());
+                    to_cli.extend(answers.to_cli);
+                }
+            }
+        }
+        let order: Vec<u64> = to_cli.iter().map(answer_index).collect();
+        proptest::prop_assert_eq!(order, (0..requests).collect::<Vec<_>>());
+    }
+
+    /// Folded paths are absolute, without `.`, `..` or empty components, and folding is idempotent.
+    #[test]
+    fn folded_paths_are_clean(parts in proptest::collection::vec(
+        proptest::sample::select(vec!["a", "b", ".", "..", "", "c.env"]), 0..12)) {
+        let path = format!("/{}", parts.join("/"));
+        let folded = normalize(None, Path::new(&path)).unwrap();
+        proptest::prop_assert!(folded.starts_with('/'));
+        proptest::prop_assert!(
+            folded == "/" || folded[1..].split('/').all(|c| !matches!(c, "" | "." | "..")),
+            "{} -> {}", path, folded
+        );
+        proptest::prop_assert_eq!(normalize(None, Path::new(&folded)), Some(folded.clone()));
+    }
 }

@@ -9,7 +9,7 @@ use tracing::{debug, info};
 
 use super::crd::Protocol;
 use super::eval::IncomingMode;
-use super::eval::{self, FileDecision, FileOp, NamedPolicy, Refusal};
+use super::eval::{self, FileDecision, NamedPolicy, Refusal};
 use super::files::{self, Answers, FileTracker};
 use crate::coordinator::session::{SessionState, SessionTable};
 use crate::protocol::version::MIRROR_POLICY_REASON_VERSION;
@@ -167,13 +167,9 @@ pub fn file_response(
             again: None,
         };
     };
-    let policies = gate.in_force(session.spec.id);
-    let policies: Vec<&NamedPolicy> = policies.iter().collect();
-    files.response(response, |path| {
-        matches!(
-            eval::check_file(&policies, path, FileOp::List),
-            FileDecision::NotFound(_)
-        )
+    files.response(response, || {
+        let policies = gate.in_force(session.spec.id);
+        eval::not_found_matcher(&policies.iter().collect::<Vec<&NamedPolicy>>())
     })
 }
 

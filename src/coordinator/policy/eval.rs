@@ -394,6 +394,18 @@ pub fn check_file(policies: &[&NamedPolicy], path: &str, op: FileOp) -> FileDeci
     FileDecision::Remote
 }
 
+/// Whether a path is `fs.notFound` for `policies`, with the regexes compiled once (for the many
+/// entries of a directory listing).
+pub fn not_found_matcher(policies: &[&NamedPolicy]) -> impl Fn(&str) -> bool + use<> {
+    let patterns: Vec<Regex> = policies
+        .iter()
+        .filter_map(|p| p.spec.fs.as_ref())
+        .flat_map(|fs| fs.not_found.iter())
+        .filter_map(|r| Regex::new(r).ok())
+        .collect();
+    move |path| patterns.iter().any(|re| re.is_match(path))
+}
+
 /// An outgoing connection (or UDP send) the session asks for; `hostnames` are the names the
 /// session's own DNS queries resolved to this address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -243,12 +243,13 @@ impl FileTracker {
         None
     }
 
-    /// An agent's file answer: fd paths remembered, directory entries `hidden` leaves out removed;
+    /// An agent's file answer: fd paths remembered, directory entries removed that the matcher
+    /// `hidden` makes (called for listings only: it reads the policies) says are not there;
     /// returns it followed by the coordinator's answers that waited for it.
-    pub fn response(
+    pub fn response<H: Fn(&str) -> bool>(
         &mut self,
         mut response: FileResponse,
-        hidden: impl Fn(&str) -> bool,
+        hidden: impl FnOnce() -> H,
     ) -> Answers {
         match self.owed.pop_front() {
             Some(Owed::Open(Some(path))) => {
@@ -264,7 +265,7 @@ impl FileTracker {
                 }
             }
             Some(Owed::List(dir, request)) => {
-                let listing = filter_listing(&mut response, &dir, hidden);
+                let listing = filter_listing(&mut response, &dir, hidden());
                 if listing == Listing::AllLeftOut {
                     let again = (*request).clone();
                     self.owed.push_front(Owed::List(dir, request));
