@@ -29,8 +29,8 @@ fn chart_crds_match_the_code() {
 use std::{collections::BTreeMap, path::PathBuf};
 
 use mirrord_operator::coordinator::policy::eval::{
-    self, Destination, FileDecision, HttpFilterRequest, IncomingMode, NamedPolicy, PolicyKind,
-    TargetInfo,
+    self, Destination, FileDecision, FileOp, HttpFilterRequest, IncomingMode, NamedPolicy,
+    PolicyKind, TargetInfo,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -61,8 +61,11 @@ enum Request {
     Env(String),
     File {
         path: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         write: bool,
+        /// What the request does; absent: an open (for writing when `write`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        op: Option<FileOp>,
     },
     Outgoing(Destination),
 }
@@ -119,8 +122,13 @@ fn run_case(case: Case) -> Value {
                     None => json!("allowed"),
                     Some(p) => json!({ "excluded": p.to_string() }),
                 },
-                Request::File { path, write } => {
-                    match eval::check_file(&applicable, path, *write) {
+                Request::File { path, write, op } => {
+                    let op = op.unwrap_or(if *write {
+                        FileOp::OpenWrite
+                    } else {
+                        FileOp::Open
+                    });
+                    match eval::check_file(&applicable, path, op) {
                         FileDecision::Remote => json!("remote"),
                         FileDecision::NotFound(p) => json!({ "notFound": p.to_string() }),
                         FileDecision::Local(p) => json!({ "local": p.to_string() }),

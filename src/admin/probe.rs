@@ -83,6 +83,10 @@ pub struct Plan {
     /// Header filter regex for `--steal`.
     #[arg(long, requires = "steal")]
     pub header_filter: Option<String>,
+    /// Steal every request of the port, without a filter (as `mirrord` does without
+    /// `http_filter`).
+    #[arg(long, requires = "steal", conflicts_with = "header_filter")]
+    pub unfiltered: bool,
     /// Body answered to every stolen request.
     #[arg(long, default_value = "stolen by probe")]
     pub answer: String,
@@ -297,13 +301,19 @@ pub async fn run_plan<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if let Some(port) = plan.steal {
         let filter = plan.header_filter.clone().unwrap_or_else(|| ".*".into());
+        let steal = if plan.unfiltered {
+            StealType::All(port)
+        } else {
+            StealType::FilteredHttpEx(port, HttpFilter::Header(Filter(filter.clone())))
+        };
         step.conn
             .send(&ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(
-                StealType::FilteredHttpEx(port, HttpFilter::Header(Filter(filter.clone()))),
+                steal,
             )))
             .await?;
         match step.answer("the steal subscription").await? {
             DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Ok(port))) => {
+                let filter = (!plan.unfiltered).then_some(filter);
                 (step.emit)(json!({"event": "subscribed", "port": port, "filter": filter}))
             }
             DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(Err(e))) => {

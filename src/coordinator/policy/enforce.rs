@@ -1,22 +1,23 @@
 //! The relay's hooks: mirror/steal subscriptions and outgoing connections checked against the
-//! policies (and file opens against `fs`: missing, local, or refused for writing), answered in the
+//! policies (and file requests against `fs`: missing, local, or refused for writing), answered in the
 //! protocol as the CLI shows it (`ResponseError::ForbiddenWithReason`, or
 //! `Forbidden` for clients older than protocol 1.17); env answers filtered by `env.exclude`; DNS
 //! answers remembered for hostname rules.
 
 use semver::Version;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::crd::Protocol;
 use super::eval::IncomingMode;
-use super::eval::{FileDecision, Refusal};
+use super::eval::{self, FileDecision, NamedPolicy, Refusal};
+use super::files::{self, Answers, FileTracker};
 use crate::coordinator::session::{SessionState, SessionTable};
 use crate::protocol::version::MIRROR_POLICY_REASON_VERSION;
 use crate::protocol::{
     BlockedAction, ClientMessage, DaemonConnectV2, DaemonMessage, DaemonTcpOutgoing,
-    DaemonUdpOutgoing, ErrorKindInternal, FileRequest, GetAddrInfoResponse, HttpFilter,
-    LayerTcpOutgoing, LayerUdpOutgoing, LogLevel, LogMessage, Port, RemoteEnvVars, RemoteIOError,
-    ResponseError, SocketAddress, StealType,
+    DaemonUdpOutgoing, FileRequest, FileResponse, GetAddrInfoResponse, HttpFilter,
+    LayerTcpOutgoing, LayerUdpOutgoing, LogLevel, LogMessage, Port, RemoteEnvVars, ResponseError,
+    SocketAddress, StealType,
 };
 
 /// A refused subscription: the text for the CLI's log and the error for `SubscribeResult`.
@@ -80,20 +81,6 @@ pub fn client_request(
     client_version: Option<&Version>,
 ) -> Option<DaemonMessage> {
     let gate = table.policy_gate()?;
-    if let ClientMessage::FileRequest(request @ FileRequest::Open(open)) = msg {
-        let path = open.path.to_string_lossy();
-        let write = !open.open_options.is_read_only();
-        let error = match gate.file(session.spec.id, &path, write) {
-            FileDecision::Remote => return None,
-            FileDecision::NotFound(_) => io_error(libc::ENOENT, ErrorKindInternal::NotFound),
-            FileDecision::Local(_) => ResponseError::OpenLocal,
-            FileDecision::Refused(refusal) => {
-                info!(%path, text = %refusal, "file open refused by policy");
-                io_error(libc::EACCES, ErrorKindInternal::PermissionDenied)
-            }
-        };
-        return request.error_response(error).map(DaemonMessage::File);
-    }
     let (udp, uid, address) = match msg {
         ClientMessage::TcpOutgoing(LayerTcpOutgoing::Connect(c)) => {
             (false, None, &c.remote_address)
@@ -139,10 +126,50 @@ pub fn client_request(
     })
 }
 
-fn io_error(errno: i32, kind: ErrorKindInternal) -> ResponseError {
-    ResponseError::RemoteIO(RemoteIOError {
-        raw_os_error: Some(errno),
-        kind,
+/// A file request: `Some(answer)` when the coordinator answers it itself because an `fs` rule
+/// applies (the answer is `None` while the agent still owes earlier answers: it follows them);
+/// `None`: it goes to the agent, tracked.
+pub fn file_request(
+    table: &SessionTable,
+    session: &SessionState,
+    files: &mut FileTracker,
+    request: &FileRequest,
+) -> Option<Option<DaemonMessage>> {
+    let gate = table.policy_gate()?;
+    let access = files.access(request);
+    if let Some(access) = &access {
+        let decision = gate.file(session.spec.id, access);
+        if let Some(error) = files::refusal(request, access, &decision) {
+            match &decision {
+                FileDecision::Refused(refusal) => {
+                    info!(paths = ?access.paths, text = %refusal, "file request refused by policy")
+                }
+                _ => debug!(paths = ?access.paths, ?decision, "file request answered by policy"),
+            }
+            let answer = request.error_response(error).map(DaemonMessage::File)?;
+            return Some(files.answered(answer));
+        }
+    }
+    files.forwarded(request, access);
+    None
+}
+
+/// An agent's file answer on its way to the CLI, through the connection's tracker.
+pub fn file_response(
+    table: &SessionTable,
+    session: &SessionState,
+    files: &mut FileTracker,
+    response: FileResponse,
+) -> Answers {
+    let Some(gate) = table.policy_gate() else {
+        return Answers {
+            to_cli: vec![DaemonMessage::File(response)],
+            again: None,
+        };
+    };
+    files.response(response, || {
+        let policies = gate.in_force(session.spec.id);
+        eval::not_found_matcher(&policies.iter().collect::<Vec<&NamedPolicy>>())
     })
 }
 

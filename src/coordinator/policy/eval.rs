@@ -319,20 +319,54 @@ pub fn env_excluded<'a>(policies: &[&'a NamedPolicy], name: &str) -> Option<&'a 
         .map(|p| &p.reference)
 }
 
-/// What to do with a file open on the target.
+/// What a file request does to a path on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FileOp {
+    /// `Open` / `OpenRelative` with read-only flags.
+    Open,
+    /// `Open` / `OpenRelative` with any of write, append, truncate, create.
+    OpenWrite,
+    /// `stat`, `access`, `statfs`, `readlink`: learns about the file without its content.
+    Inspect,
+    /// Reads a directory's entries (`FdOpenDir`, `ReadDir*`, `GetDEnts64`).
+    List,
+    /// Reads or seeks an open file.
+    Read,
+    /// Changes the file system: writes to an open file, mkdir, rmdir, unlink, rename, truncate,
+    /// chmod, chown, utimens.
+    Modify,
+}
+
+impl FileOp {
+    fn asked(self, path: &str) -> String {
+        match self {
+            FileOp::Open => format!("open {path}"),
+            FileOp::OpenWrite => format!("open {path} for writing"),
+            FileOp::Inspect => format!("inspect {path}"),
+            FileOp::List => format!("list {path}"),
+            FileOp::Read => format!("read {path}"),
+            FileOp::Modify => format!("modify {path}"),
+        }
+    }
+}
+
+/// What to do with a file request on the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum FileDecision {
     Remote,
     /// Answered as if the file did not exist.
     NotFound(PolicyRef),
-    /// Refused remotely so that the session opens its local file.
+    /// Refused remotely so that the session uses its local file.
     Local(PolicyRef),
-    /// A write open of a read-only path.
+    /// A change to a read-only path.
     Refused(Refusal),
 }
 
-pub fn check_file(policies: &[&NamedPolicy], path: &str, write: bool) -> FileDecision {
+/// `path` is absolute and normalized (no `.` or `..`). `notFound` wins over `local`, which wins
+/// over `readOnly`; `readOnly` refuses only opens for writing and changes.
+pub fn check_file(policies: &[&NamedPolicy], path: &str, op: FileOp) -> FileDecision {
     let hit = |pick: fn(&super::crd::FsPolicy) -> &Vec<String>| {
         policies.iter().find(|p| {
             p.spec.fs.as_ref().is_some_and(|fs| {
@@ -348,14 +382,28 @@ pub fn check_file(policies: &[&NamedPolicy], path: &str, write: bool) -> FileDec
     if let Some(p) = hit(|fs| &fs.local) {
         return FileDecision::Local(p.reference.clone());
     }
-    if write && let Some(p) = hit(|fs| &fs.read_only) {
+    if matches!(op, FileOp::OpenWrite | FileOp::Modify)
+        && let Some(p) = hit(|fs| &fs.read_only)
+    {
         return FileDecision::Refused(Refusal {
             policy: p.reference.clone(),
             rule: "fs.readOnly".into(),
-            asked: format!("open {path} for writing"),
+            asked: op.asked(path),
         });
     }
     FileDecision::Remote
+}
+
+/// Whether a path is `fs.notFound` for `policies`, with the regexes compiled once (for the many
+/// entries of a directory listing).
+pub fn not_found_matcher(policies: &[&NamedPolicy]) -> impl Fn(&str) -> bool + use<> {
+    let patterns: Vec<Regex> = policies
+        .iter()
+        .filter_map(|p| p.spec.fs.as_ref())
+        .flat_map(|fs| fs.not_found.iter())
+        .filter_map(|r| Regex::new(r).ok())
+        .collect();
+    move |path| patterns.iter().any(|re| re.is_match(path))
 }
 
 /// An outgoing connection (or UDP send) the session asks for; `hostnames` are the names the

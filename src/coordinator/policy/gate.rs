@@ -11,6 +11,8 @@ use kube::ResourceExt;
 use super::eval::{
     self, Destination, HttpFilterRequest, IncomingMode, NamedPolicy, PolicyRef, Refusal, TargetInfo,
 };
+use super::files::FileAccess;
+use super::secret_env::{HiddenEnv, SecretEnvSources};
 use crate::coordinator::api::state::{
     Authorizer, Decision, Identity, NamespaceInventory, ResourceAttributes,
 };
@@ -37,7 +39,7 @@ struct SessionEntry {
     target: TargetInfo,
     names: HashMap<IpAddr, BTreeSet<String>>,
     /// Env variables from Secrets the session's user may not `get`, with the reason.
-    hidden_env: BTreeMap<String, String>,
+    hidden_env: HiddenEnv,
 }
 
 /// The policy checks of every session, by session id.
@@ -63,25 +65,22 @@ impl PolicyGate {
         self
     }
 
-    /// At connect, after [`PolicyGate::connect`]: one review per Secret the target's env reads
-    /// through `valueFrom.secretKeyRef`; the variables of a Secret the user may not `get` (or that
-    /// could not be reviewed) are hidden from the session's env answers.
+    /// At connect, after [`PolicyGate::connect`]: one review per Secret the target container's env
+    /// reads (`valueFrom.secretKeyRef`, `envFrom.secretRef`); the variables that may carry a Secret
+    /// the user may not `get` (or that could not be reviewed) are hidden from the session's env
+    /// answers (see [`super::secret_env`]).
     pub async fn review_secret_env(
         &self,
         session: u64,
         identity: &Identity,
         namespace: &str,
-        secret_env: Vec<(String, String)>,
+        sources: SecretEnvSources,
     ) {
         let Some(authorizer) = &self.secrets else {
             return;
         };
-        let mut by_secret: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (var, secret) in secret_env {
-            by_secret.entry(secret).or_default().push(var);
-        }
-        let mut hidden = BTreeMap::new();
-        for (secret, vars) in by_secret {
+        let mut denied = BTreeMap::new();
+        for secret in sources.secrets() {
             let attributes = ResourceAttributes {
                 verb: "get",
                 group: "",
@@ -101,10 +100,9 @@ impl PolicyGate {
                 }
                 Err(e) => format!("Secret {namespace}/{secret} could not be reviewed: {}", e.0),
             };
-            for var in vars {
-                hidden.insert(var, why.clone());
-            }
+            denied.insert(secret, why);
         }
+        let hidden = sources.hidden(&denied);
         if let Some(entry) = self.sessions().get_mut(&session) {
             entry.hidden_env = hidden;
         }
@@ -114,7 +112,7 @@ impl PolicyGate {
     pub fn secret_env_hidden(&self, session: u64, name: &str) -> Option<String> {
         self.sessions()
             .get(&session)
-            .and_then(|e| e.hidden_env.get(name).cloned())
+            .and_then(|e| e.hidden_env.why(name).map(str::to_owned))
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionEntry>> {
@@ -140,7 +138,7 @@ impl PolicyGate {
             SessionEntry {
                 target,
                 names: HashMap::new(),
-                hidden_env: BTreeMap::new(),
+                hidden_env: HiddenEnv::default(),
             },
         );
         Ok(())
@@ -225,13 +223,32 @@ impl PolicyGate {
         eval::check_outgoing(&eval::applicable(&policies, &target), &dest)
     }
 
-    /// A file open of `session` on its target.
-    pub fn file(&self, session: u64, path: &str, write: bool) -> eval::FileDecision {
+    /// A file request of `session` on its target: the first path a rule applies to decides.
+    pub fn file(&self, session: u64, access: &FileAccess) -> eval::FileDecision {
         let Some(target) = self.target(session) else {
             return eval::FileDecision::Remote;
         };
         let policies = self.source.policies();
-        eval::check_file(&eval::applicable(&policies, &target), path, write)
+        let applicable = eval::applicable(&policies, &target);
+        access
+            .paths
+            .iter()
+            .map(|path| eval::check_file(&applicable, path, access.op))
+            .find(|d| *d != eval::FileDecision::Remote)
+            .unwrap_or(eval::FileDecision::Remote)
+    }
+
+    /// The policies in force for `session` now, to check many paths at once (a directory
+    /// listing).
+    pub fn in_force(&self, session: u64) -> Vec<NamedPolicy> {
+        let Some(target) = self.target(session) else {
+            return Vec::new();
+        };
+        let policies = self.source.policies();
+        eval::applicable(&policies, &target)
+            .into_iter()
+            .cloned()
+            .collect()
     }
 
     pub fn forget(&self, session: u64) {
@@ -257,39 +274,30 @@ fn filter_request(filter: &HttpFilter) -> HttpFilterRequest {
     }
 }
 
-/// `(variable, Secret name)` for each `valueFrom.secretKeyRef` in the env of the target container of
-/// the first of `pods` found (the pods of one workload share their template).
+/// The Secret-backed env of the target container of the first of `pods` found (the pods of one
+/// workload share their template).
 pub fn secret_env(
     inventory: &NamespaceInventory,
     pods: &[String],
     container: Option<&str>,
-) -> Vec<(String, String)> {
+) -> SecretEnvSources {
     let Some(pod) = inventory
         .pods
         .iter()
         .find(|p| pods.iter().any(|name| *name == p.name_any()))
     else {
-        return Vec::new();
+        return SecretEnvSources::default();
     };
     let containers = pod
         .spec
         .as_ref()
         .map(|s| s.containers.as_slice())
         .unwrap_or_default();
-    let Some(c) = containers
+    containers
         .iter()
         .find(|c| container.is_none_or(|name| c.name == name))
-    else {
-        return Vec::new();
-    };
-    c.env
-        .iter()
-        .flatten()
-        .filter_map(|e| {
-            let secret = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
-            Some((e.name.clone(), secret.name.clone()))
-        })
-        .collect()
+        .map(SecretEnvSources::of)
+        .unwrap_or_default()
 }
 
 /// The session's target for the evaluation: its path and the labels of the workload (or pod).

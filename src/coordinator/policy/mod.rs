@@ -4,4 +4,6 @@ pub mod cache;
 pub mod crd;
 pub mod enforce;
 pub mod eval;
+pub mod files;
 pub mod gate;
+pub mod secret_env;

@@ -43,6 +43,9 @@ use crate::protocol::*;
 /// How often the target's pods are looked at again (pods whose agent registered before the
 /// watch caches showed them ready).
 const POD_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Log lines kept for a CLI that has not sent `ReadyForLogs` yet (its first env request comes
+/// before it); later ones are dropped rather than grow the relay.
+const MAX_EARLY_LOGS: usize = 32;
 
 /// Why a relayed connection ended (log and metric label).
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +170,10 @@ pub struct Relay {
     pending: HashMap<(Family, Port), PendingSubscribe>,
     ids: ConnectionIds,
     primary: Option<PodKey>,
+    /// fd paths and owed file answers, for the `fs` policy rules.
+    files: crate::coordinator::policy::files::FileTracker,
+    /// Log lines written before the CLI sent `ReadyForLogs`, sent once it does.
+    early_logs: Vec<LogMessage>,
 }
 
 /// Relays one CLI connection of `session` until it ends; `connection` is the id
@@ -196,6 +203,8 @@ pub async fn run(
         pending: HashMap::new(),
         ids: ConnectionIds::default(),
         primary: None,
+        files: Default::default(),
+        early_logs: Vec::new(),
     };
     let end = relay
         .serve(cli.rx, events_rx)
@@ -543,10 +552,12 @@ impl Relay {
             .map_err(|_| RelayEnd::WriterGone)
     }
 
-    async fn log(&self, level: LogLevel, message: String) -> Result<(), RelayEnd> {
+    async fn log(&mut self, level: LogLevel, message: String) -> Result<(), RelayEnd> {
+        let log = LogMessage { message, level };
         if self.logs_ready {
-            self.to_cli(DaemonMessage::LogMessage(LogMessage { message, level }))
-                .await?;
+            self.to_cli(DaemonMessage::LogMessage(log)).await?;
+        } else if self.early_logs.len() < MAX_EARLY_LOGS {
+            self.early_logs.push(log);
         }
         Ok(())
     }
@@ -611,6 +622,9 @@ impl Relay {
             ClientMessage::ReadyForLogs => {
                 self.logs_ready = true;
                 self.to_all_pods(&msg).await;
+                for log in std::mem::take(&mut self.early_logs) {
+                    self.to_cli(DaemonMessage::LogMessage(log)).await?;
+                }
                 Ok(())
             }
             ClientMessage::ShareLink(_) => {
@@ -646,6 +660,19 @@ impl Relay {
             // Everything else has its state on one pod: env, files, DNS, outgoing, and the
             // messages the agent refuses (pause, VPN).
             other => {
+                if let ClientMessage::FileRequest(request) = &other
+                    && let Some(answer) = crate::coordinator::policy::enforce::file_request(
+                        &self.table,
+                        &self.session,
+                        &mut self.files,
+                        request,
+                    )
+                {
+                    return match answer {
+                        Some(answer) => self.to_cli(answer).await,
+                        None => Ok(()),
+                    };
+                }
                 if let Some(refused) = crate::coordinator::policy::enforce::client_request(
                     &self.table,
                     &self.session,
@@ -811,6 +838,21 @@ impl Relay {
             DaemonMessage::LogMessage(mut log) => {
                 log.message = format!("[{}] {}", pod.1, log.message);
                 return self.to_cli(DaemonMessage::LogMessage(log)).await;
+            }
+            DaemonMessage::File(response) if self.primary.as_ref() == Some(&pod) => {
+                let answers = crate::coordinator::policy::enforce::file_response(
+                    &self.table,
+                    &self.session,
+                    &mut self.files,
+                    response,
+                );
+                if let Some(again) = answers.again {
+                    self.to_pod(&pod, &ClientMessage::FileRequest(again)).await;
+                }
+                for answer in answers.to_cli {
+                    self.to_cli(answer).await?;
+                }
+                return Ok(());
             }
             mut other => {
                 if self.primary.as_ref() == Some(&pod) {
