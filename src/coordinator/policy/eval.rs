@@ -372,7 +372,7 @@ pub fn check_file(policies: &[&NamedPolicy], path: &str, op: FileOp) -> FileDeci
             p.spec.fs.as_ref().is_some_and(|fs| {
                 pick(fs)
                     .iter()
-                    .any(|r| Regex::new(r).is_ok_and(|re| re.is_match(path)))
+                    .any(|r| compiled(r).is_some_and(|re| re.is_match(path)))
             })
         })
     };
@@ -394,14 +394,35 @@ pub fn check_file(policies: &[&NamedPolicy], path: &str, op: FileOp) -> FileDeci
     FileDecision::Remote
 }
 
+/// A policy regex compiled once per process (`None`: it does not compile). `fs` rules are checked on
+/// every file request, and compiling them each time cost milliseconds per read; the cache is cleared
+/// when it holds more patterns than policies plausibly write, so it stays bounded.
+fn compiled(pattern: &str) -> Option<std::sync::Arc<Regex>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    const MAX: usize = 4096;
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<Arc<Regex>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(hit) = cache.get(pattern) {
+        return hit.clone();
+    }
+    if cache.len() >= MAX {
+        cache.clear();
+    }
+    let regex = Regex::new(pattern).ok().map(Arc::new);
+    cache.insert(pattern.to_owned(), regex.clone());
+    regex
+}
+
 /// Whether a path is `fs.notFound` for `policies`, with the regexes compiled once (for the many
 /// entries of a directory listing).
 pub fn not_found_matcher(policies: &[&NamedPolicy]) -> impl Fn(&str) -> bool + use<> {
-    let patterns: Vec<Regex> = policies
+    let patterns: Vec<std::sync::Arc<Regex>> = policies
         .iter()
         .filter_map(|p| p.spec.fs.as_ref())
         .flat_map(|fs| fs.not_found.iter())
-        .filter_map(|r| Regex::new(r).ok())
+        .filter_map(|r| compiled(r))
         .collect();
     move |path| patterns.iter().any(|re| re.is_match(path))
 }
