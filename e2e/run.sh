@@ -26,6 +26,8 @@ source "$E2E_LIB/node.sh"
 source "$E2E_LIB/operator.sh"
 # shellcheck source=lib/testlib.sh
 source "$E2E_LIB/testlib.sh"
+# shellcheck source=lib/rabbitmq.sh
+source "$E2E_LIB/rabbitmq.sh"
 # shellcheck source=lib/setup.sh
 source "$E2E_LIB/setup.sh"
 for f in "$E2E_ROOT"/tests/*.sh; do

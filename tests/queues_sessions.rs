@@ -87,7 +87,7 @@ fn rmq_split_through_the_relay_env_overlap_and_cleanup() {
         }));
         let mut supervisor = Supervisor::new(Arc::new(NodeSecrets(uri.clone())), Arc::new(NoMetrics));
         let reports = supervisor
-            .reconcile(&[registry], |_, name| {
+            .reconcile(&[registry], |_, _, name| {
                 (name == "web").then(|| serde_json::from_value::<PodSpec>(template()).unwrap())
             })
             .await;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::MessageAttributeValue;
 use k8s_openapi::api::core::v1::PodSpec;
 use mirrord_operator::coordinator::queues::{
-    crd::{MirrordWorkloadQueueRegistry, QueueSessionStatus},
+    crd::{MirrordWorkloadQueueRegistry, QueueSessionStatus, WorkloadType},
     metrics::NoMetrics,
     sessions::SessionQueues,
     sqs_supervisor::Sqs,
@@ -43,7 +43,7 @@ fn registry_in(
     )
 }
 
-fn template(_: &str, name: &str) -> Option<PodSpec> {
+fn template(_: WorkloadType, _: &str, name: &str) -> Option<PodSpec> {
     (name == "api").then(|| {
         serde_json::from_value(json!({"containers": [{"name": "main", "env": [
             {"name": "MAIL", "value": "mail"},

@@ -1,7 +1,8 @@
 //! The coordinator's splitter supervisor against a real broker (a private `rabbitmq-server` node on
 //! loopback): registries start splitters for the original queues their consumer's Deployment
 //! template names, problems (queue missing, Secret missing, login refused, workload missing) are
-//! reported per registry, and a registry that goes away stops its splitter.
+//! reported per registry, and a registry that goes away stops its splitter; a session that a dead
+//! coordinator left is ended by the next one from its stored object.
 
 #[path = "support/rabbitmq.rs"]
 mod rabbitmq;
@@ -12,9 +13,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodSpec;
 use mirrord_operator::coordinator::queues::{
-    crd::MirrordWorkloadQueueRegistry,
+    crd::{MirrordWorkloadQueueRegistry, WorkloadType},
     metrics::NoMetrics,
-    sessions::{QueueSessionError, RmqSession},
+    records::{MemoryRecords, Records, SessionRecords, StoredSession, end_orphans},
+    sessions::{QueueSessionError, RmqSession, SessionQueues},
     supervisor::{ProblemReason, SplitterIndex, Supervisor},
 };
 use rabbitmq::{NodeSecrets, RabbitNode, publish};
@@ -41,8 +43,8 @@ fn registry(
 }
 
 /// Deployment `api` reads ORDERS=orders and GONE=no-such-queue.
-fn template(namespace: &str, name: &str) -> Option<PodSpec> {
-    (namespace == "staging" && name == "api").then(|| {
+fn template(kind: WorkloadType, namespace: &str, name: &str) -> Option<PodSpec> {
+    (kind == WorkloadType::Deployment && namespace == "staging" && name == "api").then(|| {
         serde_json::from_value(json!({"containers": [{"name": "main", "env": [
             {"name": "ORDERS", "value": "orders"},
             {"name": "GONE", "value": "no-such-queue"}
@@ -195,4 +197,103 @@ async fn a_session_gets_its_queue_env_and_cleans_up() {
         .unwrap();
     bob.end().await;
     supervisor.lock().await.stop_all().await;
+}
+
+/// A runtime for one coordinator's tasks: dropping it ends them wherever they are, connections
+/// included, as a crash would.
+fn coordinator_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_dead_coordinators_session_is_ended_by_the_next() {
+    let node = RabbitNode::start();
+    let uri = node.uri();
+    let store = Arc::new(MemoryRecords::default());
+    let registries = [registry("good", "api", "rmq", "ORDERS")];
+    let params = BTreeMap::from([(
+        "rmq_splits".to_owned(),
+        r#"{"q": {"tenant": "^alice$"}}"#.to_owned(),
+    )]);
+
+    // The first coordinator stores alice's session, then dies mid-session (nothing is ended).
+    let first = coordinator_runtime();
+    first.block_on(async {
+        publish(&uri, "orders", 0, None).await;
+        let mut supervisor =
+            Supervisor::new(Arc::new(NodeSecrets(uri.clone())), Arc::new(NoMetrics));
+        let reports = supervisor.reconcile(&registries, template).await;
+        assert_eq!(reports[0].running, ["orders"]);
+        supervisor.index().keep_records(Records::new(store.clone()));
+        let alice = SessionQueues::for_connect(
+            &supervisor.index(),
+            &params,
+            "staging",
+            Some("api"),
+            0xa11ce,
+        )
+        .await
+        .unwrap()
+        .expect("a queue session");
+        let stored = store.list().await.unwrap();
+        let [StoredSession::Rmq(object)] = stored.as_slice() else {
+            panic!("one MirrordRMQSession stored: {stored:?}");
+        };
+        assert_eq!(object.spec.session_id, "a11ce");
+        assert_eq!(object.spec.namespace, "staging");
+        assert_eq!(object.spec.queue_filters["q"]["tenant"], "^alice$");
+        publish(&uri, "orders", 4, Some("alice")).await;
+        node.wait_depth("orders-mirrord-a11ce", Some(4)).await;
+        std::mem::forget((alice, supervisor));
+    });
+    first.shutdown_timeout(Duration::from_secs(5));
+    assert_eq!(node.queue_depth("orders-mirrord-a11ce"), Some(4));
+
+    // The next coordinator: before its splitter runs the orphan waits; then it is ended the
+    // normal way (her 4 unread messages to the output queue, her queue and record gone).
+    let second = coordinator_runtime();
+    second.block_on(async {
+        let mut supervisor =
+            Supervisor::new(Arc::new(NodeSecrets(uri.clone())), Arc::new(NoMetrics));
+        let records = Records::new(store.clone());
+        supervisor.index().keep_records(records.clone());
+        let round = end_orphans(&supervisor.index(), &records).await;
+        assert_eq!(round.waiting, ["a11ce".to_owned()].into());
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        let reports = supervisor.reconcile(&registries, template).await;
+        assert_eq!(reports[0].running, ["orders"]);
+        let round = end_orphans(&supervisor.index(), &records).await;
+        assert_eq!(round.ended, ["a11ce".to_owned()].into(), "{round:?}");
+        node.wait_depth("orders-mirrord-output", Some(4)).await;
+        assert_eq!(node.queue_depth("orders-mirrord-a11ce"), None);
+        assert!(store.list().await.unwrap().is_empty());
+
+        // A session of the running coordinator is never taken for an orphan; its end removes it.
+        let bob =
+            SessionQueues::for_connect(&supervisor.index(), &params, "staging", Some("api"), 0xb0b)
+                .await
+                .unwrap()
+                .expect("a queue session");
+        assert_eq!(
+            end_orphans(&supervisor.index(), &records).await,
+            Default::default()
+        );
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        bob.end();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !store.list().await.unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bob's object was not removed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(node.queue_depth("orders-mirrord-b0b"), None);
+        drop(bob);
+        supervisor.stop_all().await;
+    });
 }

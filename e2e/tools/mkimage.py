@@ -6,6 +6,7 @@
     mkimage.py pause    --pause PAUSE_BINARY --tag localhost/mirrord-e2e/pause:1 --out pause.tar
     mkimage.py nginx    --tag localhost/mirrord-e2e/nginx:1 --out nginx.tar   # the registry mirror's cache pods
     mkimage.py registry --tag localhost/mirrord-e2e/registry:1 --out registry.tar   # its upstream in the e2e
+    mkimage.py amqp     --tag localhost/mirrord-e2e/amqp:1 --out amqp.tar   # queue consumers (busybox + amqp-tools)
     mkimage.py check    --dockerfile Dockerfile      # only parse: fails when the Dockerfile says something new
 
 The operator image is made from the runtime stage of the project's Dockerfile, read here instruction by
@@ -43,6 +44,10 @@ APK_STANDINS = {
         "dirs": [XTABLES_LIBDIR],
         "files": ["/etc/protocols"],
     },
+}
+# The CA bundle at the path Alpine's ca-certificates installs it (and rustls-native-certs reads).
+APK_STANDINS["ca-certificates"] = {
+    "binaries": [], "links": {}, "dirs": [], "files": ["/etc/ssl/certs/ca-certificates.crt"],
 }
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -253,6 +258,16 @@ def app_image(busybox):
     return r, {"Cmd": ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"], "Env": [PATH_ENV]}
 
 
+def amqp_image(busybox, tools):
+    """The app image's busybox plus Debian's amqp-tools (librabbitmq): a real AMQP consumer for the queue
+    splitting e2e, run by the pod's command."""
+    r, config = app_image(busybox)
+    for name in ("amqp-consume", "amqp-publish", "amqp-declare-queue"):
+        r.elf_with_libs(f"/usr/bin/{name}", os.path.join(tools, name))
+    config["Cmd"] = ["/bin/sh"]
+    return r, config
+
+
 def pause_image(pause):
     r = base_rootfs()
     r.host_file("/pause", pause)
@@ -303,13 +318,14 @@ def write_image(rootfs, config, tag, out):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=["operator", "app", "pause", "nginx", "registry", "check"])
+    p.add_argument("kind", choices=["operator", "app", "amqp", "pause", "nginx", "registry", "check"])
     p.add_argument("--dockerfile")
     p.add_argument("--bin-dir")
     p.add_argument("--pause")
     p.add_argument("--busybox", default="/bin/busybox")
     p.add_argument("--nginx", default="/usr/sbin/nginx")
     p.add_argument("--registry", default="/usr/bin/docker-registry")
+    p.add_argument("--amqp-tools", default="/usr/bin", help="directory of amqp-consume and amqp-publish")
     p.add_argument("--tag")
     p.add_argument("--out")
     a = p.parse_args(argv)
@@ -326,6 +342,8 @@ def main(argv):
             rootfs, config = operator_image(a.dockerfile, a.bin_dir)
         elif a.kind == "app":
             rootfs, config = app_image(a.busybox)
+        elif a.kind == "amqp":
+            rootfs, config = amqp_image(a.busybox, a.amqp_tools)
         elif a.kind == "nginx":
             rootfs, config = nginx_image(a.nginx)
         elif a.kind == "registry":

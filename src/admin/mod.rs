@@ -171,66 +171,90 @@ pub fn render_status(operator: &Value) -> Result<String, AdminError> {
             &rows,
         ));
     }
-    out.push_str(&rmq_tables(sessions));
+    out.push_str(&queue_tables(sessions));
     Ok(out)
 }
 
-/// One table per queue consumer of the sessions' `rmq` objects (`MirrordRMQSession`): which
-/// original queue each session splits into which temporary queue, with what filter. (The CLI
-/// 3.250 does not print these; the SQS tables it prints have the same columns.)
-fn rmq_tables(sessions: &[Value]) -> String {
-    let mut tables: std::collections::BTreeMap<String, Vec<Vec<String>>> = Default::default();
-    for session in sessions {
-        for rmq in session["rmq"].as_array().into_iter().flatten() {
-            let spec = &rmq["spec"];
-            let consumer = format!(
-                "{}/{}",
-                spec["queueConsumer"]["workloadType"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_lowercase(),
-                spec["queueConsumer"]["name"].as_str().unwrap_or_default()
-            );
-            let Some(names) = rmq["status"]["Ready"]["queueNames"].as_object() else {
-                continue;
-            };
-            for (id, names) in names {
-                let filter: Vec<String> = spec["queueFilters"][id]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(header, regex)| {
-                        format!("{header}:{}", regex.as_str().unwrap_or_default())
-                    })
-                    .collect();
-                tables.entry(consumer.clone()).or_default().push(vec![
-                    session["id"].as_str().unwrap_or_default().to_owned(),
-                    id.clone(),
-                    session["user"].as_str().unwrap_or_default().to_owned(),
-                    names["originalName"]
+/// One table per broker and queue consumer of the sessions' `rmq` / `sqs` objects
+/// (`MirrordRMQSession`, `MirrordSQSSession`), laid out like the CLI's SQS tables: which original
+/// queue each session splits into which temporary queue, one row per filter entry (`name:regex`,
+/// or `jq:<program>`). Entries under `*` apply to every queue id; a key's `::suffix` is not shown.
+fn queue_tables(sessions: &[Value]) -> String {
+    let mut out = String::new();
+    for (key, broker) in [("sqs", "SQS"), ("rmq", "RMQ")] {
+        let mut tables: std::collections::BTreeMap<String, Vec<Vec<String>>> = Default::default();
+        for session in sessions {
+            for object in session[key].as_array().into_iter().flatten() {
+                let spec = &object["spec"];
+                let consumer = &spec["queueConsumer"];
+                let mut title = format!(
+                    "{}/{}",
+                    consumer["workloadType"]
                         .as_str()
                         .unwrap_or_default()
-                        .to_owned(),
-                    names["outputName"].as_str().unwrap_or_default().to_owned(),
-                    filter.join("\n"),
-                ]);
+                        .to_lowercase(),
+                    consumer["name"].as_str().unwrap_or_default()
+                );
+                if let Some(container) = consumer["container"].as_str() {
+                    let _ = write!(title, "/container/{container}");
+                }
+                let status = &object["status"];
+                let details = [
+                    &status["Ready"],
+                    &status["RegisteringFilters"],
+                    &status["CleanupError"]["details"],
+                ];
+                let Some(names) = details.iter().find_map(|d| d["queueNames"].as_object()) else {
+                    continue;
+                };
+                for (id, names) in names {
+                    let shown_id = id.split("::").next().unwrap_or(id);
+                    let mut filters: Vec<String> = [shown_id, "*"]
+                        .iter()
+                        .flat_map(|k| spec["queueFilters"][k].as_object().into_iter().flatten())
+                        .map(|(name, regex)| {
+                            format!("{name}:{}", regex.as_str().unwrap_or_default())
+                        })
+                        .collect();
+                    filters.extend(
+                        [shown_id, "*"]
+                            .iter()
+                            .filter_map(|k| spec["queueJqFilters"][k].as_str())
+                            .map(|jq| format!("jq:{jq}")),
+                    );
+                    if filters.is_empty() {
+                        filters.push(String::new());
+                    }
+                    for filter in filters {
+                        tables.entry(title.clone()).or_default().push(vec![
+                            session["id"].as_str().unwrap_or_default().to_owned(),
+                            shown_id.to_owned(),
+                            session["user"].as_str().unwrap_or_default().to_owned(),
+                            names["originalName"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            names["outputName"].as_str().unwrap_or_default().to_owned(),
+                            filter,
+                        ]);
+                    }
+                }
             }
         }
-    }
-    let mut out = String::new();
-    for (consumer, rows) in tables {
-        let _ = write!(out, "\nRMQ Queue for {consumer}\n");
-        out.push_str(&table(
-            &[
-                "Session ID",
-                "Queue ID",
-                "User",
-                "Original Name",
-                "Session Queue",
-                "Filter",
-            ],
-            &rows,
-        ));
+        for (consumer, rows) in tables {
+            let _ = write!(out, "\n{broker} Queue for {consumer}\n");
+            out.push_str(&table(
+                &[
+                    "Session ID",
+                    "Queue ID",
+                    "User",
+                    "Original Name",
+                    "Output Name",
+                    "Filter",
+                ],
+                &rows,
+            ));
+        }
     }
     out
 }
@@ -335,6 +359,38 @@ mod tests {
             row.contains("tenant:^alice$") && row.contains("alice"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn sqs_sessions_get_a_row_per_filter_entry() {
+        let operator = serde_json::json!({
+            "spec": {"operator_version": "1", "default_namespace": "mirrord",
+                "license": {"name": "n", "organization": "o", "expire_at": "2099-12-31"}},
+            "status": {"sessions": [{"id": "B0B", "user": "bob", "target": "deployment/mail",
+                "namespace": "default", "duration_secs": 5, "locked_ports": [],
+                "sqs": [{"spec": {"sessionId": "b0b",
+                    "queueConsumer": {"name": "mail", "container": "main", "workloadType": "Deployment"},
+                    "queueFilters": {"mail": {"tenant": "^bob$"}, "*": {"kind": "^x$"}},
+                    "queueJqFilters": {"mail": ".urgent"}},
+                    "status": {"CleanupError": {"error": {"statusCode": 503, "reason": "r"},
+                        "details": {"queueNames": {"mail::1": {"originalName": "mail",
+                        "outputName": "mail-mirrord-b0b"}}, "envUpdates": {}}}}}]}]}
+        });
+        let text = render_status(&operator).unwrap();
+        assert!(
+            text.contains("SQS Queue for deployment/mail/container/main"),
+            "{text}"
+        );
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("B0B") && l.contains("mail-mirrord-b0b"))
+            .collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        for (row, filter) in rows.iter().zip(["tenant:^bob$", "kind:^x$", "jq:.urgent"]) {
+            assert!(row.contains(filter), "{row} lacks {filter}");
+            assert!(!row.contains("mail::1"), "{row}");
+        }
+        assert!(!text.contains("RMQ Queue"), "{text}");
     }
 
     #[test]

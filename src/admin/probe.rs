@@ -55,8 +55,23 @@ pub struct ProbeArgs {
     /// `on_concurrent_steal`: abort, continue or override.
     #[arg(long, default_value = "abort")]
     pub on_concurrent_steal: String,
+    /// `rmq_splits` as the CLI sends it: `{"<queue id>": {"<header>": "<regex>"}}`.
+    #[arg(long, value_parser = json_object)]
+    pub rmq_splits: Option<String>,
+    /// `sqs_splits` as the CLI sends it: `{"<queue id>": {"<attribute>": "<regex>"}}`.
+    #[arg(long, value_parser = json_object)]
+    pub sqs_splits: Option<String>,
     #[command(flatten)]
     pub plan: Plan,
+}
+
+/// A connect parameter that must be a JSON object (caught here rather than as the operator's 400).
+fn json_object(text: &str) -> Result<String, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(_)) => Ok(text.to_owned()),
+        Ok(_) => Err("expected a JSON object".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 /// What to do once connected, in this order.
@@ -623,11 +638,20 @@ pub async fn probe(args: ProbeArgs) -> Result<Outcome, ProbeError> {
         .map_err(|e| ProbeError::Credential(e.to_string()))?;
     let der = client_der(&credential)?;
     let id = args.session_id.unwrap_or_else(random_session_id);
-    let query: String = form_urlencoded::Serializer::new(String::new())
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
         .append_pair("connect", "true")
         .append_pair("on_concurrent_steal", &args.on_concurrent_steal)
-        .append_pair("key", &format!("probe-{id:x}"))
-        .finish();
+        .append_pair("key", &format!("probe-{id:x}"));
+    for (name, value) in [
+        ("rmq_splits", &args.rmq_splits),
+        ("sqs_splits", &args.sqs_splits),
+    ] {
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    let query = query.finish();
     let path = format!(
         "/apis/operator.metalbear.co/v1/proxy/namespaces/{}/targets/{segment}?{query}",
         args.namespace
@@ -641,7 +665,19 @@ pub async fn probe(args: ProbeArgs) -> Result<Outcome, ProbeError> {
         .header("x-mirrord-cli-version", "3.250.0")
         .body(Vec::new())
         .map_err(|e| ProbeError::Credential(e.to_string()))?;
-    let connection = client.connect(request).await.map_err(ProbeError::Upgrade)?;
+    let connection = match client.connect(request).await {
+        Ok(connection) => connection,
+        // A queue split overlapping another session's is refused before the upgrade (409 naming
+        // that session): the same outcome as a refused steal.
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            print(
+                json!({"event": "refused", "session_id": format!("{id:X}"), "code": status.code,
+                "reason": status.reason, "message": status.message}),
+            );
+            return Ok(Outcome::Refused);
+        }
+        Err(e) => return Err(ProbeError::Upgrade(e)),
+    };
     print(
         json!({"event": "connected", "session_id": format!("{id:X}"), "target": args.target,
         "namespace": args.namespace}),

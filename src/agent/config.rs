@@ -77,9 +77,10 @@ pub struct AgentArgs {
         default_value = injection::TARGET_ROOT
     )]
     pub target_root: PathBuf,
-    /// The target container's declared ports, comma-separated (reported to the coordinator).
-    #[arg(long, env = env::TARGET_PORTS, value_delimiter = ',')]
-    pub target_ports: Vec<u16>,
+    /// The target container's declared ports, comma-separated (reported to the coordinator);
+    /// empty for a container that declares none, as the webhook renders it.
+    #[arg(long, env = env::TARGET_PORTS, default_value = "", value_parser = port_list)]
+    pub target_ports: PortList,
     /// PID of the target's main process, for env=proc and fs=proc; without it the agent finds
     /// the process itself (shared process namespace).
     #[arg(long, env = "MIRRORD_AGENT_TARGET_PID")]
@@ -152,6 +153,19 @@ impl AgentArgs {
     }
 }
 
+/// `--target-ports`: comma-separated ports, possibly none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+fn port_list(text: &str) -> Result<PortList, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(|e| format!("port {p:?}: {e}")))
+        .collect::<Result<_, _>>()
+        .map(PortList)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -178,6 +192,21 @@ mod tests {
         args.validate().expect("insecure listen accepted");
         let args = parse(&["--listen", "127.0.0.1:7000"]);
         args.validate().expect("loopback accepted");
+    }
+
+    #[test]
+    fn target_ports_may_be_empty() {
+        assert_eq!(parse(&[]).target_ports, PortList(vec![]));
+        assert_eq!(
+            parse(&["--target-ports", ""]).target_ports,
+            PortList(vec![])
+        );
+        assert_eq!(
+            parse(&["--target-ports", "8080,9090"]).target_ports,
+            PortList(vec![8080, 9090])
+        );
+        assert!(Wrap::try_parse_from(["agent", "--target-ports", "80,x"]).is_err());
+        assert!(Wrap::try_parse_from(["agent", "--target-ports", "70000"]).is_err());
     }
 
     #[test]

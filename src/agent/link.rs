@@ -358,7 +358,7 @@ pub fn registration(args: &super::AgentArgs) -> Registration {
         pod_ips: ips,
         node_name: args.node_name.clone(),
         target_container: args.target_container.clone(),
-        target_ports: args.target_ports.clone(),
+        target_ports: args.target_ports.0.clone(),
         protocol_version: PROTOCOL_VERSION_STR.to_owned(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     }

@@ -157,7 +157,7 @@ pub async fn run_until(args: CoordinatorArgs, shutdown: Shutdown) -> Result<(), 
     let templates = caches.clone();
     let queue_splitters = super::queues::wiring::start(
         client.clone(),
-        move |namespace, name| templates.deployment_template(namespace, name),
+        move |kind, namespace, name| templates.workload_template(kind, namespace, name),
         Arc::new(metrics.queues.clone()),
         shutdown.clone(),
     );

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use k8s_openapi::{
-    api::core::v1::{Pod, PodSpec},
+    api::core::v1::{Pod, PodSpec, PodTemplateSpec},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
@@ -517,44 +517,41 @@ fn workloads(inventory: &NamespaceInventory) -> Vec<Workload<'_>> {
     out
 }
 
-/// A Rollout's containers: from `spec.template`, or from the Deployment its `spec.workloadRef`
-/// names.
+/// A Rollout's containers and default container, from its pod template.
 fn rollout_template(
     inventory: &NamespaceInventory,
     data: &serde_json::Value,
 ) -> (Vec<String>, Option<String>) {
-    let spec = &data["spec"];
-    if let Some(template) = spec.get("template").filter(|t| t.is_object()) {
-        let containers = template["spec"]["containers"]
-            .as_array()
-            .map(|cs| {
-                cs.iter()
-                    .filter_map(|c| c["name"].as_str())
-                    .filter(|n| *n != AGENT_CONTAINER)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let default = template["metadata"]["annotations"][DEFAULT_CONTAINER]
-            .as_str()
-            .map(str::to_owned);
-        return (containers, default);
-    }
-    let reference = &spec["workloadRef"];
-    if reference["kind"] == "Deployment"
-        && let Some(name) = reference["name"].as_str()
-        && let Some(d) = inventory
+    let template = rollout_pod_template(data, |name| {
+        inventory
             .deployments
             .iter()
             .find(|d| d.metadata.name.as_deref() == Some(name))
-    {
-        let template = d.spec.as_ref().map(|s| &s.template);
-        return (
-            app_containers(template.and_then(|t| t.spec.as_ref())),
-            default_container(template.and_then(|t| t.metadata.as_ref())),
-        );
+            .and_then(|d| d.spec.as_ref())
+            .map(|s| s.template.clone())
+    });
+    let template = template.as_ref();
+    (
+        app_containers(template.and_then(|t| t.spec.as_ref())),
+        default_container(template.and_then(|t| t.metadata.as_ref())),
+    )
+}
+
+/// A Rollout's pod template (its object's JSON): `spec.template`, or the template of the
+/// Deployment its `spec.workloadRef` names (`deployment(name)`, same namespace).
+pub fn rollout_pod_template(
+    data: &serde_json::Value,
+    deployment: impl Fn(&str) -> Option<PodTemplateSpec>,
+) -> Option<PodTemplateSpec> {
+    let spec = &data["spec"];
+    if let Some(template) = spec.get("template").filter(|t| t.is_object()) {
+        return serde_json::from_value(template.clone()).ok();
     }
-    (Vec::new(), None)
+    let reference = &spec["workloadRef"];
+    if reference["kind"] == "Deployment" {
+        return deployment(reference["name"].as_str()?);
+    }
+    None
 }
 
 /// RFC 1123 subdomain, as Kubernetes object names.
@@ -587,6 +584,40 @@ mod tests {
             kind,
             name: name.into(),
             container: container.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn rollout_templates_inline_or_by_workload_ref() {
+        let web: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [{"name": "web", "env": [{"name": "Q", "value": "orders"}]}]}
+        }))
+        .unwrap();
+        let deployments = |name: &str| (name == "web").then(|| web.clone());
+        let inline = serde_json::json!({"spec": {"template": {
+            "metadata": {"annotations": {"kubectl.kubernetes.io/default-container": "app"}},
+            "spec": {"containers": [{"name": "app"}, {"name": "side"}]}}}});
+        let template = rollout_pod_template(&inline, deployments).unwrap();
+        let names: Vec<_> = template
+            .spec
+            .unwrap()
+            .containers
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["app", "side"]);
+        let by_ref = serde_json::json!({"spec": {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}});
+        assert_eq!(
+            rollout_pod_template(&by_ref, deployments),
+            Some(web.clone())
+        );
+        for none in [
+            serde_json::json!({"spec": {"workloadRef": {"kind": "Deployment", "name": "gone"}}}),
+            serde_json::json!({"spec": {"workloadRef": {"kind": "StatefulSet", "name": "web"}}}),
+            serde_json::json!({"spec": {}}),
+            serde_json::json!({"spec": {"template": {"spec": {"containers": "not a list"}}}}),
+        ] {
+            assert_eq!(rollout_pod_template(&none, deployments), None, "{none}");
         }
     }
 

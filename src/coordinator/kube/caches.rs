@@ -29,6 +29,8 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     coordinator::api::state::{Inventory, NamespaceInventory},
+    coordinator::queues::crd::WorkloadType,
+    coordinator::targets::rollout_pod_template,
     server::shutdown::Shutdown,
 };
 
@@ -140,16 +142,27 @@ impl Caches {
         self.pending.load(Ordering::Acquire) == 0
     }
 
-    /// A Deployment's pod template (queue splitting reads the queue names in its env).
-    pub fn deployment_template(&self, namespace: &str, name: &str) -> Option<PodSpec> {
-        let key = reflector::ObjectRef::new(name).within(namespace);
-        self.deployments
-            .get(&key)?
-            .spec
-            .as_ref()?
-            .template
-            .spec
-            .clone()
+    /// A queue consumer's pod template (queue splitting reads the queue names in its env): a
+    /// Deployment's, or a Rollout's (its own or its `workloadRef` Deployment's).
+    pub fn workload_template(
+        &self,
+        kind: WorkloadType,
+        namespace: &str,
+        name: &str,
+    ) -> Option<PodSpec> {
+        let deployment = |name: &str| {
+            let key = reflector::ObjectRef::new(name).within(namespace);
+            Some(self.deployments.get(&key)?.spec.as_ref()?.template.clone())
+        };
+        let template = match kind {
+            WorkloadType::Deployment => deployment(name)?,
+            WorkloadType::Rollout => {
+                let rollouts = in_namespace(self.rollouts.as_ref()?, namespace);
+                let rollout = rollouts.iter().find(|r| r.name_any() == name)?;
+                rollout_pod_template(&rollout.data, deployment)?
+            }
+        };
+        template.spec
     }
 }
 

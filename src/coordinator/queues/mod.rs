@@ -5,6 +5,7 @@
 //! - [`filter`], [`overlap`], [`names`]: pure routing, the filter-overlap decision, queue names.
 //! - [`rabbitmq`]: the RabbitMQ splitter (lapin), reporting through [`metrics::SplitterMetrics`].
 //! - [`registry_cache`]: the watch-fed registries the webhook reads while admitting.
+//! - [`records`]: sessions as objects in the cluster; an earlier coordinator's orphans ended.
 
 pub mod crd;
 pub mod filter;
@@ -13,6 +14,7 @@ pub mod names;
 pub mod overlap;
 pub mod plan;
 pub mod rabbitmq;
+pub mod records;
 pub mod registry_cache;
 pub mod sessions;
 pub mod sqs;
@@ -20,3 +22,21 @@ pub mod sqs_filter;
 pub mod sqs_supervisor;
 pub mod supervisor;
 pub mod wiring;
+
+/// How long a session command (add or remove a session) waits for a splitter's answer. A splitter
+/// serves commands only while connected: a connect must not hang while the broker is unreachable.
+pub const SESSION_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A splitter's answer to a session command within [`SESSION_COMMAND_TIMEOUT`]: `Err(None)` when
+/// none came in time (the command stays queued and runs once the splitter reconnects),
+/// `Err(Some(stopped))` when the splitter is gone.
+async fn answer_in_time<T, E>(
+    answer: tokio::sync::oneshot::Receiver<Result<T, E>>,
+    stopped: E,
+) -> Result<T, Option<E>> {
+    match tokio::time::timeout(SESSION_COMMAND_TIMEOUT, answer).await {
+        Ok(Ok(result)) => result.map_err(Some),
+        Ok(Err(_)) => Err(Some(stopped)),
+        Err(_) => Err(None),
+    }
+}

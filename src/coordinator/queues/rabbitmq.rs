@@ -99,6 +99,11 @@ pub enum SplitterError {
     NotDrained { queue: String },
     #[error("the splitter has stopped")]
     Stopped,
+    #[error(
+        "the splitter did not answer within {secs}s: it is not connected to the broker (see the coordinator's log); try again",
+        secs = super::SESSION_COMMAND_TIMEOUT.as_secs()
+    )]
+    Unavailable,
     #[error("a broker operation failed and closed the channel")]
     ChannelLost,
 }
@@ -116,6 +121,7 @@ impl SplitterError {
             SplitterError::NoSuchSession(_) => "no-such-session",
             SplitterError::NotDrained { .. } => "not-drained",
             SplitterError::Stopped => "stopped",
+            SplitterError::Unavailable => "unavailable",
             SplitterError::ChannelLost => "channel-lost",
         }
     }
@@ -210,10 +216,24 @@ impl RmqSplitter {
             reply,
         })
         .await?;
-        answer.await.map_err(|_| SplitterError::Stopped)?
+        match super::answer_in_time(answer, SplitterError::Stopped).await {
+            Ok(queue) => Ok(queue),
+            Err(Some(error)) => Err(error),
+            Err(None) => {
+                // The add runs when the splitter reconnects: queue its undo behind it.
+                let (commands, key) = (self.commands.clone(), key.to_owned());
+                tokio::spawn(async move {
+                    let (reply, _) = oneshot::channel();
+                    let _ = commands.send(Command::Remove { key, reply }).await;
+                });
+                Err(SplitterError::Unavailable)
+            }
+        }
     }
 
     /// Ends a session: filter removed, its queue drained back to the output queue, then deleted.
+    /// Unanswered in time ([`SplitterError::Unavailable`]), the removal still runs once the splitter
+    /// reconnects.
     pub async fn remove_session(&self, key: &str) -> Result<SessionEnded, SplitterError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Remove {
@@ -221,7 +241,9 @@ impl RmqSplitter {
             reply,
         })
         .await?;
-        answer.await.map_err(|_| SplitterError::Stopped)?
+        super::answer_in_time(answer, SplitterError::Stopped)
+            .await
+            .map_err(|e| e.unwrap_or(SplitterError::Unavailable))
     }
 
     /// Stops after confirming and acking what is in flight.

@@ -15,6 +15,7 @@ use super::crd::{
 use super::filter::RegisterError;
 use super::plan::RmqPlan;
 use super::rabbitmq::{RmqSplitter, SplitterError};
+use super::records::{Records, StoredSession};
 use super::sqs::{SqsSplitter, SqsSplitterError};
 use super::supervisor::SplitterIndex;
 
@@ -406,7 +407,11 @@ impl QueueSession {
 /// `GetEnvVarsResponse`, ended once when the session ends (or when dropped, e.g. a connect whose
 /// upgrade failed).
 pub struct SessionQueues {
+    /// The session id as lowercase hex.
+    key: String,
     env: BTreeMap<String, String>,
+    /// Where the objects are stored, when the coordinator stores them.
+    records: Option<Records>,
     /// The session as a `MirrordRMQSession` (embedded in the operator status, §7.5.3).
     object: Option<MirrordRMQSession>,
     /// The session as a `MirrordSQSSession` (§7.5.2).
@@ -477,12 +482,25 @@ impl SessionQueues {
                 }
             }
         }
-        Ok(Some(Arc::new(SessionQueues {
+        let queues = SessionQueues {
+            key: format!("{session_id:x}"),
             env: env.into_iter().collect(),
+            records: splitters.records().cloned(),
             object,
             sqs_object,
             sessions: std::sync::Mutex::new(sessions),
-        })))
+        };
+        if let Some(records) = &queues.records {
+            records.started(&queues.key, queues.stored()).await;
+        }
+        Ok(Some(Arc::new(queues)))
+    }
+
+    /// The objects to store for this session.
+    fn stored(&self) -> Vec<StoredSession> {
+        let rmq = self.object.clone().map(StoredSession::Rmq);
+        let sqs = self.sqs_object.clone().map(StoredSession::Sqs);
+        rmq.into_iter().chain(sqs).collect()
     }
 
     /// The `MirrordRMQSession` object for the operator status, when the session splits RMQ queues.
@@ -500,24 +518,31 @@ impl SessionQueues {
         env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
-    /// Ends the splits in the background (once; later calls do nothing).
+    /// Ends the splits in the background (once; later calls do nothing), then removes the
+    /// session's stored objects. Without a runtime the queues and objects are left in place (the
+    /// next coordinator ends them as orphans).
     pub fn end(&self) {
         let taken = self
             .sessions
             .lock()
             .map(|mut s| std::mem::take(&mut *s))
             .unwrap_or_default();
-        for session in taken {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(session.end());
-                }
-                Err(_) => tracing::warn!(
-                    ?session,
-                    "no runtime to end the queue session; its queues are left in place"
-                ),
-            }
+        if taken.is_empty() {
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(session = %self.key, "no runtime to end the queue session; its queues are left in place");
+            return;
+        };
+        let (key, records, stored) = (self.key.clone(), self.records.clone(), self.stored());
+        runtime.spawn(async move {
+            for session in taken {
+                session.end().await;
+            }
+            if let Some(records) = records {
+                records.ended(&key, stored).await;
+            }
+        });
     }
 }
 

@@ -157,6 +157,11 @@ pub enum SqsSplitterError {
     NotDrained { queue: String },
     #[error("the splitter has stopped")]
     Stopped,
+    #[error(
+        "the splitter did not answer within {secs}s: it is not connected to the broker (see the coordinator's log); try again",
+        secs = super::SESSION_COMMAND_TIMEOUT.as_secs()
+    )]
+    Unavailable,
 }
 
 impl SqsSplitterError {
@@ -171,6 +176,7 @@ impl SqsSplitterError {
             SqsSplitterError::NoSuchSession(_) => "no-such-session",
             SqsSplitterError::NotDrained { .. } => "not-drained",
             SqsSplitterError::Stopped => "stopped",
+            SqsSplitterError::Unavailable => "unavailable",
         }
     }
 }
@@ -284,10 +290,24 @@ impl SqsSplitter {
             reply,
         })
         .await?;
-        answer.await.map_err(|_| SqsSplitterError::Stopped)?
+        match super::answer_in_time(answer, SqsSplitterError::Stopped).await {
+            Ok(queue) => Ok(queue),
+            Err(Some(error)) => Err(error),
+            Err(None) => {
+                // The add runs when the splitter reconnects: queue its undo behind it.
+                let (commands, key) = (self.commands.clone(), key.to_owned());
+                tokio::spawn(async move {
+                    let (reply, _) = oneshot::channel();
+                    let _ = commands.send(Command::Remove { key, reply }).await;
+                });
+                Err(SqsSplitterError::Unavailable)
+            }
+        }
     }
 
     /// Ends a session: filter removed, its queue drained back to the output queue, then deleted.
+    /// Unanswered in time ([`SqsSplitterError::Unavailable`]), the removal still runs once the splitter
+    /// reconnects.
     pub async fn remove_session(&self, key: &str) -> Result<SessionEnded, SqsSplitterError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Remove {
@@ -295,7 +315,9 @@ impl SqsSplitter {
             reply,
         })
         .await?;
-        answer.await.map_err(|_| SqsSplitterError::Stopped)?
+        super::answer_in_time(answer, SqsSplitterError::Stopped)
+            .await
+            .map_err(|e| e.unwrap_or(SqsSplitterError::Unavailable))
     }
 
     /// Stops after the current batch.

@@ -116,6 +116,8 @@ pub struct SplitterIndex(Arc<Views>);
 struct Views {
     rmq: View<RmqSplitter>,
     sqs: View<SqsSplitter>,
+    /// Where sessions' objects go (none in most tests).
+    records: std::sync::OnceLock<super::records::Records>,
 }
 
 fn find<S>(
@@ -154,6 +156,16 @@ impl SplitterIndex {
         queue_id: &str,
     ) -> Vec<(SplitPlan, Arc<SqsSplitter>)> {
         find(&self.0.sqs, namespace, consumer, queue_id)
+    }
+
+    /// Stores the sessions' `MirrordRMQSession` / `MirrordSQSSession` objects in `records` (set
+    /// once; later calls are ignored).
+    pub fn keep_records(&self, records: super::records::Records) {
+        let _ = self.0.records.set(records);
+    }
+
+    pub fn records(&self) -> Option<&super::records::Records> {
+        self.0.records.get()
     }
 
     pub(super) fn rmq(&self) -> &View<RmqSplitter> {
@@ -205,21 +217,19 @@ impl<B: Broker> Supervisor<B> {
 
     /// Starts the splitters `registries` ask for that are not running, stops those no longer asked
     /// for (after confirming what they have in flight), and reports per registry.
-    /// `template(namespace, deployment)` is the Deployment's pod template.
+    /// `template(kind, namespace, name)` is the consumer workload's pod template.
     pub async fn reconcile(
         &mut self,
         registries: &[Arc<MirrordWorkloadQueueRegistry>],
-        template: impl Fn(&str, &str) -> Option<PodSpec>,
+        template: impl Fn(WorkloadType, &str, &str) -> Option<PodSpec>,
     ) -> Vec<RegistryReport> {
         let mut reports = Vec::new();
         let mut wanted: BTreeMap<SplitKey, SplitPlan> = BTreeMap::new();
         let mut owner: BTreeMap<SplitKey, usize> = BTreeMap::new();
         for registry in registries {
             let namespace = registry.metadata.namespace.clone().unwrap_or_default();
-            // Only Deployment templates are read (a Rollout consumer reports ConsumerNotFound).
-            let spec = (registry.spec.consumer.workload_type == WorkloadType::Deployment)
-                .then(|| template(&namespace, &registry.spec.consumer.name))
-                .flatten();
+            let consumer = &registry.spec.consumer;
+            let spec = template(consumer.workload_type, &namespace, &consumer.name);
             let planned = B::plans(registry, spec.as_ref());
             let mut problems: Vec<_> = planned
                 .problems

@@ -1,7 +1,7 @@
 //! The coordinator's queue-splitting loop: registries from a watch, Deployment templates from the
 //! coordinator's caches, broker Secrets read when a RabbitMQ splitter starts, the coordinator's
 //! own AWS client for SQS; registry status patched when it changes and a Warning Event per new
-//! problem.
+//! problem; sessions stored as objects, and those an earlier coordinator left ended.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,14 +18,19 @@ use kube::{
     },
 };
 
-use super::crd::MirrordWorkloadQueueRegistry;
+use super::crd::{MirrordWorkloadQueueRegistry, WorkloadType};
 use super::metrics::SplitterMetrics;
+use super::records::{KubeSessionRecords, Records, end_orphans};
 use super::sqs_supervisor::Sqs;
 use super::supervisor::{BrokerSecrets, RegistryReport, SplitterIndex, Supervisor};
 use crate::server::{shutdown::Shutdown, watch::watch_all};
 
 /// How often the registries are compared with the running splitters (and failed ones retried).
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Once no stored orphan is left, the stored sessions are listed only every this many rounds (a
+/// session whose object could not be removed becomes an orphan of this process).
+const ORPHAN_CHECK_ROUNDS: u32 = 12;
 
 /// Reads `uri` from a Secret in the registry's namespace.
 pub struct KubeSecrets(pub Client);
@@ -58,7 +63,7 @@ impl BrokerSecrets for KubeSecrets {
 /// Starts the loop; the returned index is what session connects read.
 pub fn start(
     client: Client,
-    templates: impl Fn(&str, &str) -> Option<PodSpec> + Send + Sync + 'static,
+    templates: impl Fn(WorkloadType, &str, &str) -> Option<PodSpec> + Send + Sync + 'static,
     metrics: Arc<dyn SplitterMetrics>,
     mut shutdown: Shutdown,
 ) -> SplitterIndex {
@@ -69,6 +74,8 @@ pub fn start(
     );
     let mut supervisor = Supervisor::new(Arc::new(KubeSecrets(client.clone())), metrics.clone());
     let index = supervisor.index();
+    let records = Records::new(Arc::new(KubeSessionRecords(client.clone())));
+    index.keep_records(records.clone());
     let sqs_index = index.clone();
     let recorder = Recorder::new(
         client.clone(),
@@ -80,7 +87,9 @@ pub fn start(
     tokio::spawn(async move {
         // The AWS client (default chain; no request until a registry names an SQS queue).
         let sqs_client = super::sqs::client_from_env(None).await;
-        let mut sqs_supervisor = Supervisor::with_broker(Sqs::new(sqs_client), metrics, sqs_index);
+        let mut sqs_supervisor =
+            Supervisor::with_broker(Sqs::new(sqs_client), metrics, sqs_index.clone());
+        let mut rounds_to_orphan_check = 0;
         // Problems already announced (registry, reason, message): one Event each, again only
         // after they cleared.
         let mut announced = BTreeSet::new();
@@ -103,6 +112,16 @@ pub fn start(
                 .await;
             }
             announced = current;
+            // After the supervisors: an orphan needs its splitter running.
+            if rounds_to_orphan_check == 0 {
+                let orphans = end_orphans(&sqs_index, &records).await;
+                rounds_to_orphan_check = if orphans.waiting.is_empty() {
+                    ORPHAN_CHECK_ROUNDS
+                } else {
+                    1
+                };
+            }
+            rounds_to_orphan_check -= 1;
             if !shutdown.sleep(RECONCILE_INTERVAL).await {
                 break;
             }

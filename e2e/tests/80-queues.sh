@@ -1,0 +1,225 @@
+# shellcheck shell=bash
+# Queue splitting with real pods (issue 14): a private RabbitMQ node on the node's bridge address, a
+# registry naming a consumer Deployment whose pod really consumes (Debian's amqp-consume in the e2e
+# amqp image), the in-cluster coordinator's splitter reading the broker Secret the chart let it read,
+# and a session through the aggregator with `mirrord-operator probe --rmq-splits`. The developer's
+# local consumer is amqp-consume on the host, reading the session queue the probe's env names.
+
+Q_APP=orders-consumer
+Q_IMAGE="localhost/mirrord-e2e/amqp:1"
+
+# _q_probe NS USER ARGS...: the probe as USER against the consumer Deployment.
+_q_probe() {
+  local ns="$1" user="$2"
+  shift 2
+  "$OPERATOR_BIN" probe --as "$user" --client-name "$user" -n "$ns" --target "deployment/$Q_APP" "$@"
+}
+
+_q_image() {
+  python3 "$E2E_ROOT/tools/mkimage.py" amqp --tag "$Q_IMAGE" --out "$E2E_DIR/amqp.tar" || return 1
+  _node_ctr "$E2E_DIR" images import "$E2E_DIR/amqp.tar" >/dev/null
+}
+
+_q_consumer_yaml() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: $Q_APP
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: $Q_APP}
+  template:
+    metadata:
+      labels: {app: $Q_APP}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: app
+        image: $Q_IMAGE
+        imagePullPolicy: Never
+        # Waits for its queue (declared by the splitter) instead of crashing: a restart would hide
+        # the one a session start must not cause. Each message's body is one log line.
+        command: ["/bin/sh", "-c", "echo \"consuming \$ORDERS_QUEUE\"; until amqp-consume -u \"\$AMQP_URI\" -q \"\$ORDERS_QUEUE\" -p 10 -- sh -c 'cat; echo'; do sleep 1; done"]
+        env:
+        - {name: ORDERS_QUEUE, value: orders}
+        - name: AMQP_URI
+          valueFrom: {secretKeyRef: {name: rmq, key: uri}}
+YAML
+}
+
+_q_registry_yaml() {
+  cat <<YAML
+apiVersion: queues.mirrord.metalbear.co/v1alpha
+kind: MirrordWorkloadQueueRegistry
+metadata:
+  name: orders
+spec:
+  consumer: {name: $Q_APP, workloadType: Deployment}
+  queues:
+    orders:
+      queueType: RMQ
+      clusterProperties: rmq
+      nameSource: {envVar: ORDERS_QUEUE}
+YAML
+}
+
+_q_split_ready() { # NS
+  local out
+  out="$(k -n "$1" get mirrordworkloadqueueregistries orders -o jsonpath='{.status.rmqDetails.queueNames.orders.outputName}')"
+  echo "output queue in the registry status: ${out:-none}"
+  [[ "$out" == orders-mirrord-output ]]
+}
+
+# _q_logged NS POD COUNT PREFIX: the pod's log has COUNT lines starting with PREFIX.
+_q_logged() {
+  local n
+  n="$(k -n "$1" logs "$2" -c app | grep -c "^$4" || true)"
+  echo "$2 logged $n lines $4*"
+  [[ "$n" == "$3" ]]
+}
+
+_q_no_sessions() {
+  local out
+  out="$(k get mirrordrmqsessions -o name)"
+  echo "sessions: ${out:-none}"
+  [[ -z "$out" ]]
+}
+
+_q_publish() { # USER PREFIX COUNT
+  local i
+  for ((i = 1; i <= $3; i++)); do
+    amqp-publish -u "$RMQ_URI" -r orders -p -H "x-user: $1" -b "$2-$i" || return 1
+  done
+}
+
+_q_depth_is() { # QUEUE DEPTH|absent
+  local d
+  d="$(rmq_depth "$1")"
+  echo "$1: $d"
+  [[ "$d" == "$2" ]]
+}
+
+test_queue_splitting_with_real_pods() {
+  local ns pod uid alice alice_id dave coord coord_pid queue out rc=0 got i
+  if ! node_runs_pods; then
+    log "skipped: queue splitting needs pods and the in-cluster coordinator (no node in host mode)"
+    exit 0
+  fi
+  node_is_local || { log "skipped: the broker runs on the local node's bridge"; exit 0; }
+  command -v amqp-consume >/dev/null || fail "amqp-tools is not installed: run make deps"
+  _sess_ready
+  _q_image || fail "building or importing the amqp image failed"
+  defer rmq_stop
+  rmq_start "$NODE_IP" || fail "rabbitmq-server did not start"
+  new_ns ns queues "$INJECT_LABEL=enabled"
+  # The chart's Role for broker Secrets, in this namespace only; the release is put back afterwards
+  # (deferred after the namespace, so it runs before the namespace is deleted).
+  defer e2e_restore_base
+  op_helm upgrade "${OP_BASE_VALUES[@]}" --set "coordinator.brokerSecretNamespaces={$ns}" ||
+    fail "helm upgrade with brokerSecretNamespaces failed"
+  _sess_bind_user e2e-alice
+  _sess_bind_user e2e-bob
+  wait_for "the webhook to give agents the coordinator's CA" 60 _webhook_injects_ca "$ns"
+  k -n "$ns" create secret generic rmq --from-literal "uri=$RMQ_URI" >/dev/null
+  amqp-declare-queue -u "$RMQ_URI" -d -q orders >/dev/null || fail "declaring the original queue failed"
+  _q_registry_yaml | k -n "$ns" create -f - >/dev/null
+  # The webhook reads registries from a watch: give it the moment the watch takes.
+  sleep 2
+  _q_consumer_yaml | k -n "$ns" create -f - >/dev/null
+  k -n "$ns" rollout status "deploy/$Q_APP" --timeout 120s >&2 || fail "the consumer did not become available"
+  pod="$(pods_of "$ns" "app=$Q_APP" | head -1)"
+  uid="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid}')"
+
+  # Admission pointed the app at the output queue, and said so in the status annotation.
+  out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.spec.containers[?(@.name=="app")].env[?(@.name=="ORDERS_QUEUE")].value}')"
+  [[ "$out" == orders-mirrord-output ]] || fail "the consumer's ORDERS_QUEUE is ${out:-unset}, not orders-mirrord-output"
+  k -n "$ns" get pod "$pod" -o json | python3 -c '
+import json, sys
+status = json.loads(json.load(sys.stdin)["metadata"]["annotations"][sys.argv[1]])
+assert any("orders-mirrord-output" in json.dumps(q) for q in status.get("queues", [])), status
+' "$STATUS_ANNOTATION" || fail "the status annotation does not list the queue rewrite"
+  wait_for "the splitter of orders started (registry status)" 60 _q_split_ready "$ns" ||
+    fail "the registry never reported its split: $(k -n "$ns" get events --field-selector involvedObject.kind=MirrordWorkloadQueueRegistry -o wide 2>&1 | tail -5)"
+  log "ok: $pod admitted with ORDERS_QUEUE=orders-mirrord-output; the coordinator splits orders"
+
+  # No session: a plain forwarder, the pod gets everything.
+  _q_publish alice before 3 && _q_publish carol before-c 3 || fail "publishing failed"
+  wait_for "the consumer pod got the 6 messages" 60 _q_logged "$ns" "$pod" 3 "before-c-" || fail "messages did not reach the pod"
+  _q_logged "$ns" "$pod" 6 "before-" >/dev/null || fail "the pod did not get alice's messages without a session"
+
+  # Alice's session: her env names her own queue; the pod is not touched.
+  _q_probe "$ns" e2e-alice --env --rmq-splits '{"orders": {"x-user": "^alice$"}}' --hold 300 \
+    >"$E2E_DIR/probe-e2e-alice.out" 2>"$E2E_DIR/probe-e2e-alice.err" &
+  alice=$!
+  defer kill_pid "$alice"
+  _sess_wait_event "$E2E_DIR/probe-e2e-alice.out" env True 60 ||
+    fail "alice's session did not start: $(cat "$E2E_DIR/probe-e2e-alice.out" "$E2E_DIR/probe-e2e-alice.err")"
+  alice_id="$(_sess_event "$E2E_DIR/probe-e2e-alice.out" connected | python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])')"
+  queue="$(_sess_event "$E2E_DIR/probe-e2e-alice.out" env | python3 -c 'import json,sys; print(json.load(sys.stdin)["vars"].get("ORDERS_QUEUE", ""))')"
+  [[ "${queue,,}" == "orders-mirrord-${alice_id,,}" ]] || fail "alice's ORDERS_QUEUE is ${queue:-unset}, expected orders-mirrord-${alice_id,,}"
+  log "ok: alice's session $alice_id consumes $queue"
+
+  # Bob's overlapping filter is refused naming alice's session.
+  out="$(_q_probe "$ns" e2e-bob --rmq-splits '{"orders": {"x-user": "^al"}}')" || rc=$?
+  echo "$out"
+  ((rc == 2)) || fail "an overlapping split: exit $rc, expected 2 (refused)"
+  rc=0
+  grep -qi "\"code\": *409" <<<"$out" && grep -qi "$alice_id" <<<"$out" || fail "the refusal is not a 409 naming $alice_id: $out"
+  log "ok: bob's overlapping split refused (409) naming alice's session"
+
+  out="$(k get mirrordrmqsessions)"
+  echo "$out"
+  grep -qi "${alice_id,,}" <<<"$out" || fail "kubectl get mirrordrmqsessions does not list alice's session"
+  out="$("$OPERATOR_BIN" status)" || fail "mirrord-operator status failed: $out"
+  grep -q "RMQ Queue for deployment/$Q_APP" <<<"$out" && grep -q "$queue" <<<"$out" ||
+    fail "mirrord-operator status does not show alice's split: $out"
+
+  # Alice's messages reach her local consumer in order, the rest the pod.
+  _q_publish alice during 5 && _q_publish carol during-c 5 || fail "publishing failed"
+  got="$(timeout 60 amqp-consume -u "$RMQ_URI" -q "$queue" -c 5 -- sh -c 'cat; echo')" || fail "alice's local consumer got: $got"
+  [[ "$got" == "$(printf 'during-%s\n' 1 2 3 4 5)" ]] || fail "alice's local consumer got, in this order: $got"
+  wait_for "the pod got carol's 5" 60 _q_logged "$ns" "$pod" 5 "during-c-" || fail "carol's messages did not reach the pod"
+  _q_logged "$ns" "$pod" 5 "during-" >/dev/null || fail "the pod got some of alice's messages during her session"
+  log "ok: alice's 5 messages went to her queue in order, carol's 5 to the pod"
+
+  # Unread messages go back to the app when the session is killed, and her queue is deleted.
+  _q_publish alice left 4 || fail "publishing failed"
+  wait_for "4 unread messages in $queue" 30 _q_depth_is "$queue" 4 || fail "alice's messages did not wait in her queue"
+  k -n "$ns" delete sessions "$alice_id" >&2 || fail "kubectl delete sessions $alice_id failed"
+  for ((i = 0; i < 100; i++)); do kill -0 "$alice" 2>/dev/null || break; sleep 0.1; done
+  wait "$alice" || rc=$?
+  ((rc == 3)) || fail "alice's probe exit $rc after the kill, expected 3: $(tail -3 "$E2E_DIR/probe-e2e-alice.out")"
+  wait_for "$queue deleted" 60 _q_depth_is "$queue" absent || fail "alice's queue was not deleted at session end"
+  wait_for "the pod got alice's 4 unread messages" 60 _q_logged "$ns" "$pod" 4 "left-" ||
+    fail "the unread messages did not return to the output queue"
+  log "ok: session end returned alice's 4 unread messages to the pod and deleted $queue"
+
+  wait_for "no MirrordRMQSession left" 30 _q_no_sessions || fail "alice's MirrordRMQSession outlived her session"
+
+  # A coordinator killed mid-session: the next one finds dave's stored session and ends it the same way.
+  _q_probe "$ns" e2e-alice --env --rmq-splits '{"orders": {"x-user": "^dave$"}}' --hold 300 \
+    >"$E2E_DIR/probe-dave.out" 2>"$E2E_DIR/probe-dave.err" &
+  dave=$!
+  defer kill_pid "$dave"
+  _sess_wait_event "$E2E_DIR/probe-dave.out" env True 60 || fail "dave's session did not start: $(cat "$E2E_DIR/probe-dave.err")"
+  queue="$(_sess_event "$E2E_DIR/probe-dave.out" env | python3 -c 'import json,sys; print(json.load(sys.stdin)["vars"].get("ORDERS_QUEUE", ""))')"
+  _q_publish dave orphan 3 || fail "publishing failed"
+  wait_for "3 unread messages in $queue" 30 _q_depth_is "$queue" 3 || fail "dave's messages did not wait in his queue"
+  coord="$(pods_of "$OP_NS" app.kubernetes.io/component=coordinator | head -1)"
+  coord_pid="$(node_container_pid "$OP_NS" "$coord" coordinator)" || fail "no coordinator process in $coord"
+  kill -KILL "$coord_pid"
+  log "killed the coordinator (pid $coord_pid) during dave's session"
+  wait_for "the next coordinator to end dave's session ($queue deleted)" 120 _q_depth_is "$queue" absent ||
+    fail "dave's queue outlived the coordinator that served him"
+  wait_for "the pod got dave's 3 unread messages" 60 _q_logged "$ns" "$pod" 3 "orphan-" ||
+    fail "dave's unread messages did not return to the output queue"
+  wait_for "no MirrordRMQSession left" 30 _q_no_sessions || fail "dave's MirrordRMQSession was not removed"
+  wait_for "APIService v1.$SESS_GROUP Available again" 120 _sess_apiservice_available
+  log "ok: after a coordinator crash the next one returned dave's 3 unread messages and removed his session"
+
+  out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid} {.status.containerStatuses[?(@.name=="app")].restartCount}')"
+  [[ "$out" == "$uid 0" ]] || fail "the consumer pod changed or restarted during the session: $out (was $uid 0)"
+  log "ok: the consumer pod $pod was neither replaced nor restarted"
+}
