@@ -8,7 +8,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use mirrord_operator::agent::target::parse_match;
+use mirrord_operator::agent::{AgentArgs, target::parse_match};
 use mirrord_operator::webhook::patch::{
     AGENT_CONTAINER_NAME, AgentDefaults, Decision, InjectorConfig, KNOB_PREFIX,
     POD_SECURITY_ENFORCE_LABEL, PatchOp, PodContext, PodView, STATUS_ANNOTATION, SkipReason,
@@ -247,6 +247,36 @@ fn env_field<'a>(agent: &'a Container, name: &str) -> Option<&'a str> {
         .map(|f| f.field_path.as_str())
 }
 
+/// The agent container's literal env given to the agent's own parser as it reads it (every
+/// option has an env var; `valueFrom` ones are the kubelet's to fill): what the webhook renders,
+/// the agent must accept. A container declaring no port once crash-looped its agent this way.
+fn agent_accepts_its_env(name: &str, agent: &Container) {
+    use clap::{ArgAction, Args, FromArgMatches};
+    let command = AgentArgs::augment_args(clap::Command::new("mirrord-agent"));
+    let mut argv = vec!["mirrord-agent".to_owned()];
+    for arg in command.get_arguments() {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let Some(value) = env_value(agent, var.to_str().unwrap()) else {
+            continue;
+        };
+        match arg.get_action() {
+            ArgAction::SetTrue => {
+                if matches!(value, "true" | "1" | "yes" | "on") {
+                    argv.push(format!("--{long}"));
+                }
+            }
+            _ => argv.push(format!("--{long}={value}")),
+        }
+    }
+    let matches = command
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| panic!("{name}: the agent refuses the env the webhook rendered: {e}"));
+    AgentArgs::from_arg_matches(&matches)
+        .unwrap_or_else(|e| panic!("{name}: the agent refuses the env the webhook rendered: {e}"));
+}
+
 /// Applies the patch, checks the patched pod against the contract of injection.md, and re-runs decide.
 fn check_injected(
     name: &str,
@@ -327,6 +357,7 @@ fn check_injected(
     let knobs = &status["knobs"];
 
     let (agent, native) = find_agent(&after);
+    agent_accepts_its_env(name, agent);
     assert_eq!(native, knobs["native-sidecar"] == "true", "{name}");
     if native {
         assert_eq!(
