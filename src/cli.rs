@@ -33,6 +33,9 @@ pub enum Command {
     Probe(Box<crate::admin::probe::ProbeArgs>),
     /// The RegistryMirror controller (k8s.osp.tech/v1), or its node agent / CRD printer.
     RegistryMirror(Box<crate::registry_mirror::RegistryMirrorArgs>),
+    /// Evaluates SQS jq filters for the coordinator, isolated from it (started by it).
+    #[command(hide = true)]
+    JqWorker,
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -85,5 +88,6 @@ pub fn run(cli: Cli) -> ExitCode {
             crate::admin::probe::main(*args, runtime())
         }
         Command::RegistryMirror(args) => crate::registry_mirror::main(*args),
+        Command::JqWorker => report(crate::coordinator::queues::jq_worker::serve()),
     }
 }

@@ -44,6 +44,10 @@ fn moto_server() -> String {
 impl Moto {
     /// Starts moto on 127.0.0.1 and waits until it answers (about 1-2 s).
     pub fn start() -> Moto {
+        // The splitters' jq filters run in `mirrord-operator jq-worker`, not in this test binary.
+        mirrord_operator::coordinator::queues::jq_worker::set_worker_binary(env!(
+            "CARGO_BIN_EXE_mirrord-operator"
+        ));
         let server = moto_server();
         let port = free_port();
         let child = Command::new(&server)

@@ -182,6 +182,11 @@ impl<K: Clone + Eq + std::fmt::Display + std::fmt::Debug, F: SplitFilter> Router
     }
 
     /// The destination of a message: the session whose filter `matches` it, else the output.
+    /// The sessions and their filters, in routing order.
+    pub fn entries(&self) -> impl Iterator<Item = (&K, &F)> {
+        self.sessions.iter().map(|(k, f)| (k, f))
+    }
+
     pub fn route_by(&self, mut matches: impl FnMut(&F) -> bool) -> Destination<'_, K> {
         self.sessions
             .iter()

@@ -9,6 +9,7 @@
 
 pub mod crd;
 pub mod filter;
+pub mod jq_worker;
 pub mod metrics;
 pub mod names;
 pub mod overlap;

@@ -35,7 +35,8 @@ use aws_sdk_sqs::types::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::filter::{Destination, RegisterError, Router};
+use super::filter::{RegisterError, Router};
+use super::jq_worker::{JqEvalError, JqWorker};
 use super::metrics::{RoutedTo, SplitterMetrics};
 use super::names;
 use super::sqs_filter::{SqsFilter, SqsFilterError};
@@ -256,6 +257,7 @@ impl SqsSplitter {
                 config,
                 metrics,
                 router,
+                jq: JqWorker::default(),
                 session_names: queues,
                 urls: Urls::default(),
                 commands: receiver,
@@ -359,6 +361,8 @@ struct Worker {
     output_queue: String,
     metrics: Arc<dyn SplitterMetrics>,
     router: Router<String, SqsFilter>,
+    /// Runs the sessions' jq filters out of process.
+    jq: JqWorker,
     /// session key → its queue name
     session_names: BTreeMap<String, String>,
     urls: Urls,
@@ -525,26 +529,41 @@ impl Worker {
         }
     }
 
+    /// The session whose filter matches `message` (`None`: the output queue). Attributes are
+    /// checked here, jq filters in the worker; a jq failure is no match (and logged once: the
+    /// program matches nothing from then on).
+    async fn destination(&mut self, message: &Message) -> Option<String> {
+        let body = message.body().unwrap_or_default();
+        let attribute = |name: &str| {
+            message
+                .message_attributes()
+                .and_then(|a| a.get(name))
+                .and_then(|v| v.string_value())
+        };
+        for (key, filter) in self.router.entries() {
+            if !filter.attributes_match(attribute) {
+                continue;
+            }
+            let Some(program) = filter.jq() else {
+                return Some(key.clone());
+            };
+            match self.jq.eval(program, body.as_bytes()).await {
+                Ok(true) => return Some(key.clone()),
+                Ok(false) | Err(JqEvalError::Broken) => {}
+                Err(error) => {
+                    tracing::warn!(session = %key, %error, "the session's jq filter failed: it matches nothing from now on");
+                    self.metrics.error(&self.config.original_queue, "jq-broken");
+                }
+            }
+        }
+        None
+    }
+
     /// Sends each message to its destination, then deletes the originals whose copy was sent.
     async fn forward(&mut self, messages: Vec<Message>) -> Result<(), SqsSplitterError> {
         let mut by_destination: BTreeMap<Option<String>, Vec<&Message>> = BTreeMap::new();
         for message in &messages {
-            let body = message.body().unwrap_or_default();
-            let destination = self.router.route_by(|filter| {
-                filter.matches(
-                    |name: &str| {
-                        message
-                            .message_attributes()
-                            .and_then(|a| a.get(name))
-                            .and_then(|v| v.string_value())
-                    },
-                    body.as_bytes(),
-                )
-            });
-            let key = match destination {
-                Destination::Session(key) => Some(key.clone()),
-                Destination::Output => None,
-            };
+            let key = self.destination(message).await;
             by_destination.entry(key).or_default().push(message);
         }
         let mut sent = Vec::new();

@@ -172,17 +172,26 @@ impl SqsFilter {
         self.attributes.rules.is_empty() && self.jq.is_none()
     }
 
-    /// `attribute` returns a message attribute's value as text (`None`: absent or binary).
+    /// `attribute` returns a message attribute's value as text (`None`: absent or binary). The
+    /// jq part runs in this process: the splitter runs it in a worker instead
+    /// ([`super::jq_worker`]), after [`Self::attributes_match`].
     pub fn matches<'m, A, S>(&self, attribute: A, body: &[u8]) -> bool
     where
         A: Fn(&str) -> Option<S>,
         S: AsRef<str> + 'm,
     {
-        if self.matches_nothing() {
-            return false;
-        }
-        (self.attributes.rules.is_empty() || self.attributes.matches(attribute))
-            && self.jq.as_ref().is_none_or(|jq| jq.matches(body))
+        self.attributes_match(attribute) && self.jq.as_ref().is_none_or(|jq| jq.matches(body))
+    }
+
+    /// The part of [`Self::matches`] before the jq filter: false for a filter that matches
+    /// nothing, else whether the attribute rules (if any) match.
+    pub fn attributes_match<'m, A, S>(&self, attribute: A) -> bool
+    where
+        A: Fn(&str) -> Option<S>,
+        S: AsRef<str> + 'm,
+    {
+        !self.matches_nothing()
+            && (self.attributes.rules.is_empty() || self.attributes.matches(attribute))
     }
 }
 
