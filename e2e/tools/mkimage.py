@@ -44,10 +44,10 @@ APK_STANDINS = {
         "dirs": [XTABLES_LIBDIR],
         "files": ["/etc/protocols"],
     },
-}
-# The CA bundle at the path Alpine's ca-certificates installs it (and rustls-native-certs reads).
-APK_STANDINS["ca-certificates"] = {
-    "binaries": [], "links": {}, "dirs": [], "files": ["/etc/ssl/certs/ca-certificates.crt"],
+    # The CA bundle at the path Alpine's ca-certificates installs it (and rustls-native-certs reads).
+    "ca-certificates": {
+        "binaries": [], "links": {}, "dirs": [], "files": ["/etc/ssl/certs/ca-certificates.crt"],
+    },
 }
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -209,23 +209,7 @@ fn queue_tables(sessions: &[Value]) -> String {
                 };
                 for (id, names) in names {
                     let shown_id = id.split("::").next().unwrap_or(id);
-                    let mut filters: Vec<String> = [shown_id, "*"]
-                        .iter()
-                        .flat_map(|k| spec["queueFilters"][k].as_object().into_iter().flatten())
-                        .map(|(name, regex)| {
-                            format!("{name}:{}", regex.as_str().unwrap_or_default())
-                        })
-                        .collect();
-                    filters.extend(
-                        [shown_id, "*"]
-                            .iter()
-                            .filter_map(|k| spec["queueJqFilters"][k].as_str())
-                            .map(|jq| format!("jq:{jq}")),
-                    );
-                    if filters.is_empty() {
-                        filters.push(String::new());
-                    }
-                    for filter in filters {
+                    for filter in filter_cells(spec, shown_id) {
                         tables.entry(title.clone()).or_default().push(vec![
                             session["id"].as_str().unwrap_or_default().to_owned(),
                             shown_id.to_owned(),
@@ -257,6 +241,27 @@ fn queue_tables(sessions: &[Value]) -> String {
         }
     }
     out
+}
+
+/// The Filter cells of one queue id of a session object's spec: its `queueFilters` entries and
+/// those under `*` (`name:regex`), then its `queueJqFilters` (`jq:<program>`); one empty cell
+/// when there are none.
+fn filter_cells(spec: &Value, queue_id: &str) -> Vec<String> {
+    let ids = [queue_id, "*"];
+    let mut cells: Vec<String> = ids
+        .iter()
+        .flat_map(|k| spec["queueFilters"][k].as_object().into_iter().flatten())
+        .map(|(name, regex)| format!("{name}:{}", regex.as_str().unwrap_or_default()))
+        .collect();
+    cells.extend(
+        ids.iter()
+            .filter_map(|k| spec["queueJqFilters"][k].as_str())
+            .map(|jq| format!("jq:{jq}")),
+    );
+    if cells.is_empty() {
+        cells.push(String::new());
+    }
+    cells
 }
 
 fn session_row(session: &Value) -> Result<Vec<String>, AdminError> {
@@ -336,20 +341,26 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rmq_sessions_get_a_table_per_consumer() {
+    /// `render_status` of an operator with this one session.
+    fn status_with_session(session: Value) -> String {
         let operator = serde_json::json!({
             "spec": {"operator_version": "1", "default_namespace": "mirrord",
                 "license": {"name": "n", "organization": "o", "expire_at": "2099-12-31"}},
-            "status": {"sessions": [{"id": "A11CE", "user": "alice", "target": "deployment/web",
-                "namespace": "default", "duration_secs": 5, "locked_ports": [],
-                "rmq": [{"spec": {"namespace": "default", "sessionId": "a11ce",
-                    "queueConsumer": {"name": "web", "workloadType": "Deployment"},
-                    "queueFilters": {"orders": {"tenant": "^alice$"}}},
-                    "status": {"Ready": {"queueNames": {"orders": {"originalName": "orders",
-                        "outputName": "orders-mirrord-a11ce"}}, "envUpdates": {}}}}]}]}
+            "status": {"sessions": [session]}
         });
-        let text = render_status(&operator).unwrap();
+        render_status(&operator).unwrap()
+    }
+
+    #[test]
+    fn rmq_sessions_get_a_table_per_consumer() {
+        let text = status_with_session(serde_json::json!({
+            "id": "A11CE", "user": "alice", "target": "deployment/web",
+            "namespace": "default", "duration_secs": 5, "locked_ports": [],
+            "rmq": [{"spec": {"namespace": "default", "sessionId": "a11ce",
+                "queueConsumer": {"name": "web", "workloadType": "Deployment"},
+                "queueFilters": {"orders": {"tenant": "^alice$"}}},
+                "status": {"Ready": {"queueNames": {"orders": {"originalName": "orders",
+                    "outputName": "orders-mirrord-a11ce"}}, "envUpdates": {}}}}]}));
         assert!(text.contains("RMQ Queue for deployment/web"), "{text}");
         let row = text
             .lines()
@@ -363,20 +374,16 @@ mod tests {
 
     #[test]
     fn sqs_sessions_get_a_row_per_filter_entry() {
-        let operator = serde_json::json!({
-            "spec": {"operator_version": "1", "default_namespace": "mirrord",
-                "license": {"name": "n", "organization": "o", "expire_at": "2099-12-31"}},
-            "status": {"sessions": [{"id": "B0B", "user": "bob", "target": "deployment/mail",
-                "namespace": "default", "duration_secs": 5, "locked_ports": [],
-                "sqs": [{"spec": {"sessionId": "b0b",
-                    "queueConsumer": {"name": "mail", "container": "main", "workloadType": "Deployment"},
-                    "queueFilters": {"mail": {"tenant": "^bob$"}, "*": {"kind": "^x$"}},
-                    "queueJqFilters": {"mail": ".urgent"}},
-                    "status": {"CleanupError": {"error": {"statusCode": 503, "reason": "r"},
-                        "details": {"queueNames": {"mail::1": {"originalName": "mail",
-                        "outputName": "mail-mirrord-b0b"}}, "envUpdates": {}}}}}]}]}
-        });
-        let text = render_status(&operator).unwrap();
+        let text = status_with_session(serde_json::json!({
+            "id": "B0B", "user": "bob", "target": "deployment/mail",
+            "namespace": "default", "duration_secs": 5, "locked_ports": [],
+            "sqs": [{"spec": {"sessionId": "b0b",
+                "queueConsumer": {"name": "mail", "container": "main", "workloadType": "Deployment"},
+                "queueFilters": {"mail": {"tenant": "^bob$"}, "*": {"kind": "^x$"}},
+                "queueJqFilters": {"mail": ".urgent"}},
+                "status": {"CleanupError": {"error": {"statusCode": 503, "reason": "r"},
+                    "details": {"queueNames": {"mail::1": {"originalName": "mail",
+                    "outputName": "mail-mirrord-b0b"}}, "envUpdates": {}}}}}]}));
         assert!(
             text.contains("SQS Queue for deployment/mail/container/main"),
             "{text}"

@@ -157,8 +157,9 @@ impl Caches {
         let template = match kind {
             WorkloadType::Deployment => deployment(name)?,
             WorkloadType::Rollout => {
-                let rollouts = in_namespace(self.rollouts.as_ref()?, namespace);
-                let rollout = rollouts.iter().find(|r| r.name_any() == name)?;
+                let rollout = self.rollouts.as_ref()?.find(|r| {
+                    r.metadata.namespace.as_deref() == Some(namespace) && r.name_any() == name
+                })?;
                 rollout_pod_template(&rollout.data, deployment)?
             }
         };

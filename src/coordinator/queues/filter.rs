@@ -181,12 +181,12 @@ impl<K: Clone + Eq + std::fmt::Display + std::fmt::Debug, F: SplitFilter> Router
         self.sessions.iter().map(|(k, _)| k)
     }
 
-    /// The destination of a message: the session whose filter `matches` it, else the output.
     /// The sessions and their filters, in routing order.
     pub fn entries(&self) -> impl Iterator<Item = (&K, &F)> {
         self.sessions.iter().map(|(k, f)| (k, f))
     }
 
+    /// The destination of a message: the session whose filter `matches` it, else the output.
     pub fn route_by(&self, mut matches: impl FnMut(&F) -> bool) -> Destination<'_, K> {
         self.sessions
             .iter()

@@ -28,16 +28,27 @@ pub mod wiring;
 /// serves commands only while connected: a connect must not hang while the broker is unreachable.
 pub const SESSION_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// A splitter's answer to a session command within [`SESSION_COMMAND_TIMEOUT`]: `Err(None)` when
-/// none came in time (the command stays queued and runs once the splitter reconnects),
-/// `Err(Some(stopped))` when the splitter is gone.
-async fn answer_in_time<T, E>(
+/// A splitter's answer to a session command within [`SESSION_COMMAND_TIMEOUT`]; `stopped` when
+/// the splitter is gone, `unavailable` when no answer came in time. The command then stays queued
+/// and runs once the splitter reconnects; `undo`, when given, is queued behind it (an add's
+/// removal, so that a late add does not leave a session nobody ends).
+async fn answer_in_time<T, E, C: Send + 'static>(
     answer: tokio::sync::oneshot::Receiver<Result<T, E>>,
     stopped: E,
-) -> Result<T, Option<E>> {
+    unavailable: E,
+    undo: Option<(&tokio::sync::mpsc::Sender<C>, C)>,
+) -> Result<T, E> {
     match tokio::time::timeout(SESSION_COMMAND_TIMEOUT, answer).await {
-        Ok(Ok(result)) => result.map_err(Some),
-        Ok(Err(_)) => Err(Some(stopped)),
-        Err(_) => Err(None),
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(stopped),
+        Err(_) => {
+            if let Some((commands, command)) = undo {
+                let commands = commands.clone();
+                tokio::spawn(async move {
+                    let _ = commands.send(command).await;
+                });
+            }
+            Err(unavailable)
+        }
     }
 }

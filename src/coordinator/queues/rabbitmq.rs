@@ -216,19 +216,17 @@ impl RmqSplitter {
             reply,
         })
         .await?;
-        match super::answer_in_time(answer, SplitterError::Stopped).await {
-            Ok(queue) => Ok(queue),
-            Err(Some(error)) => Err(error),
-            Err(None) => {
-                // The add runs when the splitter reconnects: queue its undo behind it.
-                let (commands, key) = (self.commands.clone(), key.to_owned());
-                tokio::spawn(async move {
-                    let (reply, _) = oneshot::channel();
-                    let _ = commands.send(Command::Remove { key, reply }).await;
-                });
-                Err(SplitterError::Unavailable)
-            }
-        }
+        let undo = Command::Remove {
+            key: key.to_owned(),
+            reply: oneshot::channel().0,
+        };
+        super::answer_in_time(
+            answer,
+            SplitterError::Stopped,
+            SplitterError::Unavailable,
+            Some((&self.commands, undo)),
+        )
+        .await
     }
 
     /// Ends a session: filter removed, its queue drained back to the output queue, then deleted.
@@ -241,9 +239,13 @@ impl RmqSplitter {
             reply,
         })
         .await?;
-        super::answer_in_time(answer, SplitterError::Stopped)
-            .await
-            .map_err(|e| e.unwrap_or(SplitterError::Unavailable))
+        super::answer_in_time(
+            answer,
+            SplitterError::Stopped,
+            SplitterError::Unavailable,
+            None::<(_, Command)>,
+        )
+        .await
     }
 
     /// Stops after confirming and acking what is in flight.

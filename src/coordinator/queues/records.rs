@@ -6,7 +6,7 @@
 //! Sessions do not survive a coordinator restart (the CLI's reconnect gets 410), but their
 //! messages do.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, future::BoxFuture};
@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 
 use super::crd::{MirrordRMQSession, MirrordSQSSession};
-use super::sessions::{QueueSession, QueueSessionError, SqsSplit};
+use super::sessions::{QueueSession, QueueSessionError, sqs_splits};
 use super::supervisor::SplitterIndex;
 
 /// The label on the objects this coordinator writes (and the selector it lists them by).
@@ -137,15 +137,10 @@ pub async fn end_orphans(index: &SplitterIndex, records: &Records) -> OrphanRoun
                 .await
             }
             StoredSession::Sqs(o) => {
-                let mut splits: BTreeMap<String, SqsSplit> = o
-                    .spec
-                    .queue_filters
-                    .iter()
-                    .map(|(id, filter)| (id.clone(), (filter.clone(), None)))
-                    .collect();
-                for (id, jq) in &o.spec.queue_jq_filters {
-                    splits.entry(id.clone()).or_default().1 = Some(jq.clone());
-                }
+                let splits = sqs_splits(
+                    o.spec.queue_filters.clone(),
+                    o.spec.queue_jq_filters.clone(),
+                );
                 QueueSession::start_sqs(
                     index,
                     &o.namespace().unwrap_or_default(),
@@ -309,6 +304,8 @@ impl SessionRecords for KubeSessionRecords {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn rmq(key: &str) -> StoredSession {

@@ -115,14 +115,23 @@ pub fn parse_sqs_splits(
         .map(|t| serde_json::from_str(t).map_err(|e| bad("sqs_jq_filters", e)))
         .transpose()?
         .unwrap_or_default();
-    let mut out: BTreeMap<String, SqsSplit> = splits
+    Ok(sqs_splits(splits, jq))
+}
+
+/// One request per queue id from the attribute filters and the jq filters by queue id (a
+/// `MirrordSQSSession`'s `queueFilters` and `queueJqFilters` have the same shapes).
+pub fn sqs_splits(
+    filters: BTreeMap<String, BTreeMap<String, String>>,
+    jq: BTreeMap<String, String>,
+) -> BTreeMap<String, SqsSplit> {
+    let mut out: BTreeMap<String, SqsSplit> = filters
         .into_iter()
         .map(|(id, filter)| (id, (filter, None)))
         .collect();
     for (id, program) in jq {
         out.entry(id).or_default().1 = Some(program);
     }
-    Ok(out)
+    out
 }
 
 /// The splitter a split is registered on.

@@ -292,19 +292,17 @@ impl SqsSplitter {
             reply,
         })
         .await?;
-        match super::answer_in_time(answer, SqsSplitterError::Stopped).await {
-            Ok(queue) => Ok(queue),
-            Err(Some(error)) => Err(error),
-            Err(None) => {
-                // The add runs when the splitter reconnects: queue its undo behind it.
-                let (commands, key) = (self.commands.clone(), key.to_owned());
-                tokio::spawn(async move {
-                    let (reply, _) = oneshot::channel();
-                    let _ = commands.send(Command::Remove { key, reply }).await;
-                });
-                Err(SqsSplitterError::Unavailable)
-            }
-        }
+        let undo = Command::Remove {
+            key: key.to_owned(),
+            reply: oneshot::channel().0,
+        };
+        super::answer_in_time(
+            answer,
+            SqsSplitterError::Stopped,
+            SqsSplitterError::Unavailable,
+            Some((&self.commands, undo)),
+        )
+        .await
     }
 
     /// Ends a session: filter removed, its queue drained back to the output queue, then deleted.
@@ -317,9 +315,13 @@ impl SqsSplitter {
             reply,
         })
         .await?;
-        super::answer_in_time(answer, SqsSplitterError::Stopped)
-            .await
-            .map_err(|e| e.unwrap_or(SqsSplitterError::Unavailable))
+        super::answer_in_time(
+            answer,
+            SqsSplitterError::Stopped,
+            SqsSplitterError::Unavailable,
+            None::<(_, Command)>,
+        )
+        .await
     }
 
     /// Stops after the current batch.
