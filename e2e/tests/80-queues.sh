@@ -8,13 +8,6 @@
 Q_APP=orders-consumer
 Q_IMAGE="localhost/mirrord-e2e/amqp:1"
 
-# _q_probe NS USER ARGS...: the probe as USER against the consumer Deployment.
-_q_probe() {
-  local ns="$1" user="$2"
-  shift 2
-  "$OPERATOR_BIN" probe --as "$user" --client-name "$user" -n "$ns" --target "deployment/$Q_APP" "$@"
-}
-
 _q_image() {
   python3 "$E2E_ROOT/tools/mkimage.py" amqp --tag "$Q_IMAGE" --out "$E2E_DIR/amqp.tar" || return 1
   _node_ctr "$E2E_DIR" images import "$E2E_DIR/amqp.tar" >/dev/null
@@ -103,6 +96,8 @@ _q_depth_is() { # QUEUE DEPTH|absent
 
 test_queue_splitting_with_real_pods() {
   local ns pod uid alice alice_id dave coord coord_pid queue out rc=0 got i
+  # The session helpers of 55-sessions.sh (_sess_probe, _sess_bg) target deployment/$SESS_APP.
+  local SESS_APP="$Q_APP"
   if ! node_runs_pods; then
     log "skipped: queue splitting needs pods and the in-cluster coordinator (no node in host mode)"
     exit 0
@@ -121,6 +116,7 @@ test_queue_splitting_with_real_pods() {
     fail "helm upgrade with brokerSecretNamespaces failed"
   _sess_bind_user e2e-alice
   _sess_bind_user e2e-bob
+  _sess_bind_user e2e-dave
   wait_for "the webhook to give agents the coordinator's CA" 60 _webhook_injects_ca "$ns"
   k -n "$ns" create secret generic rmq --from-literal "uri=$RMQ_URI" >/dev/null
   amqp-declare-queue -u "$RMQ_URI" -d -q orders >/dev/null || fail "declaring the original queue failed"
@@ -150,10 +146,7 @@ assert any("orders-mirrord-output" in json.dumps(q) for q in status.get("queues"
   _q_logged "$ns" "$pod" 6 "before-" >/dev/null || fail "the pod did not get alice's messages without a session"
 
   # Alice's session: her env names her own queue; the pod is not touched.
-  _q_probe "$ns" e2e-alice --env --rmq-splits '{"orders": {"x-user": "^alice$"}}' --hold 300 \
-    >"$E2E_DIR/probe-e2e-alice.out" 2>"$E2E_DIR/probe-e2e-alice.err" &
-  alice=$!
-  defer kill_pid "$alice"
+  _sess_bg alice "$ns" e2e-alice --env --rmq-splits '{"orders": {"x-user": "^alice$"}}' --hold 300
   _sess_wait_event "$E2E_DIR/probe-e2e-alice.out" env True 60 ||
     fail "alice's session did not start: $(cat "$E2E_DIR/probe-e2e-alice.out" "$E2E_DIR/probe-e2e-alice.err")"
   alice_id="$(_sess_event "$E2E_DIR/probe-e2e-alice.out" connected | python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])')"
@@ -162,7 +155,7 @@ assert any("orders-mirrord-output" in json.dumps(q) for q in status.get("queues"
   log "ok: alice's session $alice_id consumes $queue"
 
   # Bob's overlapping filter is refused naming alice's session.
-  out="$(_q_probe "$ns" e2e-bob --rmq-splits '{"orders": {"x-user": "^al"}}')" || rc=$?
+  out="$(_sess_probe "$ns" e2e-bob --rmq-splits '{"orders": {"x-user": "^al"}}')" || rc=$?
   echo "$out"
   ((rc == 2)) || fail "an overlapping split: exit $rc, expected 2 (refused)"
   rc=0
@@ -199,12 +192,9 @@ assert any("orders-mirrord-output" in json.dumps(q) for q in status.get("queues"
   wait_for "no MirrordRMQSession left" 30 _q_no_sessions || fail "alice's MirrordRMQSession outlived her session"
 
   # A coordinator killed mid-session: the next one finds dave's stored session and ends it the same way.
-  _q_probe "$ns" e2e-alice --env --rmq-splits '{"orders": {"x-user": "^dave$"}}' --hold 300 \
-    >"$E2E_DIR/probe-dave.out" 2>"$E2E_DIR/probe-dave.err" &
-  dave=$!
-  defer kill_pid "$dave"
-  _sess_wait_event "$E2E_DIR/probe-dave.out" env True 60 || fail "dave's session did not start: $(cat "$E2E_DIR/probe-dave.err")"
-  queue="$(_sess_event "$E2E_DIR/probe-dave.out" env | python3 -c 'import json,sys; print(json.load(sys.stdin)["vars"].get("ORDERS_QUEUE", ""))')"
+  _sess_bg dave "$ns" e2e-dave --env --rmq-splits '{"orders": {"x-user": "^dave$"}}' --hold 300
+  _sess_wait_event "$E2E_DIR/probe-e2e-dave.out" env True 60 || fail "dave's session did not start: $(cat "$E2E_DIR/probe-e2e-dave.err")"
+  queue="$(_sess_event "$E2E_DIR/probe-e2e-dave.out" env | python3 -c 'import json,sys; print(json.load(sys.stdin)["vars"].get("ORDERS_QUEUE", ""))')"
   _q_publish dave orphan 3 || fail "publishing failed"
   wait_for "3 unread messages in $queue" 30 _q_depth_is "$queue" 3 || fail "dave's messages did not wait in his queue"
   coord="$(pods_of "$OP_NS" app.kubernetes.io/component=coordinator | head -1)"
