@@ -308,3 +308,237 @@ async fn sqs_splits_at_connect_get_a_queue_env_and_clean_up() {
         "no splitter reads the original any more"
     );
 }
+
+/// Registry options that change what the splitter does: `namesFromJsonMap` (one env var, a JSON
+/// object naming two queues), `sns` (filters read the SNS envelope's attributes from the body)
+/// and `tags` (set on the queues the splitter creates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_map_sns_envelope_and_tags() {
+    let moto = Moto::start();
+    let client = moto.client();
+    let mut urls = BTreeMap::new();
+    for name in ["high", "low"] {
+        let url = client
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        urls.insert(name, url);
+    }
+    let mut supervisor = Supervisor::with_broker(
+        Sqs::new(client.clone()),
+        Arc::new(NoMetrics),
+        SplitterIndex::default(),
+    );
+    let index = supervisor.index();
+    let registries = [registry(
+        "events",
+        json!({"events": {"queueType": "SQS", "nameSource": {"envVar": "QUEUES"},
+            "namesFromJsonMap": true, "sns": true, "tags": {"team": "payments"}}}),
+    )];
+    let template = |_: WorkloadType, _: &str, name: &str| -> Option<PodSpec> {
+        (name == "api").then(|| {
+            serde_json::from_value(json!({"containers": [{"name": "main", "env": [
+                {"name": "QUEUES", "value": r#"{"lo": "low", "hi": "high"}"#}
+            ]}]}))
+            .unwrap()
+        })
+    };
+    let reports = supervisor.reconcile(&registries, template).await;
+    assert_eq!(reports[0].problems, []);
+    let details = reports[0].status.sqs_details.as_ref().unwrap();
+    assert_eq!(
+        details.env_updates["QUEUES"].output_name,
+        r#"{"hi":"high-mirrord-output","lo":"low-mirrord-output"}"#
+    );
+    assert_eq!(index.sqs_splitters_for("staging", "api", "events").len(), 2);
+
+    let alice = SessionQueues::for_connect(
+        &index,
+        &params(&[("sqs_splits", r#"{"events":{"tenant":"^alice$"}}"#)]),
+        "staging",
+        Some("api"),
+        0xa11ce,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut env = HashMap::new();
+    alice.apply_env(&mut env);
+    assert_eq!(
+        env["QUEUES"],
+        r#"{"hi":"high-mirrord-a11ce","lo":"low-mirrord-a11ce"}"#
+    );
+    for queue in ["high-mirrord-a11ce", "low-mirrord-output"] {
+        let url = client
+            .get_queue_url()
+            .queue_name(queue)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let tags = client
+            .list_queue_tags()
+            .queue_url(url)
+            .send()
+            .await
+            .unwrap()
+            .tags
+            .unwrap_or_default();
+        assert_eq!(
+            tags.get("team").map(String::as_str),
+            Some("payments"),
+            "{queue}"
+        );
+    }
+
+    // SNS notifications: the tenant is in the body. The one whose SQS attribute says alice but
+    // whose notification says bob is bob's: the body decides.
+    let notification = |tenant: &str| {
+        json!({"Type": "Notification", "Message": "order", "MessageAttributes":
+            {"tenant": {"Type": "String", "Value": tenant}}})
+        .to_string()
+    };
+    for (queue, tenant, sqs_attribute) in [
+        ("high", "alice", None),
+        ("high", "alice", None),
+        ("high", "bob", Some("alice")),
+        ("high", "bob", None),
+        ("low", "alice", None),
+        ("low", "bob", None),
+    ] {
+        let mut send = client
+            .send_message()
+            .queue_url(&urls[queue])
+            .message_body(notification(tenant));
+        if let Some(value) = sqs_attribute {
+            send = send.message_attributes(
+                "tenant",
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        send.send().await.unwrap();
+    }
+    let count = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let Ok(out) = client.get_queue_url().queue_name(name).send().await else {
+                return u32::MAX;
+            };
+            client
+                .get_queue_attributes()
+                .queue_url(out.queue_url.unwrap())
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                )
+                .send()
+                .await
+                .unwrap()
+                .attributes
+                .unwrap()
+                .values()
+                .next()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = (
+            count("high-mirrord-a11ce").await,
+            count("low-mirrord-a11ce").await,
+            count("high-mirrord-output").await,
+            count("low-mirrord-output").await,
+        );
+        if got == (2, 1, 2, 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "routing: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    alice.end();
+    drop(alice);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while queue_exists(&client, "high-mirrord-a11ce").await
+        || queue_exists(&client, "low-mirrord-a11ce").await
+    {
+        assert!(Instant::now() < deadline, "alice's queues not deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        (
+            count("high-mirrord-output").await,
+            count("low-mirrord-output").await
+        ),
+        (4, 2),
+        "her unread messages went back to the outputs"
+    );
+    supervisor.reconcile(&[], template).await;
+}
+
+/// A jq filter that breaks on a message (here: the worker overflows its stack) is reported to the
+/// session, whose relays show it to the developer's CLI; the message goes to the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_jq_filter_is_reported_to_the_session() {
+    let moto = Moto::start();
+    let client = moto.client();
+    let mail = client
+        .create_queue()
+        .queue_name("mail")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let mut supervisor = Supervisor::with_broker(
+        Sqs::new(client.clone()),
+        Arc::new(NoMetrics),
+        SplitterIndex::default(),
+    );
+    let index = supervisor.index();
+    let registries = [registry(
+        "good",
+        json!({"mail": {"queueType": "SQS", "nameSource": {"envVar": "MAIL"}}}),
+    )];
+    assert_eq!(
+        supervisor.reconcile(&registries, template).await[0].problems,
+        []
+    );
+    let alice = SessionQueues::for_connect(
+        &index,
+        &params(&[("sqs_jq_filters", r#"{"mail":"def f: f + 1; f"}"#)]),
+        "staging",
+        Some("api"),
+        0xa11ce,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut notices = alice.notices();
+    client
+        .send_message()
+        .queue_url(&mail)
+        .message_body("{}")
+        .send()
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
+        .await
+        .expect("no notice within 30 s")
+        .unwrap();
+    assert!(notice.contains("def f: f + 1; f"), "{notice}");
+    assert!(notice.contains("\"mail\""), "{notice}");
+    assert!(notice.contains("matches nothing from now on"), "{notice}");
+    alice.end();
+    drop(alice);
+    supervisor.reconcile(&[], template).await;
+}

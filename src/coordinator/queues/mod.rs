@@ -52,3 +52,25 @@ async fn answer_in_time<T, E, C: Send + 'static>(
         }
     }
 }
+
+/// Warnings for a session's developer from the splitters serving it (a jq filter that broke):
+/// every relay of the session shows them to its CLI as log messages.
+#[derive(Debug, Clone)]
+pub struct SessionNotices(tokio::sync::broadcast::Sender<String>);
+
+impl Default for SessionNotices {
+    fn default() -> Self {
+        SessionNotices(tokio::sync::broadcast::channel(16).0)
+    }
+}
+
+impl SessionNotices {
+    /// Sent to the relays listening now (none listening: dropped, the log line stays).
+    pub fn warn(&self, message: String) {
+        let _ = self.0.send(message);
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.0.subscribe()
+    }
+}

@@ -3,6 +3,8 @@
 //! template the same way admission reads it (`src/webhook/patch/queues.rs`), and the registry
 //! status that records it.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::PodSpec;
 
 use super::crd::{
@@ -10,6 +12,7 @@ use super::crd::{
     SplitQueue,
 };
 use super::names;
+use super::sqs_filter::Envelope;
 
 /// One splitter to run: original queue of one registry queue id (either broker).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,8 +28,19 @@ pub struct SplitPlan {
     pub original: String,
     /// The env var that names it (the fallback's variable when the template lacks it).
     pub env: String,
+    /// `namesFromJsonMap`: the key under which the env var's JSON object names this queue.
+    pub json_key: Option<String>,
     /// `queueProperties`, as JSON text (kept comparable; converted to AMQP arguments at start).
     pub queue_properties: Option<String>,
+    /// SQS: the registry's `tags`, `sns` and `s3Event` (empty for RabbitMQ).
+    pub sqs: SqsOptions,
+}
+
+/// What an SQS registry queue adds to its split.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SqsOptions {
+    pub tags: BTreeMap<String, String>,
+    pub envelope: Envelope,
 }
 
 /// The RabbitMQ name the sessions and tests know.
@@ -103,44 +117,66 @@ pub fn plans(
         return out;
     }
     for (queue_id, queue) in &registry.spec.queues {
-        let Some((name_source, fallback_name, secret, queue_properties)) = of_kind(queue) else {
+        let Some(of) = of_kind(queue) else {
             continue;
         };
-        let plan = |env: &str, original: &str| SplitPlan {
+        let plan = |env: &str, original: &str, json_key: Option<&str>| SplitPlan {
             namespace: namespace.clone(),
             registry: name.clone(),
             consumer: consumer.name.clone(),
             queue_id: queue_id.clone(),
-            secret: secret.clone(),
+            secret: of.secret.clone(),
             original: original.to_owned(),
             env: env.to_owned(),
-            queue_properties: queue_properties.clone(),
+            json_key: json_key.map(str::to_owned),
+            queue_properties: of.queue_properties.clone(),
+            sqs: of.sqs.clone(),
         };
-        let literal = containers
+        // One split per queue an env value names: the value itself, or each value of its JSON
+        // object with `namesFromJsonMap`.
+        let split_value = |out: &mut Planned, env: &str, value: &str| {
+            if !of.json_map {
+                if !names::is_derived(value) {
+                    out.splits.push(plan(env, value, None));
+                }
+                return;
+            }
+            match names::json_map_names(value) {
+                Some(queues) => out.splits.extend(
+                    queues
+                        .iter()
+                        .filter(|(_, queue)| !names::is_derived(queue))
+                        .map(|(key, queue)| plan(env, queue, Some(key))),
+                ),
+                None => out.problems.push(format!(
+                    "queue {queue_id:?}: env {env:?} is not a JSON object of queue names (namesFromJsonMap)"
+                )),
+            }
+        };
+        let literal: Vec<_> = containers
             .iter()
             .flat_map(|c| c.env.iter().flatten())
             .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
-            .filter(|(_, value)| !value.is_empty() && !names::is_derived(value));
+            .filter(|(_, value)| !value.is_empty())
+            .collect();
         let before = out.splits.len();
-        match name_source {
+        match of.name_source {
             NameSource::EnvVar(var) => {
-                out.splits.extend(
-                    literal
-                        .filter(|(env, _)| env == var)
-                        .map(|(env, value)| plan(env, value)),
-                );
-                if out.splits.len() == before
-                    && let Some(fallback) = fallback_name
-                {
-                    out.splits.push(plan(var, fallback));
+                let mut found = false;
+                for (env, value) in literal.iter().filter(|(env, _)| env == var) {
+                    found = true;
+                    split_value(&mut out, env, value);
+                }
+                if !found && let Some(fallback) = of.fallback_name {
+                    split_value(&mut out, var, fallback);
                 }
             }
             NameSource::RegexPattern(pattern) => match regex::Regex::new(pattern) {
-                Ok(re) => out.splits.extend(
-                    literal
-                        .filter(|(env, _)| re.is_match(env))
-                        .map(|(env, value)| plan(env, value)),
-                ),
+                Ok(re) => {
+                    for (env, value) in literal.iter().filter(|(env, _)| re.is_match(env)) {
+                        split_value(&mut out, env, value);
+                    }
+                }
                 Err(_) => out.problems.push(format!(
                     "queue {queue_id:?}: regexPattern {pattern:?} is not a valid regex"
                 )),
@@ -159,23 +195,67 @@ pub fn plans(
     out
 }
 
-/// A queue of `kind`: its name source, fallback, Secret and properties.
-fn of_kind(
-    kind: QueueKind,
-    queue: &SplitQueue,
-) -> Option<(&NameSource, &Option<String>, String, Option<String>)> {
+/// A registry queue's fields that planning reads, for either broker.
+struct OfKind<'a> {
+    name_source: &'a NameSource,
+    fallback_name: Option<&'a str>,
+    json_map: bool,
+    secret: String,
+    queue_properties: Option<String>,
+    sqs: SqsOptions,
+}
+
+/// A queue of `kind`, or `None` for the other broker's.
+fn of_kind(kind: QueueKind, queue: &SplitQueue) -> Option<OfKind<'_>> {
     match (kind, queue) {
-        (QueueKind::Rmq, SplitQueue::Rmq(q)) => Some((
-            &q.name_source,
-            &q.fallback_name,
-            q.cluster_properties.clone(),
-            q.queue_properties.as_ref().map(|v| v.to_string()),
-        )),
-        (QueueKind::Sqs, SplitQueue::Sqs(q)) => {
-            Some((&q.name_source, &q.fallback_name, String::new(), None))
-        }
+        (QueueKind::Rmq, SplitQueue::Rmq(q)) => Some(OfKind {
+            name_source: &q.name_source,
+            fallback_name: q.fallback_name.as_deref(),
+            json_map: q.names_from_json_map == Some(true),
+            secret: q.cluster_properties.clone(),
+            queue_properties: q.queue_properties.as_ref().map(|v| v.to_string()),
+            sqs: SqsOptions::default(),
+        }),
+        (QueueKind::Sqs, SplitQueue::Sqs(q)) => Some(OfKind {
+            name_source: &q.name_source,
+            fallback_name: q.fallback_name.as_deref(),
+            json_map: q.names_from_json_map == Some(true),
+            secret: String::new(),
+            queue_properties: None,
+            sqs: SqsOptions {
+                tags: q.tags.clone().unwrap_or_default(),
+                envelope: Envelope {
+                    sns: q.sns == Some(true),
+                    s3_event: q.s3_event == Some(true),
+                },
+            },
+        }),
         _ => None,
     }
+}
+
+/// The value of each split env var, given each split's queue name (original, output, or a
+/// session's queue): the name itself, or with `namesFromJsonMap` the JSON object of all the
+/// variable's keys.
+pub fn env_values<'a>(
+    named: impl IntoIterator<Item = (&'a SplitPlan, String)>,
+) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    let mut maps: BTreeMap<&str, BTreeMap<&str, String>> = BTreeMap::new();
+    for (plan, name) in named {
+        match &plan.json_key {
+            Some(key) => {
+                maps.entry(&plan.env).or_default().insert(key, name);
+            }
+            None => {
+                values.insert(plan.env.clone(), name);
+            }
+        }
+    }
+    for (env, map) in maps {
+        values.insert(env.to_owned(), names::json_map_text(&map));
+    }
+    values
 }
 
 /// The registry status for RMQ `splits`: names per queue id (the first original of an id) and per
@@ -198,17 +278,43 @@ pub fn sqs_status(splits: &[SplitPlan]) -> QueueRegistryStatus {
 fn details(splits: &[SplitPlan]) -> QueueDetails {
     let mut details = QueueDetails::default();
     for split in splits {
-        let names = QueueNames {
-            original_name: split.original.clone(),
-            output_name: split.output(),
-        };
         details
             .queue_names
             .entry(split.queue_id.clone())
-            .or_insert_with(|| names.clone());
-        details.env_updates.insert(split.env.clone(), names);
+            .or_insert_with(|| QueueNames {
+                original_name: split.original.clone(),
+                output_name: split.output(),
+            });
     }
+    details.env_updates = env_updates(splits.iter().map(|s| (s, s.original.clone(), s.output())));
     details
+}
+
+/// Per env var: its value naming the originals and naming `to` (the registry's output queues, or
+/// a session's queues).
+pub fn env_updates<'a>(
+    named: impl IntoIterator<Item = (&'a SplitPlan, String, String)> + Clone,
+) -> BTreeMap<String, QueueNames> {
+    let originals = env_values(
+        named
+            .clone()
+            .into_iter()
+            .map(|(p, original, _)| (p, original)),
+    );
+    let mut to = env_values(named.into_iter().map(|(p, _, to)| (p, to)));
+    originals
+        .into_iter()
+        .map(|(env, original_name)| {
+            let output_name = to.remove(&env).unwrap_or_default();
+            (
+                env,
+                QueueNames {
+                    original_name,
+                    output_name,
+                },
+            )
+        })
+        .collect()
 }
 
 /// One running splitter: namespace, Secret, original queue.
@@ -255,6 +361,41 @@ mod tests {
 
     fn template(containers: serde_json::Value) -> PodSpec {
         serde_json::from_value(json!({ "containers": containers })).unwrap()
+    }
+
+    #[test]
+    fn json_maps_give_one_split_per_queue_and_sqs_options_ride_along() {
+        let reg = registry(
+            json!({
+                "all": {"queueType": "SQS", "nameSource": {"envVar": "MAP"}, "namesFromJsonMap": true,
+                    "sns": true, "tags": {"team": "a"}},
+                "bad": {"queueType": "SQS", "nameSource": {"envVar": "NOT_A_MAP"}, "namesFromJsonMap": true}
+            }),
+            None,
+        );
+        let spec = template(json!([{"name": "main", "env": [
+            {"name": "MAP", "value": r#"{"x": "orders", "y": "jobs", "z": "done-mirrord-output"}"#},
+            {"name": "NOT_A_MAP", "value": "orders"}
+        ]}]));
+        let planned = sqs_plans(&reg, Some(&spec));
+        assert_eq!(planned.problems.len(), 1, "{:?}", planned.problems);
+        assert!(planned.problems[0].contains("NOT_A_MAP"));
+        let got: Vec<_> = planned
+            .splits
+            .iter()
+            .map(|p| (p.original.as_str(), p.json_key.as_deref()))
+            .collect();
+        assert_eq!(got, [("jobs", Some("y")), ("orders", Some("x"))]);
+        let options = &planned.splits[0].sqs;
+        assert!(options.envelope.sns && !options.envelope.s3_event);
+        assert_eq!(options.tags["team"], "a");
+        let values = env_values(planned.splits.iter().map(|p| (p, p.output())));
+        assert_eq!(
+            values["MAP"],
+            r#"{"x":"orders-mirrord-output","y":"jobs-mirrord-output"}"#
+        );
+        // RMQ plans of the same registry: none, and no SQS options on RMQ queues.
+        assert_eq!(rmq_plans(&reg, Some(&spec)), Planned::default());
     }
 
     #[test]

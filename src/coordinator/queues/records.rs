@@ -147,6 +147,7 @@ pub async fn end_orphans(index: &SplitterIndex, records: &Records) -> OrphanRoun
                     &o.spec.queue_consumer.name,
                     id,
                     &splits,
+                    None,
                 )
                 .await
             }

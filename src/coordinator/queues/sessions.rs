@@ -8,12 +8,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::SessionNotices;
 use super::crd::{
     MirrordRMQSession, MirrordSQSSession, QueueConsumer, QueueNames, QueueSessionStatus,
     RmqSessionSpec, SessionDetails, SqsSessionSpec, WorkloadType,
 };
 use super::filter::RegisterError;
-use super::plan::RmqPlan;
+use super::plan::{self, RmqPlan};
 use super::rabbitmq::{RmqSplitter, SplitterError};
 use super::records::{Records, StoredSession};
 use super::sqs::{SqsSplitter, SqsSplitterError};
@@ -227,13 +228,15 @@ impl QueueSession {
     }
 
     /// Registers SQS `splits` (queue id -> attribute filter, jq filter) for session `session_id`
-    /// on the SQS splitters of `namespace`'s workload `consumer`; all or nothing.
+    /// on the SQS splitters of `namespace`'s workload `consumer`; all or nothing. `notices` hears
+    /// of a jq filter that breaks.
     pub async fn start_sqs(
         splitters: &SplitterIndex,
         namespace: &str,
         consumer: &str,
         session_id: u64,
         splits: &BTreeMap<String, SqsSplit>,
+        notices: Option<&SessionNotices>,
     ) -> Result<QueueSession, QueueSessionError> {
         let key = format!("{session_id:x}");
         let mut targets = Vec::new();
@@ -254,7 +257,7 @@ impl QueueSession {
         };
         for ((plan, splitter), (attributes, jq)) in targets {
             match splitter
-                .add_session(&session.key, attributes, jq.as_deref())
+                .add_session_with(&session.key, attributes, jq.as_deref(), notices.cloned())
                 .await
             {
                 Ok(queue) => {
@@ -304,11 +307,12 @@ impl QueueSession {
 
     /// Points the queue env vars of the remote environment at the session's temporary queues
     /// (the hook for `GetEnvVarsResponse`): a variable the pod has (it names the output queue
-    /// there) or, with a `fallbackName`, one it lacks.
+    /// there) or, with a `fallbackName`, one it lacks. A `namesFromJsonMap` variable becomes
+    /// the JSON object of the session's queues.
     pub fn apply_env(&self, env: &mut HashMap<String, String>) {
-        for split in &self.splits {
-            env.insert(split.plan.env.clone(), split.queue.clone());
-        }
+        env.extend(plan::env_values(
+            self.splits.iter().map(|s| (&s.plan, s.queue.clone())),
+        ));
     }
 
     /// Per queue id and per env var: the original queue and the session's temporary queue
@@ -317,17 +321,20 @@ impl QueueSession {
         let mut details = SessionDetails::default();
         let mut consumer = None;
         for split in &self.splits {
-            let names = QueueNames {
-                original_name: split.plan.original.clone(),
-                output_name: split.queue.clone(),
-            };
             details
                 .queue_names
                 .entry(split.plan.queue_id.clone())
-                .or_insert_with(|| names.clone());
-            details.env_updates.insert(split.plan.env.clone(), names);
+                .or_insert_with(|| QueueNames {
+                    original_name: split.plan.original.clone(),
+                    output_name: split.queue.clone(),
+                });
             consumer.get_or_insert_with(|| split.plan.consumer.clone());
         }
+        details.env_updates = plan::env_updates(
+            self.splits
+                .iter()
+                .map(|s| (&s.plan, s.plan.original.clone(), s.queue.clone())),
+        );
         let consumer = QueueConsumer {
             name: consumer.unwrap_or_default(),
             container: None,
@@ -425,6 +432,8 @@ pub struct SessionQueues {
     object: Option<MirrordRMQSession>,
     /// The session as a `MirrordSQSSession` (§7.5.2).
     sqs_object: Option<MirrordSQSSession>,
+    /// Warnings from the splitters for the session's relays.
+    notices: SessionNotices,
     sessions: std::sync::Mutex<Vec<QueueSession>>,
 }
 
@@ -466,6 +475,7 @@ impl SessionQueues {
         let mut env = HashMap::new();
         let mut sessions = Vec::new();
         let mut object = None;
+        let notices = SessionNotices::default();
         if !splits.is_empty() {
             let session =
                 QueueSession::start(splitters, namespace, workload, session_id, &splits).await?;
@@ -475,8 +485,15 @@ impl SessionQueues {
         }
         let mut sqs_object = None;
         if !sqs_splits.is_empty() {
-            match QueueSession::start_sqs(splitters, namespace, workload, session_id, &sqs_splits)
-                .await
+            match QueueSession::start_sqs(
+                splitters,
+                namespace,
+                workload,
+                session_id,
+                &sqs_splits,
+                Some(&notices),
+            )
+            .await
             {
                 Ok(session) => {
                     session.apply_env(&mut env);
@@ -497,6 +514,7 @@ impl SessionQueues {
             records: splitters.records().cloned(),
             object,
             sqs_object,
+            notices,
             sessions: std::sync::Mutex::new(sessions),
         };
         if let Some(records) = &queues.records {
@@ -520,6 +538,11 @@ impl SessionQueues {
     /// The `MirrordSQSSession` object, when the session splits SQS queues.
     pub fn sqs_object(&self) -> Option<&MirrordSQSSession> {
         self.sqs_object.as_ref()
+    }
+
+    /// Warnings for the developer (each relay subscribes and shows them to its CLI).
+    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.notices.subscribe()
     }
 
     /// The relay's hook on `GetEnvVarsResponse`.

@@ -35,11 +35,12 @@ use aws_sdk_sqs::types::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use super::SessionNotices;
 use super::filter::{RegisterError, Router};
 use super::jq_worker::{JqEvalError, JqWorker};
 use super::metrics::{RoutedTo, SplitterMetrics};
 use super::names;
-use super::sqs_filter::{SqsFilter, SqsFilterError};
+use super::sqs_filter::{Envelope, SqsFilter, SqsFilterError};
 
 /// Message attribute stamped on a copy routed to a session: the session id.
 pub const SESSION_ATTRIBUTE: &str = "x-mirrord-session";
@@ -96,6 +97,10 @@ pub struct SqsSplitConfig {
     pub wait: Duration,
     /// Visibility timeout of received originals: how soon an unsent original is retried.
     pub visibility_timeout: Duration,
+    /// Registry `tags`: set on the output and session queues the splitter creates.
+    pub tags: BTreeMap<String, String>,
+    /// Registry `sns` / `s3Event`: where filters find the attributes.
+    pub envelope: Envelope,
 }
 
 impl SqsSplitConfig {
@@ -104,6 +109,8 @@ impl SqsSplitConfig {
             original_queue: original_queue.into(),
             wait: Duration::from_secs(1),
             visibility_timeout: Duration::from_secs(30),
+            tags: BTreeMap::new(),
+            envelope: Envelope::default(),
         }
     }
 
@@ -212,6 +219,7 @@ enum Command {
     Add {
         key: String,
         filter: SqsFilter,
+        notices: Option<SessionNotices>,
         reply: oneshot::Sender<Result<SessionQueue, SqsSplitterError>>,
     },
     Remove {
@@ -259,6 +267,7 @@ impl SqsSplitter {
                 router,
                 jq: JqWorker::default(),
                 session_names: queues,
+                notices: BTreeMap::new(),
                 urls: Urls::default(),
                 commands: receiver,
             }
@@ -284,11 +293,23 @@ impl SqsSplitter {
         attributes: &BTreeMap<String, String>,
         jq: Option<&str>,
     ) -> Result<SessionQueue, SqsSplitterError> {
+        self.add_session_with(key, attributes, jq, None).await
+    }
+
+    /// [`Self::add_session`], telling `notices` when the session's jq filter breaks.
+    pub async fn add_session_with(
+        &self,
+        key: &str,
+        attributes: &BTreeMap<String, String>,
+        jq: Option<&str>,
+        notices: Option<SessionNotices>,
+    ) -> Result<SessionQueue, SqsSplitterError> {
         let filter = SqsFilter::new(attributes, jq)?;
         let (reply, answer) = oneshot::channel();
         self.send(Command::Add {
             key: key.to_owned(),
             filter,
+            notices,
             reply,
         })
         .await?;
@@ -367,6 +388,8 @@ struct Worker {
     jq: JqWorker,
     /// session key → its queue name
     session_names: BTreeMap<String, String>,
+    /// session key → where its developer hears of a broken jq filter
+    notices: BTreeMap<String, SessionNotices>,
     urls: Urls,
     commands: mpsc::Receiver<Command>,
 }
@@ -403,8 +426,17 @@ impl Worker {
         loop {
             loop {
                 match self.commands.try_recv() {
-                    Ok(Command::Add { key, filter, reply }) => {
-                        let _ = reply.send(self.add(key, filter).await);
+                    Ok(Command::Add {
+                        key,
+                        filter,
+                        notices,
+                        reply,
+                    }) => {
+                        let added = self.add(key.clone(), filter).await;
+                        if let (Ok(_), Some(notices)) = (&added, notices) {
+                            self.notices.insert(key, notices);
+                        }
+                        let _ = reply.send(added);
                     }
                     Ok(Command::Remove { key, reply }) => {
                         let _ = reply.send(self.remove(&key).await);
@@ -482,9 +514,10 @@ impl Worker {
         Ok(())
     }
 
-    /// CreateQueue is idempotent for equal attributes: it returns the existing queue's URL.
+    /// CreateQueue is idempotent for equal attributes: it returns the existing queue's URL. The
+    /// registry's tags are set again (TagQueue) since an existing queue keeps its old ones.
     async fn create_queue(&self, name: &str) -> Result<String, SqsSplitterError> {
-        Ok(self
+        let url = self
             .client
             .create_queue()
             .queue_name(name)
@@ -493,7 +526,17 @@ impl Worker {
             .await
             .map_err(sdk_error("CreateQueue", name))?
             .queue_url
-            .unwrap_or_default())
+            .unwrap_or_default();
+        if !self.config.tags.is_empty() {
+            self.client
+                .tag_queue()
+                .queue_url(&url)
+                .set_tags(Some(self.config.tags.clone().into_iter().collect()))
+                .send()
+                .await
+                .map_err(sdk_error("TagQueue", name))?;
+        }
+        Ok(url)
     }
 
     async fn receive(&self, url: &str, wait: Duration) -> Result<Vec<Message>, SqsSplitterError> {
@@ -536,11 +579,13 @@ impl Worker {
     /// program matches nothing from then on).
     async fn destination(&mut self, message: &Message) -> Option<String> {
         let body = message.body().unwrap_or_default();
-        let attribute = |name: &str| {
-            message
+        let from_body = self.config.envelope.body_attributes(body);
+        let attribute = |name: &str| match &from_body {
+            Some(attributes) => attributes.get(name).map(String::as_str),
+            None => message
                 .message_attributes()
                 .and_then(|a| a.get(name))
-                .and_then(|v| v.string_value())
+                .and_then(|v| v.string_value()),
         };
         for (key, filter) in self.router.entries() {
             if !filter.attributes_match(attribute) {
@@ -555,6 +600,12 @@ impl Worker {
                 Err(error) => {
                     tracing::warn!(session = %key, %error, "the session's jq filter failed: it matches nothing from now on");
                     self.metrics.error(&self.config.original_queue, "jq-broken");
+                    if let Some(notices) = self.notices.get(key) {
+                        notices.warn(format!(
+                            "queue splitting: your jq_filter {program:?} failed on a message of SQS queue {:?} ({error}); it matches nothing from now on, so this session gets no more messages from that queue (they go to the deployed app). Fix the filter and start a new session.",
+                            self.config.original_queue
+                        ));
+                    }
                 }
             }
         }
@@ -741,6 +792,7 @@ impl Worker {
         if self.router.remove(&key).is_none() {
             return Err(SqsSplitterError::NoSuchSession(key));
         }
+        self.notices.remove(&key);
         let name = self.session_names.remove(&key).unwrap_or_default();
         let Some(url) = self.urls.sessions.remove(&key) else {
             return Err(SqsSplitterError::NoSuchSession(key));

@@ -142,6 +142,80 @@ impl JqFilter {
     }
 }
 
+/// Where a queue's messages carry the attributes that `message_filter` matches (registry
+/// fields `sns` and `s3Event`). The jq part always sees the SQS body as the app receives it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Envelope {
+    /// SNS notifications (raw delivery off): the attributes are the body's `MessageAttributes`
+    /// (`{name: {"Type", "Value"}}`; `Binary` ones are skipped).
+    pub sns: bool,
+    /// S3 event notifications: the attributes are fields of the event's first record:
+    /// `eventName`, `eventSource`, `awsRegion`, `bucket` (`s3.bucket.name`) and `key`
+    /// (`s3.object.key`). With `sns` too, the event is the SNS notification's `Message`.
+    pub s3_event: bool,
+}
+
+impl Envelope {
+    /// The attributes read from `body`; `None` for a plain queue (use the SQS message
+    /// attributes). A body that is not the expected JSON gives no attributes: only filters
+    /// without attribute rules can match it.
+    pub fn body_attributes(&self, body: &str) -> Option<BTreeMap<String, String>> {
+        if !self.sns && !self.s3_event {
+            return None;
+        }
+        let mut out = BTreeMap::new();
+        if nesting_depth(body.as_bytes(), false) > MAX_DEPTH {
+            return Some(out);
+        }
+        let Ok(parsed) = serde_json::from_str::<serde_json::Value>(body) else {
+            return Some(out);
+        };
+        let event = if self.sns {
+            if let Some(attributes) = parsed["MessageAttributes"].as_object() {
+                for (name, attribute) in attributes {
+                    let text = match (&attribute["Type"], &attribute["Value"]) {
+                        (serde_json::Value::String(kind), _) if kind == "Binary" => None,
+                        (_, serde_json::Value::String(value)) => Some(value.clone()),
+                        (
+                            _,
+                            value @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)),
+                        ) => Some(value.to_string()),
+                        _ => None,
+                    };
+                    if let Some(text) = text {
+                        out.insert(name.clone(), text);
+                    }
+                }
+            }
+            match parsed["Message"].as_str() {
+                Some(message)
+                    if self.s3_event && nesting_depth(message.as_bytes(), false) <= MAX_DEPTH =>
+                {
+                    serde_json::from_str(message).unwrap_or_default()
+                }
+                _ => serde_json::Value::Null,
+            }
+        } else {
+            parsed
+        };
+        if self.s3_event {
+            let record = &event["Records"][0];
+            for (name, value) in [
+                ("eventName", &record["eventName"]),
+                ("eventSource", &record["eventSource"]),
+                ("awsRegion", &record["awsRegion"]),
+                ("bucket", &record["s3"]["bucket"]["name"]),
+                ("key", &record["s3"]["object"]["key"]),
+            ] {
+                if let Some(value) = value.as_str() {
+                    out.insert(name.to_owned(), value.to_owned());
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
 /// One SQS session's filter.
 #[derive(Debug)]
 pub struct SqsFilter {
@@ -292,6 +366,56 @@ mod tests {
             !JqFilter::new("length > 0")
                 .unwrap()
                 .matches(too_deep.as_bytes())
+        );
+    }
+
+    #[test]
+    fn sns_and_s3_envelopes_give_body_attributes() {
+        assert_eq!(Envelope::default().body_attributes("{}"), None);
+        let sns = Envelope {
+            sns: true,
+            s3_event: false,
+        };
+        let body = r#"{"Type":"Notification","Message":"hi","MessageAttributes":{
+            "tenant":{"Type":"String","Value":"alice"},"n":{"Type":"Number","Value":"7"},
+            "blob":{"Type":"Binary","Value":"AAE="},"bad":{"Type":"String"}}}"#;
+        let got = sns.body_attributes(body).unwrap();
+        assert_eq!(
+            got,
+            BTreeMap::from([("n".into(), "7".into()), ("tenant".into(), "alice".into())])
+        );
+        let f = filter(&[("tenant", "^alice$")], None);
+        assert!(f.matches(|name: &str| got.get(name), body.as_bytes()));
+        assert_eq!(sns.body_attributes("not json"), Some(BTreeMap::new()));
+
+        let event = r#"{"Records":[{"eventSource":"aws:s3","awsRegion":"eu-west-1","eventName":"ObjectCreated:Put",
+            "s3":{"bucket":{"name":"uploads"},"object":{"key":"alice/a.csv","size":3}}}]}"#;
+        let s3 = Envelope {
+            sns: false,
+            s3_event: true,
+        };
+        let got = s3.body_attributes(event).unwrap();
+        assert_eq!(got["bucket"], "uploads");
+        assert_eq!(got["key"], "alice/a.csv");
+        assert_eq!(got["eventName"], "ObjectCreated:Put");
+        assert_eq!(got["awsRegion"], "eu-west-1");
+        // An S3 event delivered through SNS: the event is the notification's Message.
+        let wrapped = serde_json::json!({"Type": "Notification", "Message": event,
+            "MessageAttributes": {"team": {"Type": "String", "Value": "a"}}})
+        .to_string();
+        let both = Envelope {
+            sns: true,
+            s3_event: true,
+        };
+        let got = both.body_attributes(&wrapped).unwrap();
+        assert_eq!(got["key"], "alice/a.csv");
+        assert_eq!(got["team"], "a");
+        // Too deep or not an event: no attributes, never a panic.
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert_eq!(both.body_attributes(&deep), Some(BTreeMap::new()));
+        assert_eq!(
+            s3.body_attributes(r#"{"Records":7}"#),
+            Some(BTreeMap::new())
         );
     }
 

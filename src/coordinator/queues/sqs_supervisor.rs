@@ -76,6 +76,8 @@ impl Sqs {
             }
         }
         let mut config = SqsSplitConfig::new(split.original.clone());
+        config.tags = split.sqs.tags.clone();
+        config.envelope = split.sqs.envelope;
         (self.configure)(&mut config);
         SqsSplitter::spawn(self.client.clone(), config, [], metrics)
             .map_err(|e| (ProblemReason::ConsumerNotFound, e.to_string()))

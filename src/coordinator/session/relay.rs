@@ -303,6 +303,8 @@ impl Relay {
     ) -> RelayEnd {
         let mut registry_events = self.registry.subscribe();
         let mut commands = self.session.commands();
+        // Warnings from the session's queue splitters (none without queue splits).
+        let mut notices = self.session.spec.queues.as_ref().map(|q| q.notices());
         if self.session.is_ended() {
             return self
                 .close(RelayEnd::Killed("the session has ended".into()))
@@ -369,6 +371,7 @@ impl Relay {
                     Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
                     Err(broadcast::error::RecvError::Closed) => Ok(()),
                 },
+                Some(notice) = next_notice(&mut notices) => self.log(LogLevel::Warn, notice).await,
             };
             if let Err(end) = step {
                 return self.close(end).await;
@@ -933,9 +936,52 @@ impl Relay {
     }
 }
 
+/// The next queue-splitting warning; pending forever without queue splits (a lagging relay
+/// skips the warnings it missed).
+async fn next_notice(notices: &mut Option<broadcast::Receiver<String>>) -> Option<String> {
+    let Some(receiver) = notices else {
+        return std::future::pending().await;
+    };
+    loop {
+        match receiver.recv().await {
+            Ok(notice) => return Some(notice),
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => {
+                *notices = None;
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn notices_arrive_lagged_ones_are_skipped_and_none_waits_forever() {
+        let (tx, rx) = broadcast::channel(2);
+        let mut notices = Some(rx);
+        for n in 0..3 {
+            tx.send(format!("n{n}")).unwrap();
+        }
+        // Capacity 2: n0 was overwritten; the relay goes on with what is left.
+        assert_eq!(next_notice(&mut notices).await.as_deref(), Some("n1"));
+        assert_eq!(next_notice(&mut notices).await.as_deref(), Some("n2"));
+        drop(tx);
+        let wait = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(wait, next_notice(&mut notices))
+                .await
+                .is_err()
+        );
+        assert!(notices.is_none(), "a closed channel is forgotten");
+        assert!(
+            tokio::time::timeout(wait, next_notice(&mut None))
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn connection_ids_never_collide_across_pods() {

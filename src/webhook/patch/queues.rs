@@ -10,6 +10,8 @@
 //!   `env` gets `fallbackName`'s output name appended (an explicit entry overrides `envFrom`), in
 //!   the consumer container only; a `valueFrom` entry cannot be read here and is left with a
 //!   warning. `nameSource.regexPattern`: every literal env entry whose name matches is rewritten.
+//! - `namesFromJsonMap`: the value (or `fallbackName`) is a JSON object whose values name
+//!   queues; each value is rewritten (keys kept, re-serialized with sorted keys).
 //! - A value that already is an output name is left alone (reinvocation).
 //! - Each rewrite is recorded under `queues` in the status annotation.
 
@@ -104,18 +106,11 @@ pub(super) fn rewrites(pod: &PodView, registries: &[&QueueRegistrySpec]) -> Queu
                     SplitQueue::Rmq(q) => (&q.name_source, &q.fallback_name, q.names_from_json_map),
                     SplitQueue::Unknown => continue,
                 };
-                if json_map == Some(true) {
-                    if is_consumer {
-                        out.warnings.push(format!(
-                            "queue splitting: queue {queue_id:?} uses namesFromJsonMap, which admission does not rewrite"
-                        ));
-                    }
-                    continue;
-                }
                 let target = Target {
                     queue_id,
                     index,
                     container,
+                    json_map: json_map == Some(true),
                 };
                 match source {
                     NameSource::EnvVar(var) => {
@@ -155,6 +150,33 @@ struct Target<'a> {
     queue_id: &'a str,
     index: usize,
     container: &'a ContainerView,
+    /// `namesFromJsonMap`: values are JSON objects whose values name queues.
+    json_map: bool,
+}
+
+impl Target<'_> {
+    /// The value pointing at the output queues instead of the originals: `None` when there is
+    /// nothing to rewrite (already output names) or, with `Err`, why it cannot be.
+    fn output_value(&self, value: &str) -> Result<Option<String>, String> {
+        if !self.json_map {
+            return Ok((!names::is_derived(value)).then(|| names::output_queue(value)));
+        }
+        let output = names::rewrite_json_map(value, |queue| {
+            if names::is_derived(queue) {
+                queue.to_owned()
+            } else {
+                names::output_queue(queue)
+            }
+        })
+        .ok_or_else(|| {
+            format!(
+                "queue splitting: queue {:?} uses namesFromJsonMap but the value in container {:?} is not a JSON object of queue names; not rewritten",
+                self.queue_id, self.container.name
+            )
+        })?;
+        // Unchanged: every queue in it already is an output name (reinvocation).
+        Ok((names::json_map_names(value) != names::json_map_names(&output)).then_some(output))
+    }
 }
 
 /// Rewrites the literal env entries whose name `matches`; true when any entry matched.
@@ -171,10 +193,14 @@ fn rewrite_matching(
         found = true;
         match (&env.value, &env.value_from) {
             (Some(value), _) if !value.is_empty() => {
-                if names::is_derived(value) {
-                    continue;
-                }
-                let output = names::output_queue(value);
+                let output = match target.output_value(value) {
+                    Ok(Some(output)) => output,
+                    Ok(None) => continue,
+                    Err(warning) => {
+                        out.warnings.push(warning);
+                        continue;
+                    }
+                };
                 out.ops.push(PatchOp {
                     path: format!("/spec/containers/{}/env/{j}/value", target.index).into(),
                     value: PatchValue::Text(output.clone()),
@@ -198,7 +224,13 @@ fn append_fallback(
     fallback: &str,
     env_created: &mut BTreeSet<usize>,
 ) {
-    let output = names::output_queue(fallback);
+    let output = match target.output_value(fallback) {
+        Ok(output) => output.unwrap_or_else(|| fallback.to_owned()),
+        Err(warning) => {
+            out.warnings.push(warning);
+            return;
+        }
+    };
     let entry = EnvVar {
         name: var.to_owned(),
         value: Some(output.clone()),
