@@ -28,6 +28,8 @@ source "$E2E_LIB/operator.sh"
 source "$E2E_LIB/testlib.sh"
 # shellcheck source=lib/rabbitmq.sh
 source "$E2E_LIB/rabbitmq.sh"
+# shellcheck source=lib/sqs.sh
+source "$E2E_LIB/sqs.sh"
 # shellcheck source=lib/setup.sh
 source "$E2E_LIB/setup.sh"
 for f in "$E2E_ROOT"/tests/*.sh; do

@@ -213,3 +213,147 @@ assert any("orders-mirrord-output" in json.dumps(q) for q in status.get("queues"
   [[ "$out" == "$uid 0" ]] || fail "the consumer pod changed or restarted during the session: $out (was $uid 0)"
   log "ok: the consumer pod $pod was neither replaced nor restarted"
 }
+
+# SQS: moto on the node's bridge address (the coordinator reaches it through the chart's
+# coordinator.sqs values), a registry naming a Deployment, a session through the aggregator with
+# `mirrord-operator probe --sqs-splits`. The host plays both consumers (the app on the output queue,
+# the developer on the session queue) with boto3; the RabbitMQ test above has the pod consume.
+S_APP=mail-consumer
+
+_s_consumer_yaml() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: $S_APP
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: $S_APP}
+  template:
+    metadata:
+      labels: {app: $S_APP}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: app
+        image: $Q_IMAGE
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "echo \"consuming \$MAIL_QUEUE\"; exec sleep 3600"]
+        env:
+        - {name: MAIL_QUEUE, value: mail}
+YAML
+}
+
+_s_registry_yaml() {
+  cat <<YAML
+apiVersion: queues.mirrord.metalbear.co/v1alpha
+kind: MirrordWorkloadQueueRegistry
+metadata:
+  name: mail
+spec:
+  consumer: {name: $S_APP, workloadType: Deployment}
+  queues:
+    mail:
+      queueType: SQS
+      nameSource: {envVar: MAIL_QUEUE}
+      tags: {team: e2e}
+YAML
+}
+
+_s_split_ready() { # NS
+  local out
+  out="$(k -n "$1" get mirrordworkloadqueueregistries mail -o jsonpath='{.status.sqsDetails.queueNames.mail.outputName}')"
+  echo "output queue in the registry status: ${out:-none}"
+  [[ "$out" == mail-mirrord-output ]]
+}
+
+_s_depth_is() { # QUEUE DEPTH|absent
+  local d
+  d="$(sqs depth "$1")"
+  echo "$1: $d"
+  [[ "$d" == "$2" ]]
+}
+
+_s_no_sessions() { # NS
+  local out
+  out="$(k -n "$1" get mirrordsqssessions -o name)"
+  echo "sessions: ${out:-none}"
+  [[ -z "$out" ]]
+}
+
+test_sqs_queue_splitting_with_real_pods() {
+  local ns pod uid alice alice_id queue out rc=0 i
+  local SESS_APP="$S_APP"
+  _sess_ready
+  _q_image || fail "building or importing the consumer image failed"
+  defer moto_stop
+  moto_start "$NODE_IP" || fail "moto_server did not start"
+  sqs create mail || fail "creating the original queue failed"
+  new_ns ns sqs "$INJECT_LABEL=enabled"
+  k -n "$OP_NS" create secret generic e2e-aws --from-literal AWS_ACCESS_KEY_ID=testing \
+    --from-literal AWS_SECRET_ACCESS_KEY=testing >/dev/null
+  defer k -n "$OP_NS" delete secret e2e-aws
+  # The release is put back afterwards (deferred after the Secret, so it runs before it is deleted).
+  defer e2e_restore_base
+  op_helm upgrade "${OP_BASE_VALUES[@]}" --set coordinator.sqs.region=us-east-1 \
+    --set "coordinator.sqs.endpointUrl=$MOTO_URL" --set coordinator.sqs.credentialsSecret=e2e-aws ||
+    fail "helm upgrade with coordinator.sqs failed"
+  _sess_bind_user e2e-alice
+  wait_for "the webhook to give agents the coordinator's CA" 60 _webhook_injects_ca "$ns"
+  _s_registry_yaml | k -n "$ns" create -f - >/dev/null
+  sleep 2 # the webhook's registry watch
+  _s_consumer_yaml | k -n "$ns" create -f - >/dev/null
+  k -n "$ns" rollout status "deploy/$S_APP" --timeout 120s >&2 || fail "the consumer did not become available"
+  pod="$(pods_of "$ns" "app=$S_APP" | head -1)"
+  uid="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid}')"
+  out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.spec.containers[?(@.name=="app")].env[?(@.name=="MAIL_QUEUE")].value}')"
+  [[ "$out" == mail-mirrord-output ]] || fail "the consumer's MAIL_QUEUE is ${out:-unset}, not mail-mirrord-output"
+  wait_for "the SQS splitter of mail started (registry status)" 60 _s_split_ready "$ns" ||
+    fail "the registry never reported its split: $(k -n "$ns" get events --field-selector involvedObject.kind=MirrordWorkloadQueueRegistry -o wide 2>&1 | tail -5)"
+  log "ok: $pod admitted with MAIL_QUEUE=mail-mirrord-output; the coordinator splits mail (SQS)"
+
+  # No session: everything reaches the output queue.
+  sqs send mail alice before 2 && sqs send mail carol before-c 2 || fail "sending failed"
+  out="$(sqs receive mail-mirrord-output 4 60)" || fail "the output queue got: $out"
+  [[ "$out" == "$(printf '%s\n' before-1 before-2 before-c-1 before-c-2)" ]] || fail "the output queue got: $out"
+
+  _sess_bg alice "$ns" e2e-alice --env --sqs-splits '{"mail": {"tenant": "^alice$"}}' --hold 300
+  _sess_wait_event "$E2E_DIR/probe-e2e-alice.out" env True 60 ||
+    fail "alice's session did not start: $(cat "$E2E_DIR/probe-e2e-alice.out" "$E2E_DIR/probe-e2e-alice.err")"
+  alice_id="$(_sess_event "$E2E_DIR/probe-e2e-alice.out" connected | python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])')"
+  queue="$(_sess_event "$E2E_DIR/probe-e2e-alice.out" env | python3 -c 'import json,sys; print(json.load(sys.stdin)["vars"].get("MAIL_QUEUE", ""))')"
+  [[ "${queue,,}" == "mail-mirrord-${alice_id,,}" ]] || fail "alice's MAIL_QUEUE is ${queue:-unset}, expected mail-mirrord-${alice_id,,}"
+  out="$(k -n "$ns" get mirrordsqssessions)"
+  echo "$out"
+  grep -qi "${alice_id,,}" <<<"$out" || fail "kubectl get mirrordsqssessions does not list alice's session"
+  out="$("$OPERATOR_BIN" status)" || fail "mirrord-operator status failed: $out"
+  grep -q "SQS Queue for deployment/$S_APP" <<<"$out" && grep -q "$queue" <<<"$out" ||
+    fail "mirrord-operator status does not show alice's SQS split: $out"
+  out="$(sqs tags "$queue")"
+  [[ "$out" == '{"team": "e2e"}' ]] || fail "the registry's tags are not on alice's queue: $out"
+  log "ok: alice's session $alice_id consumes $queue"
+
+  sqs send mail alice during 3 && sqs send mail carol during-c 3 || fail "sending failed"
+  out="$(sqs receive "$queue" 3 60)" || fail "alice's queue got: $out"
+  [[ "$out" == "$(printf 'during-%s\n' 1 2 3)" ]] || fail "alice's queue got: $out"
+  out="$(sqs receive mail-mirrord-output 3 60)" || fail "the output queue got: $out"
+  [[ "$out" == "$(printf 'during-c-%s\n' 1 2 3)" ]] || fail "the output queue got: $out"
+  log "ok: alice's 3 messages went to her queue, carol's 3 to the app's"
+
+  sqs send mail alice left 2 || fail "sending failed"
+  wait_for "2 unread messages in $queue" 30 _s_depth_is "$queue" 2 || fail "alice's messages did not wait in her queue"
+  k -n "$ns" delete sessions "$alice_id" >&2 || fail "kubectl delete sessions $alice_id failed"
+  for ((i = 0; i < 100; i++)); do kill -0 "$alice" 2>/dev/null || break; sleep 0.1; done
+  wait "$alice" || rc=$?
+  ((rc == 3)) || fail "alice's probe exit $rc after the kill, expected 3: $(tail -3 "$E2E_DIR/probe-e2e-alice.out")"
+  wait_for "$queue deleted" 60 _s_depth_is "$queue" absent || fail "alice's queue was not deleted at session end"
+  out="$(sqs receive mail-mirrord-output 2 60)" || fail "the output queue got: $out"
+  [[ "$out" == "$(printf 'left-%s\n' 1 2)" ]] || fail "the unread messages did not return to the output queue: $out"
+  wait_for "no MirrordSQSSession left" 30 _s_no_sessions "$ns" || fail "alice's MirrordSQSSession outlived her session"
+  log "ok: session end returned alice's 2 unread messages to the app's queue and deleted $queue"
+
+  out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid} {.status.containerStatuses[?(@.name=="app")].restartCount}')"
+  [[ "$out" == "$uid 0" ]] || fail "the consumer pod changed or restarted during the session: $out (was $uid 0)"
+  log "ok: the consumer pod $pod was neither replaced nor restarted"
+}

@@ -109,6 +109,21 @@ step "render webhook.url (e2e: webhook on the host)" check url --url "$url" --ex
 step "render single replica, Fail policy, 10s timeout" check single --replicas 1 --failure-policy Fail --timeout 10 -- \
   --set replicaCount=1 --set webhook.failurePolicy=Fail --set webhook.timeoutSeconds=10
 step "invalid values are rejected by the schema" bash -c '! "$0" template x "$1" --set webhook.failurePolicy=Sometimes --set agent.redirect=nope >/dev/null 2>&1' "$helm" "$chart"
+step "an SQS endpoint that is not an http(s) URL is rejected by the schema" \
+  bash -c '! "$0" template x "$1" --set coordinator.enabled=true --set coordinator.sqs.endpointUrl=sqs.local >/dev/null 2>&1' "$helm" "$chart"
+# shellcheck disable=SC2016 # expanded by the inner shell
+step "render coordinator with SQS settings (region, endpoint, keys from a Secret)" bash -c '
+  "$0" template x "$1" --set coordinator.enabled=true --set coordinator.sqs.region=eu-west-1 \
+    --set coordinator.sqs.endpointUrl=http://sqs.local:4566 --set coordinator.sqs.credentialsSecret=aws |
+  python3 -c "
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+dep = next(d for d in docs if d[\"kind\"] == \"Deployment\" and d[\"metadata\"][\"name\"].endswith(\"-coordinator\"))
+env = {e[\"name\"]: e for e in dep[\"spec\"][\"template\"][\"spec\"][\"containers\"][0][\"env\"]}
+assert env[\"AWS_REGION\"][\"value\"] == \"eu-west-1\", env
+assert env[\"AWS_ENDPOINT_URL_SQS\"][\"value\"] == \"http://sqs.local:4566\", env
+assert env[\"AWS_ACCESS_KEY_ID\"][\"valueFrom\"][\"secretKeyRef\"] == {\"name\": \"aws\", \"key\": \"AWS_ACCESS_KEY_ID\"}, env
+"' "$helm" "$chart"
 coord_check() { # coord_check NAME CHECKER-ARGS -- HELM-ARGS: the coordinator's objects
   local name="$1"
   shift
