@@ -29,11 +29,12 @@ _sess_bind_user() {
   defer k delete clusterrolebinding "e2e-sess-$1"
 }
 
-# _sess_probe NS USER ARGS...: the probe as USER against the app's Deployment (JSON lines on stdout).
+# _sess_probe NS USER ARGS...: the probe as USER against the app's Deployment, or $SESS_TARGET (JSON lines on
+# stdout).
 _sess_probe() {
   local ns="$1" user="$2"
   shift 2
-  "$OPERATOR_BIN" probe --as "$user" --client-name "$user" -n "$ns" --target "deployment/$SESS_APP" "$@"
+  "$OPERATOR_BIN" probe --as "$user" --client-name "$user" -n "$ns" --target "${SESS_TARGET:-deployment/$SESS_APP}" "$@"
 }
 
 # _sess_bg VAR NS USER ARGS...: the probe in the background, output in $E2E_DIR/probe-USER.out; VAR = pid.

@@ -282,25 +282,31 @@ _s_no_sessions() { # NS
   [[ -z "$out" ]]
 }
 
-test_sqs_queue_splitting_with_real_pods() {
-  local ns pod uid alice alice_id queue out rc=0 i
-  local SESS_APP="$S_APP"
+# _s_setup NSVAR QUEUE: moto with QUEUE on the node's bridge, a labelled namespace, the release
+# pointed at moto (chart coordinator.sqs; put back afterwards) and alice bound as a user.
+_s_setup() {
   _sess_ready
   _q_image || fail "building or importing the consumer image failed"
   defer moto_stop
   moto_start "$NODE_IP" || fail "moto_server did not start"
-  sqs create mail || fail "creating the original queue failed"
-  new_ns ns sqs "$INJECT_LABEL=enabled"
+  sqs create "$2" || fail "creating the original queue failed"
+  new_ns "$1" sqs "$INJECT_LABEL=enabled"
   k -n "$OP_NS" create secret generic e2e-aws --from-literal AWS_ACCESS_KEY_ID=testing \
     --from-literal AWS_SECRET_ACCESS_KEY=testing >/dev/null
   defer k -n "$OP_NS" delete secret e2e-aws
-  # The release is put back afterwards (deferred after the Secret, so it runs before it is deleted).
+  # Deferred after the Secret, so the release is put back before the Secret goes.
   defer e2e_restore_base
   op_helm upgrade "${OP_BASE_VALUES[@]}" --set coordinator.sqs.region=us-east-1 \
     --set "coordinator.sqs.endpointUrl=$MOTO_URL" --set coordinator.sqs.credentialsSecret=e2e-aws ||
     fail "helm upgrade with coordinator.sqs failed"
   _sess_bind_user e2e-alice
-  wait_for "the webhook to give agents the coordinator's CA" 60 _webhook_injects_ca "$ns"
+  wait_for "the webhook to give agents the coordinator's CA" 60 _webhook_injects_ca "${!1}"
+}
+
+test_sqs_queue_splitting_with_real_pods() {
+  local ns pod uid alice alice_id queue out rc=0 i
+  local SESS_APP="$S_APP"
+  _s_setup ns mail
   _s_registry_yaml | k -n "$ns" create -f - >/dev/null
   sleep 2 # the webhook's registry watch
   _s_consumer_yaml | k -n "$ns" create -f - >/dev/null
@@ -356,4 +362,144 @@ test_sqs_queue_splitting_with_real_pods() {
   out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid} {.status.containerStatuses[?(@.name=="app")].restartCount}')"
   [[ "$out" == "$uid 0" ]] || fail "the consumer pod changed or restarted during the session: $out (was $uid 0)"
   log "ok: the consumer pod $pod was neither replaced nor restarted"
+}
+
+# An Argo Rollout consumer without the Argo controller: the Rollout CRD, a Rollout, and the
+# ReplicaSet Argo would make (named <rollout>-<hash>, label rollouts-pod-template-hash, owned by the
+# Rollout), whose pod the ReplicaSet controller creates. Admission reads the Rollout from the pod;
+# the coordinator reads the template from its Rollout watch (started once the CRD, created after
+# the coordinator, is served) and finds the pods through the ReplicaSet; the session targets
+# rollout/<name>.
+R_APP=jobs-worker
+R_HASH=6c8d9f7b5
+
+_r_crd_yaml() {
+  cat <<'YAML'
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: rollouts.argoproj.io}
+spec:
+  group: argoproj.io
+  names: {kind: Rollout, listKind: RolloutList, plural: rollouts, singular: rollout}
+  scope: Namespaced
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+YAML
+}
+
+_r_template() { # LABELS-EXTRA
+  cat <<YAML
+    metadata:
+      labels: {app: $R_APP$1}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: worker
+        image: $Q_IMAGE
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "echo \"consuming \$JOBS_QUEUE\"; exec sleep 3600"]
+        env:
+        - {name: JOBS_QUEUE, value: jobs}
+YAML
+}
+
+_r_rollout_yaml() {
+  cat <<YAML
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: $R_APP}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: $R_APP}
+  template:
+$(_r_template "")
+YAML
+}
+
+_r_replicaset_yaml() { # ROLLOUT-UID
+  cat <<YAML
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: $R_APP-$R_HASH
+  labels: {app: $R_APP, rollouts-pod-template-hash: $R_HASH}
+  ownerReferences:
+  - {apiVersion: argoproj.io/v1alpha1, kind: Rollout, name: $R_APP, uid: $1, controller: true}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: $R_APP, rollouts-pod-template-hash: $R_HASH}
+  template:
+$(_r_template ", rollouts-pod-template-hash: $R_HASH")
+YAML
+}
+
+_r_split_ready() { # NS
+  local out
+  out="$(k -n "$1" get mirrordworkloadqueueregistries jobs -o jsonpath='{.status.sqsDetails.queueNames.jobs.outputName}')"
+  echo "output queue in the registry status: ${out:-none}"
+  [[ "$out" == jobs-mirrord-output ]]
+}
+
+test_rollout_queue_consumer_with_real_pods() {
+  local ns pod uid rollout_uid alice alice_id queue out rc=0 i
+  local SESS_APP="$R_APP" SESS_TARGET="rollout/$R_APP"
+  _s_setup ns jobs
+  # Installed while the coordinator runs (as Argo installed after the operator): the coordinator
+  # notices the kind without a restart. Deferred after the release's restore, so the CRD goes
+  # first and the base release restarts the coordinator without a Rollout watch.
+  _r_crd_yaml | k create -f - >/dev/null || fail "creating the Rollout CRD failed"
+  defer k delete crd rollouts.argoproj.io --wait=false
+  wait_for "the Rollout CRD established" 30 k wait --for condition=established --timeout 5s crd/rollouts.argoproj.io
+  k -n "$ns" create -f - >/dev/null <<YAML || fail "creating the registry failed"
+apiVersion: queues.mirrord.metalbear.co/v1alpha
+kind: MirrordWorkloadQueueRegistry
+metadata: {name: jobs}
+spec:
+  consumer: {name: $R_APP, workloadType: Rollout}
+  queues:
+    jobs:
+      queueType: SQS
+      nameSource: {envVar: JOBS_QUEUE}
+YAML
+  sleep 2 # the webhook's registry watch
+  _r_rollout_yaml | k -n "$ns" create -f - >/dev/null || fail "creating the Rollout failed"
+  rollout_uid="$(k -n "$ns" get rollout "$R_APP" -o jsonpath='{.metadata.uid}')"
+  _r_replicaset_yaml "$rollout_uid" | k -n "$ns" create -f - >/dev/null || fail "creating the ReplicaSet failed"
+  wait_pods "$ns" "app=$R_APP" 1 || fail "the ReplicaSet controller made no pod"
+  k -n "$ns" wait --for condition=Ready pod -l "app=$R_APP" --timeout 120s >&2 || fail "the Rollout's pod did not become ready"
+  pod="$(pods_of "$ns" "app=$R_APP" | head -1)"
+  uid="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid}')"
+  out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.spec.containers[?(@.name=="worker")].env[?(@.name=="JOBS_QUEUE")].value}')"
+  [[ "$out" == jobs-mirrord-output ]] || fail "the Rollout's pod has JOBS_QUEUE=${out:-unset}, not jobs-mirrord-output"
+  wait_for "the SQS splitter of jobs started (registry status)" 60 _r_split_ready "$ns" ||
+    fail "the registry never reported its split: $(k -n "$ns" get events --field-selector involvedObject.kind=MirrordWorkloadQueueRegistry -o wide 2>&1 | tail -5)"
+  log "ok: $pod of rollout/$R_APP admitted with JOBS_QUEUE=jobs-mirrord-output; the coordinator splits jobs"
+
+  _sess_bg alice "$ns" e2e-alice --env --sqs-splits '{"jobs": {"tenant": "^alice$"}}' --hold 300
+  _sess_wait_event "$E2E_DIR/probe-e2e-alice.out" env True 60 ||
+    fail "alice's session on rollout/$R_APP did not start: $(cat "$E2E_DIR/probe-e2e-alice.out" "$E2E_DIR/probe-e2e-alice.err")"
+  alice_id="$(_sess_event "$E2E_DIR/probe-e2e-alice.out" connected | python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])')"
+  queue="$(_sess_event "$E2E_DIR/probe-e2e-alice.out" env | python3 -c 'import json,sys; print(json.load(sys.stdin)["vars"].get("JOBS_QUEUE", ""))')"
+  [[ "${queue,,}" == "jobs-mirrord-${alice_id,,}" ]] || fail "alice's JOBS_QUEUE is ${queue:-unset}, expected jobs-mirrord-${alice_id,,}"
+  sqs send jobs alice a 2 && sqs send jobs bob b 2 || fail "sending failed"
+  out="$(sqs receive "$queue" 2 60)" || fail "alice's queue got: $out"
+  [[ "$out" == "$(printf 'a-%s\n' 1 2)" ]] || fail "alice's queue got: $out"
+  out="$(sqs receive jobs-mirrord-output 2 60)" || fail "the output queue got: $out"
+  [[ "$out" == "$(printf 'b-%s\n' 1 2)" ]] || fail "the output queue got: $out"
+  log "ok: alice's session on rollout/$R_APP ($alice_id) gets her messages, the Rollout's queue the rest"
+
+  k -n "$ns" delete sessions "$alice_id" >&2 || fail "kubectl delete sessions $alice_id failed"
+  for ((i = 0; i < 100; i++)); do kill -0 "$alice" 2>/dev/null || break; sleep 0.1; done
+  wait "$alice" || rc=$?
+  ((rc == 3)) || fail "alice's probe exit $rc after the kill, expected 3"
+  wait_for "$queue deleted" 60 _s_depth_is "$queue" absent || fail "alice's queue was not deleted at session end"
+  out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid} {.status.containerStatuses[?(@.name=="worker")].restartCount}')"
+  [[ "$out" == "$uid 0" ]] || fail "the Rollout's pod changed or restarted during the session: $out (was $uid 0)"
+  log "ok: session ended, queue deleted; the Rollout's pod $pod was neither replaced nor restarted"
 }

@@ -1,12 +1,14 @@
 //! Watch-fed caches (kube-runtime reflectors) of the workloads targets resolve to: pods,
 //! deployments, replicasets, statefulsets, jobs, cronjobs (batch/v1, Kubernetes 1.21+), and Argo
-//! Rollouts when their CRD exists.
+//! Rollouts once their CRD exists (checked again every [`ROLLOUT_RECHECK`] until it does, so Argo
+//! installed after the operator needs no restart).
 //! Requests read snapshots of these stores; nothing asks the API server per request.
 
 use std::sync::{
-    Arc,
+    Arc, OnceLock,
     atomic::{AtomicUsize, Ordering},
 };
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -43,7 +45,8 @@ pub struct Caches {
     stateful_sets: Store<StatefulSet>,
     jobs: Store<Job>,
     cron_jobs: Option<Store<CronJob>>,
-    rollouts: Option<Store<DynamicObject>>,
+    /// Set once `argoproj.io/v1alpha1` serves Rollouts.
+    rollouts: Arc<OnceLock<Store<DynamicObject>>>,
     /// Stores whose first list has not completed.
     pending: Arc<AtomicUsize>,
 }
@@ -86,9 +89,48 @@ where
     store
 }
 
+/// How often a coordinator without Rollouts asks whether their CRD was installed.
+pub const ROLLOUT_RECHECK: Duration = Duration::from_secs(15);
+
+fn rollout_kind() -> GroupVersionKind {
+    GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout")
+}
+
+fn watch_rollouts(
+    client: &Client,
+    resource: kube::api::ApiResource,
+    pending: Arc<AtomicUsize>,
+    shutdown: Shutdown,
+) -> Store<DynamicObject> {
+    reflect(
+        "Rollout",
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        reflector::store::Writer::new(resource),
+        pending,
+        shutdown,
+    )
+}
+
+/// Waits for the Rollout CRD, then watches Rollouts into `slot`. Not counted in readiness: the
+/// coordinator serves already, and Rollouts appear in answers once listed.
+async fn rollouts_once_installed(
+    client: Client,
+    slot: Arc<OnceLock<Store<DynamicObject>>>,
+    mut shutdown: Shutdown,
+) {
+    while shutdown.sleep(ROLLOUT_RECHECK).await {
+        if let Ok((resource, _)) = discovery::pinned_kind(&client, &rollout_kind()).await {
+            tracing::info!("argoproj.io/v1alpha1 Rollouts are served now: watching them");
+            let unready = Arc::new(AtomicUsize::new(0));
+            let _ = slot.set(watch_rollouts(&client, resource, unready, shutdown.clone()));
+            return;
+        }
+    }
+}
+
 impl Caches {
     /// Starts every reflector. CronJobs are watched only when `batch/v1` serves them (1.21+; a
-    /// watch of a kind the server lacks would never sync), Rollouts only when `argoproj.io/v1alpha1`
+    /// watch of a kind the server lacks would never sync), Rollouts once `argoproj.io/v1alpha1`
     /// serves them.
     pub async fn start(client: Client, shutdown: Shutdown) -> Caches {
         let pending = Arc::new(AtomicUsize::new(0));
@@ -111,20 +153,25 @@ impl Caches {
                 None
             }
         };
-        let rollout = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout");
-        let rollouts = match discovery::pinned_kind(&client, &rollout).await {
-            Ok((resource, _)) => Some(reflect(
-                "Rollout",
-                Api::<DynamicObject>::all_with(client.clone(), &resource),
-                reflector::store::Writer::new(resource),
-                pending.clone(),
-                shutdown.clone(),
-            )),
-            Err(error) => {
-                tracing::info!(%error, "no argoproj.io/v1alpha1 Rollouts: not watching them");
-                None
+        let rollouts = Arc::new(OnceLock::new());
+        match discovery::pinned_kind(&client, &rollout_kind()).await {
+            Ok((resource, _)) => {
+                let _ = rollouts.set(watch_rollouts(
+                    &client,
+                    resource,
+                    pending.clone(),
+                    shutdown.clone(),
+                ));
             }
-        };
+            Err(error) => {
+                tracing::info!(%error, "no argoproj.io/v1alpha1 Rollouts: looking again every {ROLLOUT_RECHECK:?}");
+                tokio::spawn(rollouts_once_installed(
+                    client.clone(),
+                    rollouts.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
         Caches {
             pods: typed!(Pod),
             deployments: typed!(Deployment),
@@ -157,7 +204,7 @@ impl Caches {
         let template = match kind {
             WorkloadType::Deployment => deployment(name)?,
             WorkloadType::Rollout => {
-                let rollout = self.rollouts.as_ref()?.find(|r| {
+                let rollout = self.rollouts.get()?.find(|r| {
                     r.metadata.namespace.as_deref() == Some(namespace) && r.name_any() == name
                 })?;
                 rollout_pod_template(&rollout.data, deployment)?
@@ -197,7 +244,7 @@ impl Inventory for Caches {
                 .unwrap_or_default(),
             rollouts: self
                 .rollouts
-                .as_ref()
+                .get()
                 .map(|s| in_namespace(s, namespace))
                 .unwrap_or_default(),
         }
