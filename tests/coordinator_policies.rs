@@ -14,47 +14,32 @@
 //! request order; the env note written before `ReadyForLogs` arrives after it. Needs root
 //! (namespaces, iptables).
 
+#[path = "support/coordinator.rs"]
+mod coordinator;
 #[path = "support/netns.rs"]
 mod netns;
 
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use axum::middleware::Next;
-use axum::response::Response;
-use base64::Engine;
-use futures::{SinkExt, StreamExt};
-use http_body_util::BodyExt;
-use mirrord_operator::coordinator::agents::identity::StaticReviewer;
-use mirrord_operator::coordinator::agents::{self, AgentRegistry, HubConfig};
-use mirrord_operator::coordinator::api::router;
-use mirrord_operator::coordinator::api::state::{
-    AllowAll, ApiState, Authorizer, AuthorizerError, Decision, Identity, License,
-    NamespaceInventory, OperatorInfo, ResourceAttributes, StaticInventory,
+use coordinator::{
+    APP, Cli, Coordinator, container, upgrade_request, web_inventory, web_pod, web_template,
 };
-use mirrord_operator::coordinator::credentials::UserCa;
+use mirrord_operator::coordinator::api::state::{
+    Authorizer, AuthorizerError, Decision, Identity, ResourceAttributes,
+};
 use mirrord_operator::coordinator::policy::crd::{
     BlockedFeature, EnvPolicy, FsPolicy, LabelSelector, MirrordPolicySpec, NetworkPolicy,
     OutgoingPolicy, OutgoingRule,
 };
 use mirrord_operator::coordinator::policy::eval::{NamedPolicy, PolicyKind, PolicyRef};
 use mirrord_operator::coordinator::policy::gate::{PolicyGate, PolicySource};
-use mirrord_operator::coordinator::session::connector::{SUBPROTOCOL, SessionService};
-use mirrord_operator::coordinator::session::{SessionTable, TableConfig};
-use mirrord_operator::protocol::codec::{Decoded, decode_from_slice, encode_to_vec};
 use mirrord_operator::protocol::*;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tower::ServiceExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite;
 
-const APP: u16 = 8080;
 const HUB_PORT: u16 = 47011;
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Policies the test changes while sessions run, as the watch-fed cache would.
 #[derive(Default)]
@@ -102,281 +87,81 @@ fn policy(name: &str, spec: MirrordPolicySpec) -> NamedPolicy {
     }
 }
 
-async fn identity(mut request: axum::extract::Request, next: Next) -> Response {
-    let user = request
-        .headers()
-        .get("x-test-user")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("anonymous")
-        .to_owned();
-    request.extensions_mut().insert(Identity {
-        user,
-        groups: vec!["system:authenticated".into()],
-        extra: Default::default(),
-    });
-    next.run(request).await
-}
-
-fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Arc<T> {
-    Arc::new(serde_json::from_value(value).unwrap())
-}
-
-fn inventory() -> StaticInventory {
-    let container = |name: &str| serde_json::json!({"name": name, "image": "x"});
-    let namespace = NamespaceInventory {
-        pods: vec![object(serde_json::json!({
-            "metadata": {"name": "web-a", "namespace": "default", "uid": "uid-web-a",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-1"}]},
-            "spec": {"containers": [
-                {"name": "web", "image": "x", "envFrom": [
-                    {"secretRef": {"name": "db-creds"}, "prefix": "API_"},
-                    {"secretRef": {"name": "public"}, "prefix": "PUB_"}
-                ], "env": [
-                    {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "db-creds", "key": "api"}}},
-                    {"name": "PUBLIC_ID", "valueFrom": {"secretKeyRef": {"name": "public", "key": "id"}}}
-                ]},
-                container("mirrord-agent")
-            ]},
-            "status": {"phase": "Running"}
-        }))],
-        deployments: vec![object(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "default", "uid": "deploy-1",
-                "labels": {"team": "payments"}},
-            "spec": {"selector": {"matchLabels": {"app": "web"}},
-                "template": {"spec": {"containers": [container("web")]}}}
-        }))],
-        replica_sets: vec![object(serde_json::json!({
-            "metadata": {"name": "web-1", "namespace": "default", "uid": "rs-1",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "deploy-1"}]},
-            "spec": {"selector": {"matchLabels": {"app": "web"}}}
-        }))],
-        ..Default::default()
-    };
-    StaticInventory {
-        namespaces: [("default".to_owned(), namespace)].into(),
-    }
-}
-
-fn api(registry: Arc<AgentRegistry>, table: Arc<SessionTable>) -> axum::Router {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coordinator");
-    let ca = UserCa::from_pem(
-        &std::fs::read_to_string(data.join("user-ca.crt")).unwrap(),
-        &std::fs::read_to_string(data.join("user-ca.key")).unwrap(),
+/// Pod `web-a` of Deployment `web` (labelled `team: payments`), its env partly from Secrets.
+fn inventory() -> mirrord_operator::coordinator::api::state::StaticInventory {
+    let web = json!({"name": "web", "image": "x", "envFrom": [
+        {"secretRef": {"name": "db-creds"}, "prefix": "API_"},
+        {"secretRef": {"name": "public"}, "prefix": "PUB_"}
+    ], "env": [
+        {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "db-creds", "key": "api"}}},
+        {"name": "PUBLIC_ID", "valueFrom": {"secretKeyRef": {"name": "public", "key": "id"}}}
+    ]});
+    web_inventory(
+        vec![web_pod("web-a", json!([web, container("mirrord-agent")]))],
+        json!({"team": "payments"}),
+        web_template(),
     )
-    .unwrap();
-    let inventory = Arc::new(inventory());
-    let service = Arc::new(SessionService {
-        registry,
-        table,
-        inventory: inventory.clone(),
-        queues: None,
-    });
-    let info = OperatorInfo::new(
-        "mirrord",
-        License {
-            name: "test".into(),
-            organization: "test".into(),
-            expire_at: time::Date::from_calendar_date(2099, time::Month::December, 31).unwrap(),
-        },
-    );
-    let state = ApiState::new(info, ca, Arc::new(AllowAll), inventory)
-        .with_sessions(Arc::new(service.clone()))
-        .with_connector(Arc::new(service));
-    router(state).layer(axum::middleware::from_fn(identity))
 }
-
-/// A user certificate for the CSR the real CLI sent (capture), as `x-client-der`.
-async fn client_der(api: &axum::Router) -> String {
-    let capture = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/coordinator/cli-capture-3.250.jsonl"),
-    )
-    .unwrap();
-    let csr: serde_json::Value = capture
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["method"] == "POST")
-        .unwrap();
-    let request =
-        http::Request::post("/apis/operator.metalbear.co/v1/mirrordclusteroperatorusercredentials")
-            .header("content-type", "application/json")
-            .header("x-test-user", "alice")
-            .body(axum::body::Body::from(
-                csr["body"].as_str().unwrap().to_owned(),
-            ))
-            .unwrap();
-    let answer = api.clone().oneshot(request).await.unwrap();
-    let body = answer.into_body().collect().await.unwrap().to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let pem = answer["status"]["certificate"].as_str().unwrap();
-    let der = rustls_pemfile::certs(&mut pem.as_bytes())
-        .next()
-        .unwrap()
-        .unwrap();
-    base64::engine::general_purpose::STANDARD.encode(der)
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 fn connect_request(
     addr: SocketAddr,
     der: &str,
     id: u64,
     profile: Option<&str>,
-) -> http::Request<()> {
+) -> coordinator::Request {
     let profile = profile.map(|p| format!("&profile={p}")).unwrap_or_default();
-    let url = format!(
-        "ws://{addr}/apis/operator.metalbear.co/v1/proxy/namespaces/default/targets/deployment.web?connect=true&on_concurrent_steal=abort{profile}&key=k"
-    );
-    let mut request = url.into_client_request().unwrap();
-    let headers = request.headers_mut();
-    headers.insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
-    headers.insert("x-session-id", id.to_string().parse().unwrap());
-    headers.insert("x-client-der", der.parse().unwrap());
-    headers.insert("x-mirrord-cli-version", "3.250.0".parse().unwrap());
-    headers.insert("x-test-user", "alice".parse().unwrap());
-    request
-}
-
-async fn send(ws: &mut Ws, msg: ClientMessage) {
-    ws.send(Message::binary(encode_to_vec(&msg).unwrap()))
-        .await
-        .unwrap();
-}
-
-/// The next message that is not a log.
-async fn recv(ws: &mut Ws) -> DaemonMessage {
-    loop {
-        let frame = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("stream open")
-            .expect("valid frame");
-        let Message::Binary(bytes) = frame else {
-            panic!("Binary frames only, got {frame:?}")
-        };
-        match decode_from_slice::<DaemonMessage>(&bytes).unwrap() {
-            Decoded::Message(DaemonMessage::LogMessage(_), _) => continue,
-            Decoded::Message(msg, _) => return msg,
-            Decoded::Incomplete { .. } => panic!("truncated message"),
-        }
-    }
-}
-
-/// The next log line containing `text` (other messages and logs are skipped).
-async fn recv_log(ws: &mut Ws, text: &str) -> LogMessage {
-    loop {
-        let frame = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("a log line in time")
-            .expect("stream open")
-            .expect("valid frame");
-        let Message::Binary(bytes) = frame else {
-            continue;
-        };
-        if let Decoded::Message(DaemonMessage::LogMessage(log), _) =
-            decode_from_slice::<DaemonMessage>(&bytes).unwrap()
-            && log.message.contains(text)
-        {
-            return log;
-        }
-    }
-}
-
-async fn subscribe(ws: &mut Ws, steal: StealType) -> Result<Port, ResponseError> {
-    send(
-        ws,
-        ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(steal)),
+    upgrade_request(
+        addr,
+        "deployment.web",
+        &format!("connect=true&on_concurrent_steal=abort{profile}&key=k"),
+        der,
+        id,
+        "alice",
     )
-    .await;
-    match recv(ws).await {
+}
+
+async fn subscribe(ws: &mut Cli, steal: StealType) -> Result<Port, ResponseError> {
+    match ws
+        .ask(ClientMessage::TcpSteal(LayerTcpSteal::PortSubscribe(steal)))
+        .await
+    {
         DaemonMessage::TcpSteal(DaemonTcp::SubscribeResult(result)) => result,
         other => panic!("expected SubscribeResult, got {other:?}"),
     }
 }
 
-async fn unsubscribe(ws: &mut Ws) {
-    send(
-        ws,
-        ClientMessage::TcpSteal(LayerTcpSteal::PortUnsubscribe(APP)),
-    )
-    .await;
-    send(ws, ClientMessage::Ping).await;
-    assert_eq!(recv(ws).await, DaemonMessage::Pong);
+async fn unsubscribe(ws: &mut Cli) {
+    ws.send(ClientMessage::TcpSteal(LayerTcpSteal::PortUnsubscribe(APP)))
+        .await;
+    ws.ping().await;
 }
 
 #[test]
 fn policies_refuse_at_connect_and_per_subscription() {
     let ns = netns::NetNs::with_caller("cp");
-    let _site = ns.serve_hello(APP, "app of web-a", TIMEOUT);
+    let _site = ns.serve_hello(APP, "app of web-a", coordinator::TIMEOUT);
     let root = tempfile::tempdir().unwrap();
-    let mut token = tempfile::NamedTempFile::new().unwrap();
-    write!(token, "token-web-a").unwrap();
-    let hub = ns.run_in(|| {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, HUB_PORT)).unwrap();
-        l.set_nonblocking(true).unwrap();
-        l
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let reviewer =
-            StaticReviewer::default().with_pod("token-web-a", "default", "web-a", "uid-web-a");
-        let registry = AgentRegistry::new(Arc::new(reviewer), HubConfig::default());
-        let table = SessionTable::new(TableConfig::default());
+    let token = coordinator::token_file("web-a");
+    let hub = coordinator::hub_listener(&ns, HUB_PORT);
+    coordinator::runtime().block_on(async {
+        let coord = Coordinator::new(&["web-a"], inventory(), None);
         let live = Arc::new(Live::default());
-        table.set_policy_gate(Arc::new(
+        coord.table.set_policy_gate(Arc::new(
             PolicyGate::new(live.clone()).with_secret_authorizer(Arc::new(SecretsFor)),
         ));
-        let api = api(registry.clone(), table.clone());
-        let der = client_der(&api).await;
-        let app = agents::router(registry.clone()).merge(api.clone());
-        let cli_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap();
-        let addr = cli_listener.local_addr().unwrap();
-        for listener in [
-            cli_listener,
-            tokio::net::TcpListener::from_std(hub).unwrap(),
-        ] {
-            tokio::spawn(axum::serve(listener, app.clone()).into_future());
-        }
-
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_mirrord-operator"));
-        cmd.arg("agent")
-            .env(
-                "MIRRORD_AGENT_COORDINATOR_URL",
-                format!("ws://127.0.0.1:{HUB_PORT}"),
-            )
-            .env("MIRRORD_AGENT_TOKEN_FILE", token.path())
-            .env("MIRRORD_AGENT_POD_NAME", "web-a")
-            .env("MIRRORD_AGENT_POD_NAMESPACE", "default")
-            .env("MIRRORD_AGENT_POD_UID", "uid-web-a")
-            .env("MIRRORD_AGENT_POD_IP", netns::POD_ADDR.to_string())
-            .env("MIRRORD_AGENT_TARGET_CONTAINER", "web")
-            .env("MIRRORD_AGENT_TARGET_PORTS", APP.to_string())
-            .env("MIRRORD_AGENT_REDIRECT", "iptables")
-            .env("MIRRORD_AGENT_CHAIN_PREFIX", "CPTEST")
-            .env("MIRRORD_AGENT_TARGET_ROOT", root.path())
+        let der = coord.client_der("alice").await;
+        let addr = coord.serve(vec![hub]).await;
+        let mut cmd = coordinator::agent_command(&ns, HUB_PORT, "web-a", token.path(), "CPTEST");
+        cmd.env("MIRRORD_AGENT_TARGET_ROOT", root.path())
             .env("MIRRORD_AGENT_FS_MODE", "volumes")
-            .env("MIRRORD_AGENT_ENV_MODE", "spec")
-            .env("MIRRORD_AGENT_LOG_LEVEL", "warn")
             .env("MIRRORD_TARGET_ENV_GREETING", "hello")
             .env("MIRRORD_TARGET_ENV_DB_PASSWORD", "hunter2")
             .env("MIRRORD_TARGET_ENV_API_KEY", "k-123")
             .env("MIRRORD_TARGET_ENV_PUBLIC_ID", "id-9")
             .env("MIRRORD_TARGET_ENV_API_TOKEN", "t-1")
-            .env("MIRRORD_TARGET_ENV_PUB_NAME", "shop")
-            .stdout(std::process::Stdio::null());
+            .env("MIRRORD_TARGET_ENV_PUB_NAME", "shop");
         ns.spawn(cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        while registry.agents().is_empty() {
-            assert!(Instant::now() < deadline, "the agent never registered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        coord.wait_for_agents(1).await;
 
         // requireProfile, selected by the deployment's labels: no profile → 403 Status.
         live.0.lock().unwrap().push(policy(
@@ -390,9 +175,9 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 ..MirrordPolicySpec::default()
             },
         ));
-        let refused = tokio_tungstenite::connect_async(connect_request(addr, &der, 1, None)).await;
-        let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
-            panic!("expected an HTTP refusal, got {refused:?}")
+        let refused = Cli::open(connect_request(addr, &der, 1, None)).await;
+        let Err(tungstenite::Error::Http(response)) = refused else {
+            panic!("expected an HTTP refusal")
         };
         assert_eq!(response.status(), 403);
         let status: serde_json::Value =
@@ -406,16 +191,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
         );
 
         // With a profile the session runs; no steal rule yet: an unfiltered steal is accepted.
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(connect_request(addr, &der, 2, Some("read-only")))
-                .await
-                .unwrap();
-        let v = semver::Version::new(1, 29, 0);
-        send(&mut ws, ClientMessage::SwitchProtocolVersion(v.clone())).await;
-        assert_eq!(
-            recv(&mut ws).await,
-            DaemonMessage::SwitchProtocolVersionResponse(v)
-        );
+        let mut ws = Cli::connect(connect_request(addr, &der, 2, Some("read-only"))).await;
+        ws.negotiate().await;
         assert_eq!(subscribe(&mut ws, StealType::All(APP)).await, Ok(APP));
         unsubscribe(&mut ws).await;
 
@@ -459,8 +236,9 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 env_vars_select: ["*".to_owned()].into(),
             })
         };
-        send(&mut ws, env_request()).await;
-        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = recv(&mut ws).await else {
+        ws.send(env_request()).await;
+        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = ws.recv_no_log().await
+        else {
             panic!("an env answer")
         };
         assert_eq!(env.get("DB_PASSWORD").map(String::as_str), Some("hunter2"));
@@ -471,8 +249,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
         assert!(!env.contains_key("API_TOKEN"), "{env:?}");
         assert_eq!(env.get("PUB_NAME").map(String::as_str), Some("shop"));
         // The CLI's first env request comes before `ReadyForLogs`: the note why waits for it.
-        send(&mut ws, ClientMessage::ReadyForLogs).await;
-        let note = recv_log(&mut ws, "environment variables left out").await;
+        ws.send(ClientMessage::ReadyForLogs).await;
+        let note = ws.recv_log("environment variables left out").await;
         assert!(
             note.message.contains("API_KEY")
                 && note.message.contains("API_TOKEN")
@@ -490,8 +268,9 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 ..MirrordPolicySpec::default()
             },
         ));
-        send(&mut ws, env_request()).await;
-        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = recv(&mut ws).await else {
+        ws.send(env_request()).await;
+        let DaemonMessage::GetEnvVarsResponse(Ok(RemoteEnvVars(env))) = ws.recv_no_log().await
+        else {
             panic!("an env answer")
         };
         assert!(!env.contains_key("DB_PASSWORD"), "{env:?}");
@@ -514,14 +293,11 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 ..MirrordPolicySpec::default()
             },
         ));
-        send(
-            &mut ws,
-            ClientMessage::GetAddrInfoRequest(GetAddrInfoRequest {
-                node: "localhost".into(),
-            }),
-        )
+        ws.send(ClientMessage::GetAddrInfoRequest(GetAddrInfoRequest {
+            node: "localhost".into(),
+        }))
         .await;
-        let dns = recv(&mut ws).await;
+        let dns = ws.recv_no_log().await;
         assert!(
             matches!(
                 dns,
@@ -530,14 +306,13 @@ fn policies_refuse_at_connect_and_per_subscription() {
             "{dns:?}"
         );
         let target = SocketAddress::Ip(SocketAddr::from((Ipv4Addr::LOCALHOST, 47012)));
-        send(
-            &mut ws,
-            ClientMessage::TcpOutgoing(LayerTcpOutgoing::Connect(LayerConnect {
+        ws.send(ClientMessage::TcpOutgoing(LayerTcpOutgoing::Connect(
+            LayerConnect {
                 remote_address: target.clone(),
-            })),
-        )
+            },
+        )))
         .await;
-        let refused = recv(&mut ws).await;
+        let refused = ws.recv_no_log().await;
         let DaemonMessage::TcpOutgoing(DaemonTcpOutgoing::Connect(Err(
             ResponseError::ForbiddenWithReason {
                 blocked_action,
@@ -577,8 +352,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 },
             }))
         };
-        send(&mut ws, open("/var/run/secrets/token", false)).await;
-        let answer = recv(&mut ws).await;
+        ws.send(open("/var/run/secrets/token", false)).await;
+        let answer = ws.recv_no_log().await;
         assert!(
             matches!(
                 &answer,
@@ -587,13 +362,13 @@ fn policies_refuse_at_connect_and_per_subscription() {
             ),
             "{answer:?}"
         );
-        send(&mut ws, open("/app/.env", false)).await;
+        ws.send(open("/app/.env", false)).await;
         assert_eq!(
-            recv(&mut ws).await,
+            ws.recv_no_log().await,
             DaemonMessage::File(FileResponse::Open(Err(ResponseError::OpenLocal)))
         );
-        send(&mut ws, open("/etc/app/config.yaml", true)).await;
-        let answer = recv(&mut ws).await;
+        ws.send(open("/etc/app/config.yaml", true)).await;
+        let answer = ws.recv_no_log().await;
         assert!(
             matches!(
                 &answer,
@@ -602,8 +377,8 @@ fn policies_refuse_at_connect_and_per_subscription() {
             ),
             "{answer:?}"
         );
-        send(&mut ws, open("/etc/app/config.yaml", false)).await;
-        let answer = recv(&mut ws).await;
+        ws.send(open("/etc/app/config.yaml", false)).await;
+        let answer = ws.recv_no_log().await;
         assert!(
             matches!(answer, DaemonMessage::File(FileResponse::Open(Ok(_)))),
             "{answer:?}"
@@ -611,14 +386,12 @@ fn policies_refuse_at_connect_and_per_subscription() {
         fs_rules_beyond_open(&mut ws, root.path()).await;
 
         // The sessions API shows the policies in force for the session.
-        let request =
-            http::Request::get("/apis/operator.metalbear.co/v1/mirrordoperators/operator")
-                .header("x-test-user", "alice")
-                .body(axum::body::Body::empty())
-                .unwrap();
-        let answer = api.clone().oneshot(request).await.unwrap();
-        let body = answer.into_body().collect().await.unwrap().to_bytes();
-        let operator: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (_, operator) = coord
+            .call(
+                http::Request::get("/apis/operator.metalbear.co/v1/mirrordoperators/operator"),
+                "alice",
+            )
+            .await;
         let sessions = operator["status"]["sessions"].as_array().unwrap();
         assert_eq!(sessions.len(), 1, "{operator}");
         assert_eq!(
@@ -630,7 +403,7 @@ fn policies_refuse_at_connect_and_per_subscription() {
                 "MirrordPolicy default/files"
             ])
         );
-        ws.close(None).await.unwrap();
+        ws.close().await;
     });
 }
 
@@ -660,21 +433,19 @@ const EACCES: (Option<i32>, ErrorKindInternal) = (Some(13), ErrorKindInternal::P
 /// `fs` rules on requests other than `Open` by absolute path, against the real agent: `openat`
 /// through a directory fd, `stat`, `access`, unlink/mkdir/rename, directory listings without the
 /// `notFound` entries, and the coordinator's own answer kept behind the agent's earlier one.
-async fn fs_rules_beyond_open(ws: &mut Ws, root: &Path) {
+async fn fs_rules_beyond_open(ws: &mut Cli, root: &Path) {
     let file = |r| ClientMessage::FileRequest(r);
     let read = OpenOptionsInternal {
         read: true,
         ..Default::default()
     };
-    send(
-        ws,
-        file(FileRequest::Open(OpenFileRequest {
-            path: "/etc/app".into(),
-            open_options: read,
-        })),
-    )
+    ws.send(file(FileRequest::Open(OpenFileRequest {
+        path: "/etc/app".into(),
+        open_options: read,
+    })))
     .await;
-    let DaemonMessage::File(FileResponse::Open(Ok(OpenFileResponse { fd: dir }))) = recv(ws).await
+    let DaemonMessage::File(FileResponse::Open(Ok(OpenFileResponse { fd: dir }))) =
+        ws.recv_no_log().await
     else {
         panic!("/etc/app opens on the target")
     };
@@ -689,12 +460,12 @@ async fn fs_rules_beyond_open(ws: &mut Ws, root: &Path) {
             },
         }))
     };
-    send(ws, relative("config.yaml", true)).await;
-    assert_eq!(io_kind(&recv(ws).await), Some(EACCES));
-    send(ws, relative("tls.key", false)).await;
-    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
-    send(ws, relative("../app/./config.yaml", false)).await;
-    let answer = recv(ws).await;
+    ws.send(relative("config.yaml", true)).await;
+    assert_eq!(io_kind(&ws.recv_no_log().await), Some(EACCES));
+    ws.send(relative("tls.key", false)).await;
+    assert_eq!(io_kind(&ws.recv_no_log().await), Some(ENOENT));
+    ws.send(relative("../app/./config.yaml", false)).await;
+    let answer = ws.recv_no_log().await;
     assert!(
         matches!(answer, DaemonMessage::File(FileResponse::Open(Ok(_)))),
         "{answer:?}"
@@ -708,98 +479,76 @@ async fn fs_rules_beyond_open(ws: &mut Ws, root: &Path) {
             follow_symlink: true,
         }))
     };
-    send(ws, stat("/etc/app/tls.key")).await;
-    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
-    send(
-        ws,
-        file(FileRequest::Xstat(XstatRequest {
-            path: Some("tls.key".into()),
-            fd: Some(dir),
-            follow_symlink: true,
-        })),
-    )
+    ws.send(stat("/etc/app/tls.key")).await;
+    assert_eq!(io_kind(&ws.recv_no_log().await), Some(ENOENT));
+    ws.send(file(FileRequest::Xstat(XstatRequest {
+        path: Some("tls.key".into()),
+        fd: Some(dir),
+        follow_symlink: true,
+    })))
     .await;
-    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
-    send(
-        ws,
-        file(FileRequest::Access(AccessFileRequest {
-            pathname: "/etc/app/tls.key".into(),
-            mode: 0,
-        })),
-    )
+    assert_eq!(io_kind(&ws.recv_no_log().await), Some(ENOENT));
+    ws.send(file(FileRequest::Access(AccessFileRequest {
+        pathname: "/etc/app/tls.key".into(),
+        mode: 0,
+    })))
     .await;
-    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
-    send(ws, stat("/etc/app/config.yaml")).await;
-    let answer = recv(ws).await;
+    assert_eq!(io_kind(&ws.recv_no_log().await), Some(ENOENT));
+    ws.send(stat("/etc/app/config.yaml")).await;
+    let answer = ws.recv_no_log().await;
     assert!(
         matches!(answer, DaemonMessage::File(FileResponse::Xstat(Ok(_)))),
         "{answer:?}"
     );
 
     // Changes to read-only paths: refused by the coordinator (EACCES, not the agent's EROFS).
-    send(
-        ws,
-        file(FileRequest::Unlink(UnlinkRequest {
-            pathname: "/etc/app/config.yaml".into(),
-        })),
-    )
+    ws.send(file(FileRequest::Unlink(UnlinkRequest {
+        pathname: "/etc/app/config.yaml".into(),
+    })))
     .await;
-    assert_eq!(io_kind(&recv(ws).await), Some(EACCES));
-    send(
-        ws,
-        file(FileRequest::MakeDirAt(MakeDirAtRequest {
-            dirfd: dir,
-            pathname: "new".into(),
-            mode: 0o755,
-        })),
-    )
+    assert_eq!(io_kind(&ws.recv_no_log().await), Some(EACCES));
+    ws.send(file(FileRequest::MakeDirAt(MakeDirAtRequest {
+        dirfd: dir,
+        pathname: "new".into(),
+        mode: 0o755,
+    })))
     .await;
-    assert_eq!(io_kind(&recv(ws).await), Some(EACCES));
-    send(
-        ws,
-        file(FileRequest::Rename(RenameRequest {
-            old_path: "/tmp/x".into(),
-            new_path: "/etc/app/x".into(),
-        })),
-    )
+    assert_eq!(io_kind(&ws.recv_no_log().await), Some(EACCES));
+    ws.send(file(FileRequest::Rename(RenameRequest {
+        old_path: "/tmp/x".into(),
+        new_path: "/etc/app/x".into(),
+    })))
     .await;
-    assert_eq!(io_kind(&recv(ws).await), Some(EACCES));
+    assert_eq!(io_kind(&ws.recv_no_log().await), Some(EACCES));
     assert!(root.join("etc/app/config.yaml").exists());
 
     // Listings leave out notFound entries, through both directory reads.
-    send(
-        ws,
-        file(FileRequest::FdOpenDir(FdOpenDirRequest { remote_fd: dir })),
-    )
+    ws.send(file(FileRequest::FdOpenDir(FdOpenDirRequest {
+        remote_fd: dir,
+    })))
     .await;
     let DaemonMessage::File(FileResponse::OpenDir(Ok(OpenDirResponse { fd: stream }))) =
-        recv(ws).await
+        ws.recv_no_log().await
     else {
         panic!("the directory stream opens")
     };
-    send(
-        ws,
-        file(FileRequest::ReadDirBatch(ReadDirBatchRequest {
-            remote_fd: stream,
-            amount: 64,
-        })),
-    )
+    ws.send(file(FileRequest::ReadDirBatch(ReadDirBatchRequest {
+        remote_fd: stream,
+        amount: 64,
+    })))
     .await;
-    let DaemonMessage::File(FileResponse::ReadDirBatch(Ok(batch))) = recv(ws).await else {
+    let DaemonMessage::File(FileResponse::ReadDirBatch(Ok(batch))) = ws.recv_no_log().await else {
         panic!("a batch")
     };
     let names: Vec<&str> = batch.dir_entries.iter().map(|e| e.name.as_str()).collect();
     assert!(names.contains(&"config.yaml"), "{names:?}");
     assert!(!names.contains(&"tls.key"), "{names:?}");
-    send(
-        ws,
-        file(FileRequest::GetDEnts64(GetDEnts64Request {
-            remote_fd: dir,
-            buffer_size: 4096,
-        })),
-    )
+    ws.send(file(FileRequest::GetDEnts64(GetDEnts64Request {
+        remote_fd: dir,
+        buffer_size: 4096,
+    })))
     .await;
-    let DaemonMessage::File(FileResponse::GetDEnts64(Ok(dents))) = recv(ws).await else {
+    let DaemonMessage::File(FileResponse::GetDEnts64(Ok(dents))) = ws.recv_no_log().await else {
         panic!("dents")
     };
     let names: Vec<&str> = dents.entries.iter().map(|e| e.name.as_str()).collect();
@@ -817,16 +566,15 @@ async fn fs_rules_beyond_open(ws: &mut Ws, root: &Path) {
     // the agent answered them).
     const AHEAD: usize = 20;
     for _ in 0..AHEAD {
-        let bytes = encode_to_vec(&stat("/etc/app/config.yaml")).unwrap();
-        ws.feed(Message::binary(bytes)).await.unwrap();
+        ws.feed(stat("/etc/app/config.yaml")).await;
     }
-    send(ws, stat("/etc/app/tls.key")).await;
+    ws.send(stat("/etc/app/tls.key")).await;
     for _ in 0..AHEAD {
-        let answer = recv(ws).await;
+        let answer = ws.recv_no_log().await;
         assert!(
             matches!(answer, DaemonMessage::File(FileResponse::Xstat(Ok(_)))),
             "{answer:?}"
         );
     }
-    assert_eq!(io_kind(&recv(ws).await), Some(ENOENT));
+    assert_eq!(io_kind(&ws.recv_no_log().await), Some(ENOENT));
 }

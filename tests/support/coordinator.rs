@@ -442,6 +442,28 @@ impl Cli {
         }
     }
 
+    /// The next log line containing `text` (other messages and logs are skipped).
+    pub async fn recv_log(&mut self, text: &str) -> LogMessage {
+        loop {
+            if let DaemonMessage::LogMessage(log) = self.recv().await
+                && log.message.contains(text)
+            {
+                return log;
+            }
+        }
+    }
+
+    /// Queues `msg` without flushing: several such messages reach the coordinator at once with
+    /// the next [`Self::send`].
+    pub async fn feed(&mut self, msg: ClientMessage) {
+        let bytes = mirrord_operator::protocol::codec::encode_to_vec(&msg).unwrap();
+        self.conn
+            .websocket()
+            .feed(Message::binary(bytes))
+            .await
+            .unwrap();
+    }
+
     /// A raw frame (tests send malformed ones).
     pub async fn send_frame(&mut self, bytes: Vec<u8>) {
         self.conn
