@@ -153,7 +153,7 @@ test_registry_mirror_lifecycle() {
   _rm_mirror quay quay.example.com
   local all="DaemonSet/registry-mirror-quay RegistryMirror/quay Service/registry-mirror-quay Service/registry-mirror-quay-headless StatefulSet/registry-mirror-quay "
   wait_for "the children of mirror quay" 60 _rm_children_are "$ns" quay "$all" || fail "children of quay not created"
-  wait_for "quay Ready" 30 _rm_ready quay True Reconciled || fail "quay not Ready"
+  wait_for "quay Ready" 30 _rm_ready quay True Reconciled || fail "quay not Ready: $(_rm_logs | tail -15)"
   [[ "$(k get registrymirror quay -o jsonpath='{.status.observedGeneration}')" == \
     "$(k get registrymirror quay -o jsonpath='{.metadata.generation}')" ]] || fail "observedGeneration not current"
   [[ "$(k get registrymirror quay -o jsonpath='{.status.endpoint}')" == "https://registry-mirror-quay.$ns.svc:443" ]] ||
@@ -198,20 +198,20 @@ test_registry_mirror_lifecycle() {
   # Bad input: status + Event; the children are left exactly as they were.
   rv="$(k -n "$ns" get statefulset registry-mirror-quay -o jsonpath='{.metadata.resourceVersion}')"
   _rm_patch quay '{"spec":{"credentialsSecret":"absent"}}'
-  wait_for "quay SecretNotFound" 30 _rm_ready quay False SecretNotFound || fail "missing Secret not reported"
+  wait_for "quay SecretNotFound" 30 _rm_ready quay False SecretNotFound || fail "missing Secret not reported: $(_rm_logs | tail -15)"
   wait_for "Event SecretNotFound" 30 _rm_event quay SecretNotFound || fail "no SecretNotFound Event"
   k -n "$ns" create secret generic halfway --from-literal=username=puller >/dev/null
   _rm_patch quay '{"spec":{"credentialsSecret":"halfway"}}'
-  wait_for "quay SecretMissingKeys" 30 _rm_ready quay False SecretMissingKeys || fail "Secret without keys not reported"
+  wait_for "quay SecretMissingKeys" 30 _rm_ready quay False SecretMissingKeys || fail "Secret without keys not reported: $(_rm_logs | tail -15)"
   _rm_patch quay '{"spec":{"credentialsSecret":null,"upstreamUrl":"quay.example.com/not/a/host"}}'
-  wait_for "quay InvalidUpstreamUrl" 30 _rm_ready quay False InvalidUpstreamUrl || fail "malformed URL not reported"
+  wait_for "quay InvalidUpstreamUrl" 30 _rm_ready quay False InvalidUpstreamUrl || fail "malformed URL not reported: $(_rm_logs | tail -15)"
   wait_for "Event InvalidUpstreamUrl" 30 _rm_event quay InvalidUpstreamUrl || fail "no InvalidUpstreamUrl Event"
   [[ "$(k -n "$ns" get statefulset registry-mirror-quay -o jsonpath='{.metadata.resourceVersion}')" == "$rv" ]] ||
     fail "the StatefulSet changed while the input was invalid"
   _rm_conf_has "$ns" quay "Basic $(printf puller:two | base64)" >/dev/null || fail "the last good config was replaced"
   # A name that cannot name a Service is reported, never a crash loop.
   _rm_mirror bad.name quay.example.com
-  wait_for "bad.name InvalidName" 30 _rm_ready bad.name False InvalidName || fail "invalid name not reported"
+  wait_for "bad.name InvalidName" 30 _rm_ready bad.name False InvalidName || fail "invalid name not reported: $(_rm_logs | tail -15)"
   # (An empty upstreamUrl is reported as InvalidUpstreamUrl too; the 1.20 apiserver refuses "" as null.)
   # Missing upstreamUrl is refused by the CRD's schema.
   if k apply -f - >/dev/null 2>&1 <<EOF; then
@@ -225,7 +225,7 @@ EOF
 
   # Fixed again: Ready, and drift (a deleted child) is repaired.
   _rm_patch quay '{"spec":{"upstreamUrl":"quay.example.com"}}'
-  wait_for "quay Ready again" 30 _rm_ready quay True Reconciled || fail "not Ready after the fix"
+  wait_for "quay Ready again" 30 _rm_ready quay True Reconciled || fail "not Ready after the fix: $(_rm_logs | tail -15)"
   k -n "$ns" delete svc registry-mirror-quay-headless >/dev/null
   wait_for "headless Service recreated" 30 _rm_exists "$ns" svc registry-mirror-quay-headless || fail "drift not repaired"
   if ! _rm_in_cluster; then
@@ -258,7 +258,7 @@ test_registry_mirror_waits_for_crd() {
     -s templates/registry-mirror-crd.yaml | k apply -f - >/dev/null
   k wait --for condition=established "crd/$RM_CRD" --timeout 30s >/dev/null
   _rm_mirror late quay.example.com
-  wait_for "late Ready" 60 _rm_ready late True Reconciled || fail "mirror not reconciled after the CRD appeared"
+  wait_for "late Ready" 60 _rm_ready late True Reconciled || fail "mirror not reconciled after the CRD appeared: $(_rm_logs | tail -15)"
 }
 
 # --- The data plane on the real node ------------------------------------------------------------------
