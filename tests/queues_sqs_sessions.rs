@@ -64,23 +64,60 @@ async fn queue_exists(client: &aws_sdk_sqs::Client, name: &str) -> bool {
     client.get_queue_url().queue_name(name).send().await.is_ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqs_splits_at_connect_get_a_queue_env_and_clean_up() {
-    let moto = Moto::start();
-    let client = moto.client();
-    let mail = client
+/// Creates queue `name`; its URL.
+async fn create_queue(client: &aws_sdk_sqs::Client, name: &str) -> String {
+    client
         .create_queue()
-        .queue_name("mail")
+        .queue_name(name)
         .send()
         .await
         .unwrap()
         .queue_url
-        .unwrap();
-    let mut supervisor = Supervisor::with_broker(
+        .unwrap()
+}
+
+/// The SQS supervisor on `client`, as the coordinator runs it.
+fn supervisor(client: &aws_sdk_sqs::Client) -> Supervisor<Sqs> {
+    Supervisor::with_broker(
         Sqs::new(client.clone()),
         Arc::new(NoMetrics),
         SplitterIndex::default(),
-    );
+    )
+}
+
+/// Messages ready in queue `name`; `None` when it does not exist.
+async fn depth(client: &aws_sdk_sqs::Client, name: &str) -> Option<u32> {
+    let url = client
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .ok()?
+        .queue_url?;
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    Some(
+        out.attributes
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_splits_at_connect_get_a_queue_env_and_clean_up() {
+    let moto = Moto::start();
+    let client = moto.client();
+    let mail = create_queue(&client, "mail").await;
+    let mut supervisor = supervisor(&client);
     let index = supervisor.index();
     let registries = [
         registry(
@@ -228,41 +265,12 @@ async fn sqs_splits_at_connect_get_a_queue_env_and_clean_up() {
             .await
             .unwrap();
     }
-    let count = |name: &'static str| {
-        let client = client.clone();
-        async move {
-            let url = client
-                .get_queue_url()
-                .queue_name(name)
-                .send()
-                .await
-                .unwrap()
-                .queue_url
-                .unwrap();
-            let out = client
-                .get_queue_attributes()
-                .queue_url(url)
-                .attribute_names(
-                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
-                )
-                .send()
-                .await
-                .unwrap();
-            out.attributes
-                .unwrap()
-                .values()
-                .next()
-                .unwrap()
-                .parse::<u32>()
-                .unwrap()
-        }
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let got = (
-            count("mail-mirrord-a11ce").await,
-            count("mail-mirrord-ca201").await,
-            count("mail-mirrord-output").await,
+            depth(&client, "mail-mirrord-a11ce").await.unwrap(),
+            depth(&client, "mail-mirrord-ca201").await.unwrap(),
+            depth(&client, "mail-mirrord-output").await.unwrap(),
         );
         if got == (6, 2, 4) {
             break;
@@ -276,7 +284,7 @@ async fn sqs_splits_at_connect_get_a_queue_env_and_clean_up() {
     drop(alice);
     let deadline = Instant::now() + Duration::from_secs(60);
     while queue_exists(&client, "mail-mirrord-a11ce").await
-        || count("mail-mirrord-output").await != 10
+        || depth(&client, "mail-mirrord-output").await.unwrap() != 10
     {
         assert!(Instant::now() < deadline, "alice's session not cleaned up");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -303,7 +311,7 @@ async fn sqs_splits_at_connect_get_a_queue_env_and_clean_up() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        count("mail").await,
+        depth(&client, "mail").await.unwrap(),
         1,
         "no splitter reads the original any more"
     );
@@ -318,21 +326,9 @@ async fn json_map_sns_envelope_and_tags() {
     let client = moto.client();
     let mut urls = BTreeMap::new();
     for name in ["high", "low"] {
-        let url = client
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        urls.insert(name, url);
+        urls.insert(name, create_queue(&client, name).await);
     }
-    let mut supervisor = Supervisor::with_broker(
-        Sqs::new(client.clone()),
-        Arc::new(NoMetrics),
-        SplitterIndex::default(),
-    );
+    let mut supervisor = supervisor(&client);
     let index = supervisor.index();
     let registries = [registry(
         "events",
@@ -427,37 +423,21 @@ async fn json_map_sns_envelope_and_tags() {
         }
         send.send().await.unwrap();
     }
-    let count = |name: &'static str| {
-        let client = client.clone();
-        async move {
-            let Ok(out) = client.get_queue_url().queue_name(name).send().await else {
-                return u32::MAX;
-            };
-            client
-                .get_queue_attributes()
-                .queue_url(out.queue_url.unwrap())
-                .attribute_names(
-                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
-                )
-                .send()
-                .await
-                .unwrap()
-                .attributes
-                .unwrap()
-                .values()
-                .next()
-                .unwrap()
-                .parse::<u32>()
-                .unwrap()
-        }
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let got = (
-            count("high-mirrord-a11ce").await,
-            count("low-mirrord-a11ce").await,
-            count("high-mirrord-output").await,
-            count("low-mirrord-output").await,
+            depth(&client, "high-mirrord-a11ce")
+                .await
+                .unwrap_or(u32::MAX),
+            depth(&client, "low-mirrord-a11ce")
+                .await
+                .unwrap_or(u32::MAX),
+            depth(&client, "high-mirrord-output")
+                .await
+                .unwrap_or(u32::MAX),
+            depth(&client, "low-mirrord-output")
+                .await
+                .unwrap_or(u32::MAX),
         );
         if got == (2, 1, 2, 1) {
             break;
@@ -476,8 +456,12 @@ async fn json_map_sns_envelope_and_tags() {
     }
     assert_eq!(
         (
-            count("high-mirrord-output").await,
-            count("low-mirrord-output").await
+            depth(&client, "high-mirrord-output")
+                .await
+                .unwrap_or(u32::MAX),
+            depth(&client, "low-mirrord-output")
+                .await
+                .unwrap_or(u32::MAX)
         ),
         (4, 2),
         "her unread messages went back to the outputs"
@@ -491,19 +475,8 @@ async fn json_map_sns_envelope_and_tags() {
 async fn a_broken_jq_filter_is_reported_to_the_session() {
     let moto = Moto::start();
     let client = moto.client();
-    let mail = client
-        .create_queue()
-        .queue_name("mail")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let mut supervisor = Supervisor::with_broker(
-        Sqs::new(client.clone()),
-        Arc::new(NoMetrics),
-        SplitterIndex::default(),
-    );
+    let mail = create_queue(&client, "mail").await;
+    let mut supervisor = supervisor(&client);
     let index = supervisor.index();
     let registries = [registry(
         "good",
