@@ -578,6 +578,10 @@ impl Worker {
     /// checked here, jq filters in the worker; a jq failure is no match (and logged once: the
     /// program matches nothing from then on).
     async fn destination(&mut self, message: &Message) -> Option<String> {
+        // No session: nothing to match (and an SNS/S3 body is not parsed for nothing).
+        if self.router.is_empty() {
+            return None;
+        }
         let body = message.body().unwrap_or_default();
         let from_body = self.config.envelope.body_attributes(body);
         let attribute = |name: &str| match &from_body {
