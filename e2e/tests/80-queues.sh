@@ -58,13 +58,6 @@ spec:
 YAML
 }
 
-_q_split_ready() { # NS
-  local out
-  out="$(k -n "$1" get mirrordworkloadqueueregistries orders -o jsonpath='{.status.rmqDetails.queueNames.orders.outputName}')"
-  echo "output queue in the registry status: ${out:-none}"
-  [[ "$out" == orders-mirrord-output ]]
-}
-
 # _q_logged NS POD COUNT PREFIX: the pod's log has COUNT lines starting with PREFIX.
 _q_logged() {
   local n
@@ -73,9 +66,28 @@ _q_logged() {
   [[ "$n" == "$3" ]]
 }
 
-_q_no_sessions() {
+# _split_ready NS REGISTRY DETAILS QUEUE_ID OUTPUT: the registry's status (rmqDetails or sqsDetails)
+# names OUTPUT as QUEUE_ID's output queue (its splitter started).
+_split_ready() {
   local out
-  out="$(k get mirrordrmqsessions -o name)"
+  out="$(k -n "$1" get mirrordworkloadqueueregistries "$2" -o jsonpath="{.status.$3.queueNames.$4.outputName}")"
+  echo "output queue in the registry status: ${out:-none}"
+  [[ "$out" == "$5" ]]
+}
+
+# _depth_is DEPTH-COMMAND QUEUE DEPTH|absent (DEPTH-COMMAND: rmq_depth or "sqs depth").
+_depth_is() {
+  local d
+  # shellcheck disable=SC2086 # the command may be two words
+  d="$($1 "$2")"
+  echo "$2: $d"
+  [[ "$d" == "$3" ]]
+}
+
+# _no_sessions RESOURCE [NS]: no queue session objects of RESOURCE (in NS when namespaced).
+_no_sessions() {
+  local out
+  out="$(k ${2:+-n "$2"} get "$1" -o name)"
   echo "sessions: ${out:-none}"
   [[ -z "$out" ]]
 }
@@ -85,13 +97,6 @@ _q_publish() { # USER PREFIX COUNT
   for ((i = 1; i <= $3; i++)); do
     amqp-publish -u "$RMQ_URI" -r orders -p -H "x-user: $1" -b "$2-$i" || return 1
   done
-}
-
-_q_depth_is() { # QUEUE DEPTH|absent
-  local d
-  d="$(rmq_depth "$1")"
-  echo "$1: $d"
-  [[ "$d" == "$2" ]]
 }
 
 test_queue_splitting_with_real_pods() {
@@ -136,7 +141,7 @@ import json, sys
 status = json.loads(json.load(sys.stdin)["metadata"]["annotations"][sys.argv[1]])
 assert any("orders-mirrord-output" in json.dumps(q) for q in status.get("queues", [])), status
 ' "$STATUS_ANNOTATION" || fail "the status annotation does not list the queue rewrite"
-  wait_for "the splitter of orders started (registry status)" 60 _q_split_ready "$ns" ||
+  wait_for "the splitter of orders started (registry status)" 60 _split_ready "$ns" orders rmqDetails orders orders-mirrord-output ||
     fail "the registry never reported its split: $(k -n "$ns" get events --field-selector involvedObject.kind=MirrordWorkloadQueueRegistry -o wide 2>&1 | tail -5)"
   log "ok: $pod admitted with ORDERS_QUEUE=orders-mirrord-output; the coordinator splits orders"
 
@@ -179,33 +184,33 @@ assert any("orders-mirrord-output" in json.dumps(q) for q in status.get("queues"
 
   # Unread messages go back to the app when the session is killed, and her queue is deleted.
   _q_publish alice left 4 || fail "publishing failed"
-  wait_for "4 unread messages in $queue" 30 _q_depth_is "$queue" 4 || fail "alice's messages did not wait in her queue"
+  wait_for "4 unread messages in $queue" 30 _depth_is rmq_depth "$queue" 4 || fail "alice's messages did not wait in her queue"
   k -n "$ns" delete sessions "$alice_id" >&2 || fail "kubectl delete sessions $alice_id failed"
   for ((i = 0; i < 100; i++)); do kill -0 "$alice" 2>/dev/null || break; sleep 0.1; done
   wait "$alice" || rc=$?
   ((rc == 3)) || fail "alice's probe exit $rc after the kill, expected 3: $(tail -3 "$E2E_DIR/probe-e2e-alice.out")"
-  wait_for "$queue deleted" 60 _q_depth_is "$queue" absent || fail "alice's queue was not deleted at session end"
+  wait_for "$queue deleted" 60 _depth_is rmq_depth "$queue" absent || fail "alice's queue was not deleted at session end"
   wait_for "the pod got alice's 4 unread messages" 60 _q_logged "$ns" "$pod" 4 "left-" ||
     fail "the unread messages did not return to the output queue"
   log "ok: session end returned alice's 4 unread messages to the pod and deleted $queue"
 
-  wait_for "no MirrordRMQSession left" 30 _q_no_sessions || fail "alice's MirrordRMQSession outlived her session"
+  wait_for "no MirrordRMQSession left" 30 _no_sessions mirrordrmqsessions || fail "alice's MirrordRMQSession outlived her session"
 
   # A coordinator killed mid-session: the next one finds dave's stored session and ends it the same way.
   _sess_bg dave "$ns" e2e-dave --env --rmq-splits '{"orders": {"x-user": "^dave$"}}' --hold 300
   _sess_wait_event "$E2E_DIR/probe-e2e-dave.out" env True 60 || fail "dave's session did not start: $(cat "$E2E_DIR/probe-e2e-dave.err")"
   queue="$(_sess_event "$E2E_DIR/probe-e2e-dave.out" env | python3 -c 'import json,sys; print(json.load(sys.stdin)["vars"].get("ORDERS_QUEUE", ""))')"
   _q_publish dave orphan 3 || fail "publishing failed"
-  wait_for "3 unread messages in $queue" 30 _q_depth_is "$queue" 3 || fail "dave's messages did not wait in his queue"
+  wait_for "3 unread messages in $queue" 30 _depth_is rmq_depth "$queue" 3 || fail "dave's messages did not wait in his queue"
   coord="$(pods_of "$OP_NS" app.kubernetes.io/component=coordinator | head -1)"
   coord_pid="$(node_container_pid "$OP_NS" "$coord" coordinator)" || fail "no coordinator process in $coord"
   kill -KILL "$coord_pid"
   log "killed the coordinator (pid $coord_pid) during dave's session"
-  wait_for "the next coordinator to end dave's session ($queue deleted)" 120 _q_depth_is "$queue" absent ||
+  wait_for "the next coordinator to end dave's session ($queue deleted)" 120 _depth_is rmq_depth "$queue" absent ||
     fail "dave's queue outlived the coordinator that served him"
   wait_for "the pod got dave's 3 unread messages" 60 _q_logged "$ns" "$pod" 3 "orphan-" ||
     fail "dave's unread messages did not return to the output queue"
-  wait_for "no MirrordRMQSession left" 30 _q_no_sessions || fail "dave's MirrordRMQSession was not removed"
+  wait_for "no MirrordRMQSession left" 30 _no_sessions mirrordrmqsessions || fail "dave's MirrordRMQSession was not removed"
   wait_for "APIService v1.$SESS_GROUP Available again" 120 _sess_apiservice_available
   log "ok: after a coordinator crash the next one returned dave's 3 unread messages and removed his session"
 
@@ -261,27 +266,6 @@ spec:
 YAML
 }
 
-_s_split_ready() { # NS
-  local out
-  out="$(k -n "$1" get mirrordworkloadqueueregistries mail -o jsonpath='{.status.sqsDetails.queueNames.mail.outputName}')"
-  echo "output queue in the registry status: ${out:-none}"
-  [[ "$out" == mail-mirrord-output ]]
-}
-
-_s_depth_is() { # QUEUE DEPTH|absent
-  local d
-  d="$(sqs depth "$1")"
-  echo "$1: $d"
-  [[ "$d" == "$2" ]]
-}
-
-_s_no_sessions() { # NS
-  local out
-  out="$(k -n "$1" get mirrordsqssessions -o name)"
-  echo "sessions: ${out:-none}"
-  [[ -z "$out" ]]
-}
-
 # _s_setup NSVAR QUEUE: moto with QUEUE on the node's bridge, a labelled namespace, the release
 # pointed at moto (chart coordinator.sqs; put back afterwards) and alice bound as a user.
 _s_setup() {
@@ -315,7 +299,7 @@ test_sqs_queue_splitting_with_real_pods() {
   uid="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid}')"
   out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.spec.containers[?(@.name=="app")].env[?(@.name=="MAIL_QUEUE")].value}')"
   [[ "$out" == mail-mirrord-output ]] || fail "the consumer's MAIL_QUEUE is ${out:-unset}, not mail-mirrord-output"
-  wait_for "the SQS splitter of mail started (registry status)" 60 _s_split_ready "$ns" ||
+  wait_for "the SQS splitter of mail started (registry status)" 60 _split_ready "$ns" mail sqsDetails mail mail-mirrord-output ||
     fail "the registry never reported its split: $(k -n "$ns" get events --field-selector involvedObject.kind=MirrordWorkloadQueueRegistry -o wide 2>&1 | tail -5)"
   log "ok: $pod admitted with MAIL_QUEUE=mail-mirrord-output; the coordinator splits mail (SQS)"
 
@@ -348,15 +332,15 @@ test_sqs_queue_splitting_with_real_pods() {
   log "ok: alice's 3 messages went to her queue, carol's 3 to the app's"
 
   sqs send mail alice left 2 || fail "sending failed"
-  wait_for "2 unread messages in $queue" 30 _s_depth_is "$queue" 2 || fail "alice's messages did not wait in her queue"
+  wait_for "2 unread messages in $queue" 30 _depth_is "sqs depth" "$queue" 2 || fail "alice's messages did not wait in her queue"
   k -n "$ns" delete sessions "$alice_id" >&2 || fail "kubectl delete sessions $alice_id failed"
   for ((i = 0; i < 100; i++)); do kill -0 "$alice" 2>/dev/null || break; sleep 0.1; done
   wait "$alice" || rc=$?
   ((rc == 3)) || fail "alice's probe exit $rc after the kill, expected 3: $(tail -3 "$E2E_DIR/probe-e2e-alice.out")"
-  wait_for "$queue deleted" 60 _s_depth_is "$queue" absent || fail "alice's queue was not deleted at session end"
+  wait_for "$queue deleted" 60 _depth_is "sqs depth" "$queue" absent || fail "alice's queue was not deleted at session end"
   out="$(sqs receive mail-mirrord-output 2 60)" || fail "the output queue got: $out"
   [[ "$out" == "$(printf 'left-%s\n' 1 2)" ]] || fail "the unread messages did not return to the output queue: $out"
-  wait_for "no MirrordSQSSession left" 30 _s_no_sessions "$ns" || fail "alice's MirrordSQSSession outlived her session"
+  wait_for "no MirrordSQSSession left" 30 _no_sessions mirrordsqssessions "$ns" || fail "alice's MirrordSQSSession outlived her session"
   log "ok: session end returned alice's 2 unread messages to the app's queue and deleted $queue"
 
   out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid} {.status.containerStatuses[?(@.name=="app")].restartCount}')"
@@ -439,13 +423,6 @@ $(_r_template ", rollouts-pod-template-hash: $R_HASH")
 YAML
 }
 
-_r_split_ready() { # NS
-  local out
-  out="$(k -n "$1" get mirrordworkloadqueueregistries jobs -o jsonpath='{.status.sqsDetails.queueNames.jobs.outputName}')"
-  echo "output queue in the registry status: ${out:-none}"
-  [[ "$out" == jobs-mirrord-output ]]
-}
-
 test_rollout_queue_consumer_with_real_pods() {
   local ns pod uid rollout_uid alice alice_id queue out rc=0 i
   local SESS_APP="$R_APP" SESS_TARGET="rollout/$R_APP"
@@ -477,7 +454,7 @@ YAML
   uid="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid}')"
   out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.spec.containers[?(@.name=="worker")].env[?(@.name=="JOBS_QUEUE")].value}')"
   [[ "$out" == jobs-mirrord-output ]] || fail "the Rollout's pod has JOBS_QUEUE=${out:-unset}, not jobs-mirrord-output"
-  wait_for "the SQS splitter of jobs started (registry status)" 60 _r_split_ready "$ns" ||
+  wait_for "the SQS splitter of jobs started (registry status)" 60 _split_ready "$ns" jobs sqsDetails jobs jobs-mirrord-output ||
     fail "the registry never reported its split: $(k -n "$ns" get events --field-selector involvedObject.kind=MirrordWorkloadQueueRegistry -o wide 2>&1 | tail -5)"
   log "ok: $pod of rollout/$R_APP admitted with JOBS_QUEUE=jobs-mirrord-output; the coordinator splits jobs"
 
@@ -498,7 +475,7 @@ YAML
   for ((i = 0; i < 100; i++)); do kill -0 "$alice" 2>/dev/null || break; sleep 0.1; done
   wait "$alice" || rc=$?
   ((rc == 3)) || fail "alice's probe exit $rc after the kill, expected 3"
-  wait_for "$queue deleted" 60 _s_depth_is "$queue" absent || fail "alice's queue was not deleted at session end"
+  wait_for "$queue deleted" 60 _depth_is "sqs depth" "$queue" absent || fail "alice's queue was not deleted at session end"
   out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid} {.status.containerStatuses[?(@.name=="worker")].restartCount}')"
   [[ "$out" == "$uid 0" ]] || fail "the Rollout's pod changed or restarted during the session: $out (was $uid 0)"
   log "ok: session ended, queue deleted; the Rollout's pod $pod was neither replaced nor restarted"
