@@ -98,9 +98,43 @@ fn message(seq: u64, fifo: bool) -> SendMessageBatchRequestEntry {
     entry.build().unwrap()
 }
 
-async fn publish(client: &Client, url: &str, seqs: std::ops::Range<u64>, fifo: bool) {
+/// moto's SQS costs grow with queue depth (each send and receive scans the queue: 0.5 s per
+/// receive at 700 messages, minutes for a 2,000-message FIFO backlog), so a paced publisher keeps
+/// at most this many messages between the publisher and the consumers, as a live producer would.
+const WINDOW: usize = 100;
+
+/// No new message for this long means the pipeline is stuck (not merely slow).
+const STALL: Duration = Duration::from_secs(60);
+
+/// Publishes `seqs` in batches of 10; with `paced`, waits before each batch until the consumers
+/// have seen all but [`WINDOW`] of what was published.
+async fn publish(
+    client: &Client,
+    url: &str,
+    seqs: std::ops::Range<u64>,
+    fifo: bool,
+    paced: Option<&Seen>,
+) {
     let seqs: Vec<u64> = seqs.collect();
+    let mut published = 0;
     for chunk in seqs.chunks(10) {
+        if let Some(seen) = paced {
+            let mut last = (seen.lock().unwrap().len(), Instant::now());
+            loop {
+                let now = seen.lock().unwrap().len();
+                if published <= now + WINDOW {
+                    break;
+                }
+                if now != last.0 {
+                    last = (now, Instant::now());
+                }
+                assert!(
+                    last.1.elapsed() < STALL,
+                    "no message arrived for {STALL:?} ({now} of {published} published)"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let out = client
             .send_message_batch()
             .queue_url(url)
@@ -109,6 +143,7 @@ async fn publish(client: &Client, url: &str, seqs: std::ops::Range<u64>, fifo: b
             .await
             .unwrap();
         assert!(out.failed().is_empty(), "{:?}", out.failed());
+        published += chunk.len();
     }
 }
 
@@ -128,7 +163,8 @@ type Seen = Arc<Mutex<HashSet<u64>>>;
 /// Reads and deletes from `url` until `stop` says so; returns what arrived, in arrival order.
 async fn consume(client: Client, url: String, stop: Arc<AtomicU64>, seen: Seen) -> Vec<Got> {
     let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(240);
+    // `collect` stops this; the cap only bounds the loop if the test itself panicked.
+    let deadline = Instant::now() + Duration::from_secs(900);
     while stop.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
         let out = client
             .receive_message()
@@ -182,15 +218,25 @@ async fn consume(client: Client, url: String, stop: Arc<AtomicU64>, seen: Seen) 
     got
 }
 
-/// Waits until `expected` distinct messages arrived (bounded), then stops the consumers.
+/// Waits until `expected` distinct messages arrived or none arrived for [`STALL`], then stops the
+/// consumers (the assertions on what they got report a shortfall).
 async fn collect(
     consumers: Vec<tokio::task::JoinHandle<Vec<Got>>>,
     stop: Arc<AtomicU64>,
     expected: usize,
     seen: &Seen,
 ) -> Vec<Vec<Got>> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while seen.lock().unwrap().len() < expected && Instant::now() < deadline {
+    let mut last = (0, Instant::now());
+    loop {
+        let now = seen.lock().unwrap().len();
+        if now >= expected {
+            break;
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > STALL {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Let stragglers (duplicates) arrive before stopping.
@@ -248,7 +294,7 @@ async fn two_sessions_and_the_app_get_every_message_exactly_once_in_group_order(
         .into_iter()
         .map(|u| tokio::spawn(consume(client.clone(), u, stop.clone(), received.clone())))
         .collect();
-    publish(&client, &original_url, 0..N, true).await;
+    publish(&client, &original_url, 0..N, true, Some(&received)).await;
     let got = collect(consumers, stop, N as usize, &received).await;
 
     let mut seen: HashMap<u64, usize> = HashMap::new();
@@ -305,7 +351,6 @@ async fn killing_the_splitter_mid_stream_loses_nothing() {
     let client = moto.client();
     let original = "events";
     let original_url = create(&client, original).await;
-    publish(&client, &original_url, 0..N, false).await;
     let mut config = SqsSplitConfig::new(original);
     // Originals received by a dead splitter come back quickly.
     config.visibility_timeout = Duration::from_secs(2);
@@ -324,6 +369,12 @@ async fn killing_the_splitter_mid_stream_loses_nothing() {
         .unwrap()
     };
     let mut splitter = spawn();
+    let received = Seen::default();
+    // Published while the splitter runs and dies, paced by what the consumers have read.
+    let publisher = tokio::spawn({
+        let (client, received) = (client.clone(), received.clone());
+        async move { publish(&client, &original_url, 0..N, false, Some(&received)).await }
+    });
     // The session queue exists once the splitter has set up.
     let deadline = Instant::now() + Duration::from_secs(30);
     while metrics.routed.load(Ordering::Relaxed) == 0 {
@@ -331,7 +382,6 @@ async fn killing_the_splitter_mid_stream_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stop = Arc::new(AtomicU64::new(0));
-    let received = Seen::default();
     let consumers = ["events-mirrord-a11ce", "events-mirrord-output"]
         .into_iter()
         .map(|name| {
@@ -357,6 +407,7 @@ async fn killing_the_splitter_mid_stream_loses_nothing() {
         splitter.abort();
         splitter = spawn();
     }
+    publisher.await.unwrap();
     let got = collect(consumers, stop, N as usize, &received).await;
     splitter.stop().await;
 
@@ -466,7 +517,7 @@ async fn session_end_returns_leftovers_to_the_output_queue_and_deletes_its_queue
         .add_session("a11ce", &attributes(&[("tenant", "^alice$")]), None)
         .await
         .unwrap();
-    publish(&client, &original_url, 0..N, false).await;
+    publish(&client, &original_url, 0..N, false, None).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while metrics.routed.load(Ordering::Relaxed) < N {
         assert!(Instant::now() < deadline, "not all routed");
