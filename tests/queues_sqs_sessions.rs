@@ -496,7 +496,8 @@ async fn a_broken_jq_filter_is_reported_to_the_session() {
     .await
     .unwrap()
     .unwrap();
-    let mut notices = alice.notices();
+    let (backlog, mut notices) = alice.notices();
+    assert!(backlog.is_empty());
     client
         .send_message()
         .queue_url(&mail)
@@ -511,6 +512,8 @@ async fn a_broken_jq_filter_is_reported_to_the_session() {
     assert!(notice.contains("def f: f + 1; f"), "{notice}");
     assert!(notice.contains("\"mail\""), "{notice}");
     assert!(notice.contains("matches nothing from now on"), "{notice}");
+    // A connection opened afterwards (the intproxy's, a reconnect) is told too.
+    assert_eq!(alice.notices().0, [notice]);
     alice.end();
     drop(alice);
     supervisor.reconcile(&[], template).await;

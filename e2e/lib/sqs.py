@@ -2,6 +2,7 @@
 
     sqs.py ENDPOINT create QUEUE
     sqs.py ENDPOINT send QUEUE TENANT PREFIX COUNT   # bodies PREFIX-1..COUNT, attribute tenant=TENANT
+    sqs.py ENDPOINT send-json QUEUE TENANT PREFIX COUNT  # the same as {"text": "PREFIX-i"} (jq reads it)
     sqs.py ENDPOINT depth QUEUE                      # messages ready, or "absent"
     sqs.py ENDPOINT tags QUEUE                       # the queue's tags as JSON
     sqs.py ENDPOINT receive QUEUE COUNT SECONDS      # receives and deletes COUNT, prints sorted bodies
@@ -31,10 +32,13 @@ def main(argv):
             print("absent")
             return 0
         raise
-    if command == "send":
+    if command in ("send", "send-json"):
         tenant, prefix, count = rest[0], rest[1], int(rest[2])
         for i in range(1, count + 1):
-            sqs.send_message(QueueUrl=url, MessageBody=f"{prefix}-{i}",
+            body = f"{prefix}-{i}"
+            if command == "send-json":
+                body = json.dumps({"text": body})
+            sqs.send_message(QueueUrl=url, MessageBody=body,
                              MessageAttributes={"tenant": {"DataType": "String", "StringValue": tenant}})
     elif command == "depth":
         attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])

@@ -56,7 +56,7 @@ test_failure_policy_fail_refuses() {
     fail "failurePolicy not Fail in the configuration"
   new_ns ns fail "$INJECT_LABEL=enabled"
   new_ns plain failplain
-  create_pod "$ns" up >/dev/null
+  out="$(create_pod "$ns" up)" || fail "pod refused while the webhook is up: $out"
   assert_injected "$ns" up
   op_webhook_stop
   if out="$(create_pod "$ns" down)"; then

@@ -288,7 +288,7 @@ _s_setup() {
 }
 
 test_sqs_queue_splitting_with_real_pods() {
-  local ns pod uid alice alice_id queue out rc=0 i
+  local ns pod uid alice alice_id bob queue out rc=0 i
   local SESS_APP="$S_APP"
   _s_setup ns mail
   _s_registry_yaml | k -n "$ns" create -f - >/dev/null
@@ -342,6 +342,23 @@ test_sqs_queue_splitting_with_real_pods() {
   [[ "$out" == "$(printf 'left-%s\n' 1 2)" ]] || fail "the unread messages did not return to the output queue: $out"
   wait_for "no MirrordSQSSession left" 30 _no_sessions mirrordsqssessions "$ns" || fail "alice's MirrordSQSSession outlived her session"
   log "ok: session end returned alice's 2 unread messages to the app's queue and deleted $queue"
+
+  # A jq filter whose evaluation kills its worker (unbounded recursion): the developer's client is
+  # told through the session, the message goes to the app, the coordinator stays up.
+  _sess_bind_user e2e-bob
+  _sess_bg bob "$ns" e2e-bob --env --sqs-splits '{"mail": {"tenant": "^bob$"}}' \
+    --sqs-jq-filters '{"mail": "def f: f + 1; f"}' --hold 300
+  _sess_wait_event "$E2E_DIR/probe-e2e-bob.out" env True 60 ||
+    fail "bob's session did not start: $(cat "$E2E_DIR/probe-e2e-bob.out" "$E2E_DIR/probe-e2e-bob.err")"
+  sqs send-json mail bob jq 1 || fail "sending failed"
+  _sess_wait_event "$E2E_DIR/probe-e2e-bob.out" log '"matches nothing from now on" in e["message"] and e["level"] == "Warn"' 60 ||
+    fail "bob's client was not told his jq filter broke: $(cat "$E2E_DIR/probe-e2e-bob.out")"
+  out="$(sqs receive mail-mirrord-output 1 60)" || fail "the output queue got: $out"
+  [[ "$out" == '{"text": "jq-1"}' ]] || fail "bob's message did not go to the app: $out"
+  out="$(_sess_event "$E2E_DIR/probe-e2e-bob.out" connected | python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])')"
+  k -n "$ns" delete sessions "$out" >&2 || fail "kubectl delete sessions $out failed"
+  wait_for "no MirrordSQSSession left" 30 _no_sessions mirrordsqssessions "$ns" || fail "bob's MirrordSQSSession outlived his session"
+  log "ok: bob's broken jq filter was reported to his client as a warning; his message went to the app"
 
   out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid} {.status.containerStatuses[?(@.name=="app")].restartCount}')"
   [[ "$out" == "$uid 0" ]] || fail "the consumer pod changed or restarted during the session: $out (was $uid 0)"

@@ -61,6 +61,9 @@ pub struct ProbeArgs {
     /// `sqs_splits` as the CLI sends it: `{"<queue id>": {"<attribute>": "<regex>"}}`.
     #[arg(long, value_parser = json_object)]
     pub sqs_splits: Option<String>,
+    /// `sqs_jq_filters` as the CLI sends it: `{"<queue id>": "<jq program>"}`.
+    #[arg(long, value_parser = json_object)]
+    pub sqs_jq_filters: Option<String>,
     #[command(flatten)]
     pub plan: Plan,
 }
@@ -646,6 +649,7 @@ pub async fn probe(args: ProbeArgs) -> Result<Outcome, ProbeError> {
     for (name, value) in [
         ("rmq_splits", &args.rmq_splits),
         ("sqs_splits", &args.sqs_splits),
+        ("sqs_jq_filters", &args.sqs_jq_filters),
     ] {
         if let Some(value) = value {
             query.append_pair(name, value);

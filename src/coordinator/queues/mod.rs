@@ -54,23 +54,74 @@ async fn answer_in_time<T, E, C: Send + 'static>(
 }
 
 /// Warnings for a session's developer from the splitters serving it (a jq filter that broke):
-/// every relay of the session shows them to its CLI as log messages.
+/// every relay of the session shows them to its CLI as log messages, including relays that connect
+/// after the warning (the intproxy's connection follows the CLI's; reconnects), since a broken
+/// filter stays broken.
 #[derive(Debug, Clone)]
-pub struct SessionNotices(tokio::sync::broadcast::Sender<String>);
+pub struct SessionNotices(std::sync::Arc<std::sync::Mutex<Notices>>);
+
+#[derive(Debug)]
+struct Notices {
+    /// The last [`NOTICES_KEPT`] warnings, replayed to each new subscriber.
+    sent: std::collections::VecDeque<String>,
+    live: tokio::sync::broadcast::Sender<String>,
+}
+
+const NOTICES_KEPT: usize = 16;
 
 impl Default for SessionNotices {
     fn default() -> Self {
-        SessionNotices(tokio::sync::broadcast::channel(16).0)
+        SessionNotices(std::sync::Arc::new(std::sync::Mutex::new(Notices {
+            sent: Default::default(),
+            live: tokio::sync::broadcast::channel(NOTICES_KEPT).0,
+        })))
     }
 }
 
 impl SessionNotices {
-    /// Sent to the relays listening now (none listening: dropped, the log line stays).
+    /// Kept for later relays and sent to the ones listening now.
     pub fn warn(&self, message: String) {
-        let _ = self.0.send(message);
+        // One lock for both: a subscriber gets each warning once, from the backlog or live.
+        let mut notices = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if notices.sent.len() == NOTICES_KEPT {
+            notices.sent.pop_front();
+        }
+        notices.sent.push_back(message.clone());
+        let _ = notices.live.send(message);
     }
 
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
-        self.0.subscribe()
+    /// The warnings so far, and a receiver of the ones to come.
+    pub fn subscribe(&self) -> (Vec<String>, tokio::sync::broadcast::Receiver<String>) {
+        let notices = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            notices.sent.iter().cloned().collect(),
+            notices.live.subscribe(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionNotices;
+
+    #[test]
+    fn later_subscribers_get_the_backlog_then_live_warnings_each_once() {
+        let notices = SessionNotices::default();
+        let (backlog, mut early) = notices.subscribe();
+        assert!(backlog.is_empty());
+        notices.warn("jq broke".into());
+        let (backlog, mut late) = notices.subscribe();
+        assert_eq!(backlog, ["jq broke"]);
+        notices.warn("again".into());
+        assert_eq!(early.try_recv().unwrap(), "jq broke");
+        assert_eq!(early.try_recv().unwrap(), "again");
+        assert_eq!(late.try_recv().unwrap(), "again");
+        assert!(late.try_recv().is_err(), "the backlog is not sent twice");
+        for n in 0..40 {
+            notices.warn(format!("n{n}"));
+        }
+        let (backlog, _) = notices.subscribe();
+        assert_eq!(backlog.len(), 16, "bounded");
+        assert_eq!(backlog.last().unwrap(), "n39");
     }
 }

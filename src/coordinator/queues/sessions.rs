@@ -540,8 +540,8 @@ impl SessionQueues {
         self.sqs_object.as_ref()
     }
 
-    /// Warnings for the developer (each relay subscribes and shows them to its CLI).
-    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<String> {
+    /// Warnings for the developer so far and to come (each relay shows them to its CLI).
+    pub fn notices(&self) -> (Vec<String>, tokio::sync::broadcast::Receiver<String>) {
         self.notices.subscribe()
     }
 

@@ -303,8 +303,20 @@ impl Relay {
     ) -> RelayEnd {
         let mut registry_events = self.registry.subscribe();
         let mut commands = self.session.commands();
-        // Warnings from the session's queue splitters (none without queue splits).
-        let mut notices = self.session.spec.queues.as_ref().map(|q| q.notices());
+        // Warnings from the session's queue splitters (none without queue splits); the ones sent
+        // before this connection first (held until the CLI is ready for logs).
+        let (backlog, mut notices) = match self.session.spec.queues.as_ref() {
+            Some(queues) => {
+                let (backlog, live) = queues.notices();
+                (backlog, Some(live))
+            }
+            None => (Vec::new(), None),
+        };
+        for notice in backlog {
+            if let Err(end) = self.log(LogLevel::Warn, notice).await {
+                return self.close(end).await;
+            }
+        }
         if self.session.is_ended() {
             return self
                 .close(RelayEnd::Killed("the session has ended".into()))
