@@ -221,8 +221,9 @@ assert any("orders-mirrord-output" in json.dumps(q) for q in status.get("queues"
 
 # SQS: moto on the node's bridge address (the coordinator reaches it through the chart's
 # coordinator.sqs values), a registry naming a Deployment, a session through the aggregator with
-# `mirrord-operator probe --sqs-splits`. The host plays both consumers (the app on the output queue,
-# the developer on the session queue) with boto3; the RabbitMQ test above has the pod consume.
+# `mirrord-operator probe --sqs-splits`. The pod consumes the queue its env names
+# (lib/sqs-consumer.sh: busybox wget against moto); the host plays the developer's local process
+# on the session queue with boto3.
 S_APP=mail-consumer
 
 _s_consumer_yaml() {
@@ -244,9 +245,15 @@ spec:
       - name: app
         image: $Q_IMAGE
         imagePullPolicy: Never
-        command: ["/bin/sh", "-c", "echo \"consuming \$MAIL_QUEUE\"; exec sleep 3600"]
+        command: ["/bin/sh", "/consumer/consume.sh"]
         env:
         - {name: MAIL_QUEUE, value: mail}
+        - {name: SQS_ENDPOINT, value: "$MOTO_URL"}
+        volumeMounts:
+        - {name: consumer, mountPath: /consumer}
+      volumes:
+      - name: consumer
+        configMap: {name: sqs-consumer}
 YAML
 }
 
@@ -292,6 +299,7 @@ test_sqs_queue_splitting_with_real_pods() {
   local SESS_APP="$S_APP"
   _s_setup ns mail
   _s_registry_yaml | k -n "$ns" create -f - >/dev/null
+  k -n "$ns" create configmap sqs-consumer --from-file "consume.sh=$E2E_ROOT/lib/sqs-consumer.sh" >/dev/null
   sleep 2 # the webhook's registry watch
   _s_consumer_yaml | k -n "$ns" create -f - >/dev/null
   k -n "$ns" rollout status "deploy/$S_APP" --timeout 120s >&2 || fail "the consumer did not become available"
@@ -303,10 +311,9 @@ test_sqs_queue_splitting_with_real_pods() {
     fail "the registry never reported its split: $(k -n "$ns" get events --field-selector involvedObject.kind=MirrordWorkloadQueueRegistry -o wide 2>&1 | tail -5)"
   log "ok: $pod admitted with MAIL_QUEUE=mail-mirrord-output; the coordinator splits mail (SQS)"
 
-  # No session: everything reaches the output queue.
+  # No session: the pod consumes everything (from the output queue its env names).
   sqs send mail alice before 2 && sqs send mail carol before-c 2 || fail "sending failed"
-  out="$(sqs receive mail-mirrord-output 4 60)" || fail "the output queue got: $out"
-  [[ "$out" == "$(printf '%s\n' before-1 before-2 before-c-1 before-c-2)" ]] || fail "the output queue got: $out"
+  wait_for "the pod consumed the 4 messages" 60 _q_logged "$ns" "$pod" 4 before- || fail "the pod did not consume: $(k -n "$ns" logs "$pod" -c app | tail -5)"
 
   _sess_bg alice "$ns" e2e-alice --env --sqs-splits '{"mail": {"tenant": "^alice$"}}' --hold 300
   _sess_wait_event "$E2E_DIR/probe-e2e-alice.out" env True 60 ||
@@ -327,9 +334,9 @@ test_sqs_queue_splitting_with_real_pods() {
   sqs send mail alice during 3 && sqs send mail carol during-c 3 || fail "sending failed"
   out="$(sqs receive "$queue" 3 60)" || fail "alice's queue got: $out"
   [[ "$out" == "$(printf 'during-%s\n' 1 2 3)" ]] || fail "alice's queue got: $out"
-  out="$(sqs receive mail-mirrord-output 3 60)" || fail "the output queue got: $out"
-  [[ "$out" == "$(printf 'during-c-%s\n' 1 2 3)" ]] || fail "the output queue got: $out"
-  log "ok: alice's 3 messages went to her queue, carol's 3 to the app's"
+  wait_for "the pod consumed carol's 3" 60 _q_logged "$ns" "$pod" 3 during-c- || fail "the pod did not get carol's messages"
+  _q_logged "$ns" "$pod" 0 "during-[0-9]" || fail "the pod consumed alice's messages"
+  log "ok: alice's 3 messages went to her queue, carol's 3 to the app's pod"
 
   sqs send mail alice left 2 || fail "sending failed"
   wait_for "2 unread messages in $queue" 30 _depth_is "sqs depth" "$queue" 2 || fail "alice's messages did not wait in her queue"
@@ -338,10 +345,9 @@ test_sqs_queue_splitting_with_real_pods() {
   wait "$alice" || rc=$?
   ((rc == 3)) || fail "alice's probe exit $rc after the kill, expected 3: $(tail -3 "$E2E_DIR/probe-e2e-alice.out")"
   wait_for "$queue deleted" 60 _depth_is "sqs depth" "$queue" absent || fail "alice's queue was not deleted at session end"
-  out="$(sqs receive mail-mirrord-output 2 60)" || fail "the output queue got: $out"
-  [[ "$out" == "$(printf 'left-%s\n' 1 2)" ]] || fail "the unread messages did not return to the output queue: $out"
+  wait_for "the pod consumed alice's 2 unread messages" 60 _q_logged "$ns" "$pod" 2 left- || fail "the unread messages did not return to the app"
   wait_for "no MirrordSQSSession left" 30 _no_sessions mirrordsqssessions "$ns" || fail "alice's MirrordSQSSession outlived her session"
-  log "ok: session end returned alice's 2 unread messages to the app's queue and deleted $queue"
+  log "ok: session end returned alice's 2 unread messages to the app's pod and deleted $queue"
 
   # A jq filter whose evaluation kills its worker (unbounded recursion): the developer's client is
   # told through the session, the message goes to the app, the coordinator stays up.
@@ -353,16 +359,17 @@ test_sqs_queue_splitting_with_real_pods() {
   sqs send-json mail bob jq 1 || fail "sending failed"
   _sess_wait_event "$E2E_DIR/probe-e2e-bob.out" log '"matches nothing from now on" in e["message"] and e["level"] == "Warn"' 60 ||
     fail "bob's client was not told his jq filter broke: $(cat "$E2E_DIR/probe-e2e-bob.out")"
-  out="$(sqs receive mail-mirrord-output 1 60)" || fail "the output queue got: $out"
-  [[ "$out" == '{"text": "jq-1"}' ]] || fail "bob's message did not go to the app: $out"
+  wait_for "the pod consumed bob's message" 60 _q_logged "$ns" "$pod" 1 '{"text": "jq-1"}' || fail "bob's message did not go to the app"
   out="$(_sess_event "$E2E_DIR/probe-e2e-bob.out" connected | python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])')"
   k -n "$ns" delete sessions "$out" >&2 || fail "kubectl delete sessions $out failed"
   wait_for "no MirrordSQSSession left" 30 _no_sessions mirrordsqssessions "$ns" || fail "bob's MirrordSQSSession outlived his session"
   log "ok: bob's broken jq filter was reported to his client as a warning; his message went to the app"
 
+  # Each message once: the pod's log holds exactly the 4 + 3 + 2 + 1 bodies counted above.
+  _q_logged "$ns" "$pod" 10 '[bdl{]' || fail "the pod consumed duplicates or strays: $(k -n "$ns" logs "$pod" -c app)"
   out="$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid} {.status.containerStatuses[?(@.name=="app")].restartCount}')"
   [[ "$out" == "$uid 0" ]] || fail "the consumer pod changed or restarted during the session: $out (was $uid 0)"
-  log "ok: the consumer pod $pod was neither replaced nor restarted"
+  log "ok: the consumer pod $pod consumed each of its 10 messages once, was neither replaced nor restarted"
 }
 
 # An Argo Rollout consumer without the Argo controller: the Rollout CRD, a Rollout, and the
