@@ -415,8 +415,11 @@ _r_template() { # LABELS-EXTRA
 YAML
 }
 
+# _r_rollout_yaml inline|workload-ref: the Rollout with its own pod template, or naming a
+# Deployment's (`workloadRef`; that Deployment at 0 replicas, as Argo keeps it).
 _r_rollout_yaml() {
-  cat <<YAML
+  if [[ "$1" == inline ]]; then
+    cat <<YAML
 apiVersion: argoproj.io/v1alpha1
 kind: Rollout
 metadata: {name: $R_APP}
@@ -426,6 +429,28 @@ spec:
     matchLabels: {app: $R_APP}
   template:
 $(_r_template "")
+YAML
+    return
+  fi
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $R_APP-template}
+spec:
+  replicas: 0
+  selector:
+    matchLabels: {app: $R_APP}
+  template:
+$(_r_template "")
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: $R_APP}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: $R_APP}
+  workloadRef: {apiVersion: apps/v1, kind: Deployment, name: $R_APP-template}
 YAML
 }
 
@@ -447,13 +472,22 @@ $(_r_template ", rollouts-pod-template-hash: $R_HASH")
 YAML
 }
 
-test_rollout_queue_consumer_with_real_pods() {
+test_rollout_queue_consumer_with_real_pods() { _r_queue_consumer inline; }
+
+# The consumer's queue variable is found in the Deployment the Rollout's workloadRef names.
+test_rollout_workload_ref_queue_consumer_with_real_pods() { _r_queue_consumer workload-ref; }
+
+_r_crd_absent() { ! k get crd rollouts.argoproj.io >/dev/null 2>&1; }
+
+# _r_queue_consumer inline|workload-ref
+_r_queue_consumer() {
   local ns pod uid rollout_uid alice alice_id queue out rc=0 i
   local SESS_APP="$R_APP" SESS_TARGET="rollout/$R_APP"
   _s_setup ns jobs
   # Installed while the coordinator runs (as Argo installed after the operator): the coordinator
   # notices the kind without a restart. Deferred after the release's restore, so the CRD goes
   # first and the base release restarts the coordinator without a Rollout watch.
+  wait_for "no Rollout CRD left by an earlier test" 60 _r_crd_absent
   _r_crd_yaml | k create -f - >/dev/null || fail "creating the Rollout CRD failed"
   defer k delete crd rollouts.argoproj.io --wait=false
   wait_for "the Rollout CRD established" 30 k wait --for condition=established --timeout 5s crd/rollouts.argoproj.io
@@ -469,7 +503,7 @@ spec:
       nameSource: {envVar: JOBS_QUEUE}
 YAML
   sleep 2 # the webhook's registry watch
-  _r_rollout_yaml | k -n "$ns" create -f - >/dev/null || fail "creating the Rollout failed"
+  _r_rollout_yaml "$1" | k -n "$ns" create -f - >/dev/null || fail "creating the Rollout failed"
   rollout_uid="$(k -n "$ns" get rollout "$R_APP" -o jsonpath='{.metadata.uid}')"
   _r_replicaset_yaml "$rollout_uid" | k -n "$ns" create -f - >/dev/null || fail "creating the ReplicaSet failed"
   wait_pods "$ns" "app=$R_APP" 1 || fail "the ReplicaSet controller made no pod"
@@ -480,7 +514,7 @@ YAML
   [[ "$out" == jobs-mirrord-output ]] || fail "the Rollout's pod has JOBS_QUEUE=${out:-unset}, not jobs-mirrord-output"
   wait_for "the SQS splitter of jobs started (registry status)" 60 _split_ready "$ns" jobs sqsDetails jobs jobs-mirrord-output ||
     fail "the registry never reported its split: $(k -n "$ns" get events --field-selector involvedObject.kind=MirrordWorkloadQueueRegistry -o wide 2>&1 | tail -5)"
-  log "ok: $pod of rollout/$R_APP admitted with JOBS_QUEUE=jobs-mirrord-output; the coordinator splits jobs"
+  log "ok: $pod of rollout/$R_APP ($1 template) admitted with JOBS_QUEUE=jobs-mirrord-output; the coordinator splits jobs"
 
   _sess_bg alice "$ns" e2e-alice --env --sqs-splits '{"jobs": {"tenant": "^alice$"}}' --hold 300
   _sess_wait_event "$E2E_DIR/probe-e2e-alice.out" env True 60 ||
