@@ -54,7 +54,8 @@ const CA_NAME: &str = "mirrord-operator coordinator CA";
 
 /// Runs the coordinator until SIGTERM/SIGINT.
 pub async fn run(args: CoordinatorArgs) -> Result<(), CoordinatorError> {
-    run_until(args, runtime::on_os_signal()).await
+    let drain = args.server.shutdown_drain;
+    run_until(args, runtime::on_os_signal(drain)).await
 }
 
 /// `YYYY-MM-DD`, the only form the CLI accepts for `expire_at`.

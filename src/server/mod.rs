@@ -185,12 +185,82 @@ pub async fn serve_health(
         .await
 }
 
-/// A shutdown that fires on SIGTERM or SIGINT.
-pub fn on_os_signal() -> Shutdown {
+/// A shutdown that fires `drain` after SIGTERM or SIGINT (at once on a second signal): the server
+/// keeps answering while its endpoint removal propagates (see `--shutdown-drain`).
+pub fn on_os_signal(drain: Duration) -> Shutdown {
+    after_signal(shutdown::os_signal, drain)
+}
+
+/// [`on_os_signal`] with any `signal` (tests use their own).
+fn after_signal<S, F>(signal: S, drain: Duration) -> Shutdown
+where
+    S: Fn() -> F + Send + 'static,
+    F: Future<Output = ()> + Send,
+{
     let (trigger, shutdown) = shutdown::channel();
     tokio::spawn(async move {
-        shutdown::os_signal().await;
+        signal().await;
+        if !drain.is_zero() {
+            tracing::info!(?drain, "still serving while endpoints drop this instance");
+            tokio::select! {
+                _ = tokio::time::sleep(drain) => {}
+                _ = signal() => {}
+            }
+        }
         trigger.trigger();
     });
     shutdown
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::after_signal;
+
+    /// A signal source the test fires by hand.
+    fn manual() -> (
+        Arc<Notify>,
+        impl Fn() -> futures::future::BoxFuture<'static, ()> + Send,
+    ) {
+        let notify = Arc::new(Notify::new());
+        let source = notify.clone();
+        (notify, move || {
+            let source = source.clone();
+            Box::pin(async move { source.notified().await })
+        })
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_fires_a_drain_after_the_signal_or_at_a_second_one() {
+        let (signal, source) = manual();
+        let shutdown = after_signal(source, Duration::from_secs(5));
+        settle().await;
+        signal.notify_one();
+        settle().await;
+        tokio::time::advance(Duration::from_secs(4)).await;
+        settle().await;
+        assert!(!shutdown.is_triggered(), "still serving during the drain");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        assert!(shutdown.is_triggered(), "closed after the drain");
+
+        let (signal, source) = manual();
+        let shutdown = after_signal(source, Duration::from_secs(5));
+        settle().await;
+        signal.notify_one();
+        settle().await;
+        signal.notify_one();
+        settle().await;
+        assert!(shutdown.is_triggered(), "a second signal closes at once");
+    }
 }

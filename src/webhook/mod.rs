@@ -87,7 +87,8 @@ async fn native_sidecar(mode: NativeSidecar, client: Option<&Client>) -> bool {
 
 /// Runs the webhook until SIGTERM/SIGINT.
 pub async fn run(args: WebhookArgs) -> Result<(), WebhookError> {
-    run_until(args, runtime::on_os_signal()).await
+    let drain = args.server.shutdown_drain;
+    run_until(args, runtime::on_os_signal(drain)).await
 }
 
 /// Runs the webhook until `shutdown` (tests drive this directly).
