@@ -102,6 +102,9 @@ op_webhook_start() {
     # An explicit status: a bare `return` inside a trap (deferred cleanup after `fail`) returns the
     # status from before the trap, which reported a working restore as failed.
     wait_for "the Service's endpoints to be the ready webhook pods" 60 _op_endpoints_current || return 1
+    # A replaced pod keeps answering for its --shutdown-drain (the API server may still route to
+    # it): tests that expect the new settings wait until it is gone.
+    wait_for "replaced webhook pods gone" 60 _op_no_terminating_webhook_pods || return 1
     return 0
   fi
   _op_host_env >"$E2E_DIR/webhook.env" || return 1
@@ -189,6 +192,11 @@ op_last_termination() {
 
 _op_no_webhook_pods() {
   [[ -z "$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook -o name)" ]]
+}
+
+_op_no_terminating_webhook_pods() {
+  [[ -z "$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook \
+    -o jsonpath='{.items[?(@.metadata.deletionTimestamp)].metadata.name}')" ]]
 }
 
 _op_endpoints_current() {

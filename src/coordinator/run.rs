@@ -54,8 +54,8 @@ const CA_NAME: &str = "mirrord-operator coordinator CA";
 
 /// Runs the coordinator until SIGTERM/SIGINT.
 pub async fn run(args: CoordinatorArgs) -> Result<(), CoordinatorError> {
-    let drain = args.server.shutdown_drain;
-    run_until(args, runtime::on_os_signal(drain)).await
+    // No drain: its sessions are long-lived connections that end with it anyway.
+    run_until(args, runtime::on_os_signal(std::time::Duration::ZERO)).await
 }
 
 /// `YYYY-MM-DD`, the only form the CLI accepts for `expire_at`.

@@ -85,12 +85,6 @@ pub struct ServerArgs {
     #[arg(long, env = "MIRRORD_OPERATOR_CERT_CHECK_INTERVAL", default_value = "60s", value_parser = duration)]
     pub cert_check_interval: Duration,
 
-    /// After SIGTERM, how long to keep serving before closing: the API server routes to a pod
-    /// until its endpoint removal reaches it, and a call to a pod that already closed fails (or
-    /// times out), which with failurePolicy Fail refuses a pod during a rolling update.
-    #[arg(long, env = "MIRRORD_OPERATOR_SHUTDOWN_DRAIN", default_value = "5s", value_parser = duration)]
-    pub shutdown_drain: Duration,
-
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "MIRRORD_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

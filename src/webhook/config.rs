@@ -43,6 +43,12 @@ pub struct WebhookArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
+    /// After SIGTERM, how long to keep serving before closing: the API server routes to a pod
+    /// until its endpoint removal reaches it, and a call to a pod that already closed fails (or
+    /// times out), which with failurePolicy Fail refuses a pod during a rolling update.
+    #[arg(long, env = "MIRRORD_OPERATOR_SHUTDOWN_DRAIN", default_value = "5s", value_parser = duration)]
+    pub shutdown_drain: Duration,
+
     /// The webhook's Service name; the self-managed certificate is valid for <svc>, <svc>.<ns>,
     /// <svc>.<ns>.svc and <svc>.<ns>.svc.cluster.local (--namespace).
     #[arg(

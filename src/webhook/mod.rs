@@ -87,7 +87,7 @@ async fn native_sidecar(mode: NativeSidecar, client: Option<&Client>) -> bool {
 
 /// Runs the webhook until SIGTERM/SIGINT.
 pub async fn run(args: WebhookArgs) -> Result<(), WebhookError> {
-    let drain = args.server.shutdown_drain;
+    let drain = args.shutdown_drain;
     run_until(args, runtime::on_os_signal(drain)).await
 }
 
