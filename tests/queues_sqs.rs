@@ -106,6 +106,32 @@ const WINDOW: usize = 100;
 /// No new message for this long means the pipeline is stuck (not merely slow).
 const STALL: Duration = Duration::from_secs(60);
 
+/// How many distinct messages the consumers have seen, and since when that number stands still.
+struct Progress {
+    seen: usize,
+    since: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            seen: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Records `seen`; true when it has not grown for [`STALL`].
+    fn stalled(&mut self, seen: usize) -> bool {
+        if seen != self.seen {
+            *self = Progress {
+                seen,
+                since: Instant::now(),
+            };
+        }
+        self.since.elapsed() > STALL
+    }
+}
+
 /// Publishes `seqs` in batches of 10; with `paced`, waits before each batch until the consumers
 /// have seen all but [`WINDOW`] of what was published.
 async fn publish(
@@ -119,17 +145,14 @@ async fn publish(
     let mut published = 0;
     for chunk in seqs.chunks(10) {
         if let Some(seen) = paced {
-            let mut last = (seen.lock().unwrap().len(), Instant::now());
+            let mut progress = Progress::new();
             loop {
                 let now = seen.lock().unwrap().len();
                 if published <= now + WINDOW {
                     break;
                 }
-                if now != last.0 {
-                    last = (now, Instant::now());
-                }
                 assert!(
-                    last.1.elapsed() < STALL,
+                    !progress.stalled(now),
                     "no message arrived for {STALL:?} ({now} of {published} published)"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -226,15 +249,10 @@ async fn collect(
     expected: usize,
     seen: &Seen,
 ) -> Vec<Vec<Got>> {
-    let mut last = (0, Instant::now());
+    let mut progress = Progress::new();
     loop {
         let now = seen.lock().unwrap().len();
-        if now >= expected {
-            break;
-        }
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > STALL {
+        if now >= expected || progress.stalled(now) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

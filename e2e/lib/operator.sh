@@ -142,10 +142,14 @@ op_webhook_stop() {
   rm -f "$E2E_DIR/webhook.pid"
 }
 
+# _op_webhook_pods KUBECTL-GET-ARGS...: `kubectl get pods` of the webhook's pods (in-cluster modes).
+_op_webhook_pods() {
+  k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook "$@"
+}
+
 # The running webhook pod (in-cluster modes).
 _op_webhook_pod() {
-  k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook \
-    --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}'
+  _op_webhook_pods --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}'
 }
 
 # Where the host reaches the webhook's TLS port (local modes): the host process on loopback, or the pod's
@@ -191,18 +195,17 @@ op_last_termination() {
 }
 
 _op_no_webhook_pods() {
-  [[ -z "$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook -o name)" ]]
+  [[ -z "$(_op_webhook_pods -o name)" ]]
 }
 
 _op_no_terminating_webhook_pods() {
-  [[ -z "$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook \
-    -o jsonpath='{.items[?(@.metadata.deletionTimestamp)].metadata.name}')" ]]
+  [[ -z "$(_op_webhook_pods -o jsonpath='{.items[?(@.metadata.deletionTimestamp)].metadata.name}')" ]]
 }
 
 _op_endpoints_current() {
   local eps pods
   eps="$(k -n "$OP_NS" get endpoints "$OP_RELEASE" -o jsonpath='{.subsets[*].addresses[*].ip}' | tr ' ' '\n' | sort | paste -sd' ')"
-  pods="$(k -n "$OP_NS" get pods -l app.kubernetes.io/name=mirrord-operator,app.kubernetes.io/component=webhook -o json | python3 -c '
+  pods="$(_op_webhook_pods -o json | python3 -c '
 import json, sys
 ips = []
 for p in json.load(sys.stdin)["items"]:

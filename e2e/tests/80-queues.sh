@@ -418,21 +418,13 @@ YAML
 # _r_rollout_yaml inline|workload-ref: the Rollout with its own pod template, or naming a
 # Deployment's (`workloadRef`; that Deployment at 0 replicas, as Argo keeps it).
 _r_rollout_yaml() {
+  local source
   if [[ "$1" == inline ]]; then
+    source="  template:
+$(_r_template "")"
+  else
+    source="  workloadRef: {apiVersion: apps/v1, kind: Deployment, name: $R_APP-template}"
     cat <<YAML
-apiVersion: argoproj.io/v1alpha1
-kind: Rollout
-metadata: {name: $R_APP}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: $R_APP}
-  template:
-$(_r_template "")
-YAML
-    return
-  fi
-  cat <<YAML
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: $R_APP-template}
@@ -443,6 +435,9 @@ spec:
   template:
 $(_r_template "")
 ---
+YAML
+  fi
+  cat <<YAML
 apiVersion: argoproj.io/v1alpha1
 kind: Rollout
 metadata: {name: $R_APP}
@@ -450,7 +445,7 @@ spec:
   replicas: 1
   selector:
     matchLabels: {app: $R_APP}
-  workloadRef: {apiVersion: apps/v1, kind: Deployment, name: $R_APP-template}
+$source
 YAML
 }
 
